@@ -1,0 +1,612 @@
+//! The one typed configuration of the worker: TOML file + `VAXPULSE_<SECTION>_<KEY>` environment
+//! overrides, validated once at start-up so that a bad value fails fast with a clear message.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors found while loading or validating the configuration; none is retriable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid config value {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+/// A string that never shows up in logs, errors or `Debug` output.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret value itself: only for handing to a client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+/// Root of the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Kafka source, result and dead-letter topics.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// ClickHouse sink.
+    #[serde(default)]
+    pub clickhouse: ClickHouseConfig,
+    /// Model location and inference settings.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// Micro-batching of tweets for inference.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Which messages are accepted.
+    #[serde(default)]
+    pub decode: DecodeConfig,
+    /// Bounded queues between stages and shutdown timing.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// Prometheus metrics and health endpoints.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Kafka settings; `properties` passes any librdkafka setting through (SASL, TLS, ...).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated. Env: `VAXPULSE_KAFKA_BROKERS`.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Consumer group shared by all replicas.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Topic of raw tweets.
+    #[serde(default = "default_input_topic")]
+    pub input_topic: String,
+    /// Topic receiving one JSON result per classified tweet, keyed by tweet id.
+    #[serde(default = "default_output_topic")]
+    pub output_topic: String,
+    /// Dead-letter topic for messages that cannot be decoded (original bytes + reason headers).
+    #[serde(default = "default_dlq_topic")]
+    pub dlq_topic: String,
+    /// Where a new group starts reading: `earliest` or `latest`.
+    #[serde(default = "default_offset_reset")]
+    pub auto_offset_reset: String,
+    /// How long a broker may hold a fetch waiting for data (librdkafka `fetch.wait.max.ms`).
+    #[serde(default = "default_fetch_wait_max_ms")]
+    pub fetch_wait_max_ms: u64,
+    /// How often finished offsets are committed.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// Consumer session timeout (librdkafka `session.timeout.ms`).
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// How long a produce may take before it fails (librdkafka `message.timeout.ms`).
+    #[serde(default = "default_message_timeout_ms")]
+    pub message_timeout_ms: u64,
+    /// SASL password, kept out of logs; use instead of `sasl.password` in `properties`.
+    /// Env: `VAXPULSE_KAFKA_SASL_PASSWORD`.
+    #[serde(default)]
+    pub sasl_password: Secret,
+    /// Extra librdkafka properties for consumer and producers (e.g. `security.protocol`,
+    /// `sasl.mechanism`, `sasl.username`, `ssl.ca.location`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let props: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let hidden = k.contains("password") || k.contains("secret") || k.contains("key");
+                (k.as_str(), if hidden { "***" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("input_topic", &self.input_topic)
+            .field("output_topic", &self.output_topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("auto_offset_reset", &self.auto_offset_reset)
+            .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
+            .field("commit_interval_ms", &self.commit_interval_ms)
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("message_timeout_ms", &self.message_timeout_ms)
+            .field("sasl_password", &self.sasl_password)
+            .field("properties", &props)
+            .finish()
+    }
+}
+
+/// ClickHouse settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// HTTP endpoint. Env: `VAXPULSE_CLICKHOUSE_URL`.
+    #[serde(default = "default_clickhouse_url")]
+    pub url: String,
+    /// Database holding `classified_tweets` and `opinion_hourly`.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// User name. Env: `VAXPULSE_CLICKHOUSE_USER`.
+    #[serde(default = "default_ch_user")]
+    pub user: String,
+    /// Password. Env: `VAXPULSE_CLICKHOUSE_PASSWORD`; or `password_file`.
+    #[serde(default)]
+    pub password: Secret,
+    /// File holding the password (e.g. a mounted secret); wins over `password` when set.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Per-request timeout for inserts.
+    #[serde(default = "default_insert_timeout_ms")]
+    pub insert_timeout_ms: u64,
+}
+
+/// Model settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Directory with `manifest.json`, `model.pt` (TorchScript) and `tokenizer.json`.
+    #[serde(default = "default_model_dir")]
+    pub dir: PathBuf,
+    /// `auto` (CUDA when available), `cpu`, or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// libtorch intra-op threads; 0 keeps libtorch's default.
+    #[serde(default)]
+    pub intra_op_threads: usize,
+    /// Verify the sha256 of the model files against the manifest at load.
+    #[serde(default = "default_true")]
+    pub verify_checksums: bool,
+}
+
+/// Micro-batcher settings. A batch closes on whichever limit is reached first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most tweets in one batch.
+    #[serde(default = "default_max_batch_size")]
+    pub max_batch_size: usize,
+    /// Most padded tokens (longest row × rows) in one batch.
+    #[serde(default = "default_max_batch_tokens")]
+    pub max_batch_tokens: usize,
+    /// Longest time the oldest waiting tweet waits before its batch is sent.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Group tweets of similar length into the same batch to reduce padding.
+    #[serde(default = "default_true")]
+    pub length_bucketing: bool,
+}
+
+/// Message acceptance rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeConfig {
+    /// Tweet languages classified; others are counted and skipped. Empty = all.
+    #[serde(default = "default_langs")]
+    pub langs: Vec<String>,
+    /// Messages larger than this go to the dead-letter topic as `too_large`.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+/// Queue sizes and shutdown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Capacity (tweets) of the queue from the consumer to the tokenizer.
+    #[serde(default = "default_queue_tweets")]
+    pub queue_tweets: usize,
+    /// Batches waiting for the sinks; when full, inference (and then consumption) stops.
+    #[serde(default = "default_sink_queue_batches")]
+    pub sink_queue_batches: usize,
+    /// Longest wait for in-flight tweets at shutdown or partition revocation.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+/// Metrics/health HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Listen address of `/metrics`, `/health/live`, `/health/ready`; empty disables it.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_group() -> String {
+    "vaxpulse".into()
+}
+fn default_input_topic() -> String {
+    "tweets.raw".into()
+}
+fn default_output_topic() -> String {
+    "tweets.classified".into()
+}
+fn default_dlq_topic() -> String {
+    "tweets.dlq".into()
+}
+fn default_offset_reset() -> String {
+    "earliest".into()
+}
+fn default_fetch_wait_max_ms() -> u64 {
+    100
+}
+fn default_commit_interval_ms() -> u64 {
+    1000
+}
+fn default_session_timeout_ms() -> u64 {
+    10_000
+}
+fn default_message_timeout_ms() -> u64 {
+    30_000
+}
+fn default_clickhouse_url() -> String {
+    "http://127.0.0.1:8123".into()
+}
+fn default_database() -> String {
+    "vaxpulse".into()
+}
+fn default_ch_user() -> String {
+    "default".into()
+}
+fn default_insert_timeout_ms() -> u64 {
+    10_000
+}
+fn default_model_dir() -> PathBuf {
+    "models/demo/1".into()
+}
+fn default_device() -> String {
+    "auto".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_batch_size() -> usize {
+    64
+}
+fn default_max_batch_tokens() -> usize {
+    4096
+}
+fn default_max_wait_ms() -> u64 {
+    20
+}
+fn default_langs() -> Vec<String> {
+    vec!["fr".into()]
+}
+fn default_max_message_bytes() -> usize {
+    64 * 1024
+}
+fn default_queue_tweets() -> usize {
+    4096
+}
+fn default_sink_queue_batches() -> usize {
+    4
+}
+fn default_drain_timeout_ms() -> u64 {
+    10_000
+}
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+macro_rules! default_from_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                toml::from_str("").expect("empty section deserialises to defaults; this is a bug")
+            }
+        }
+    )*};
+}
+default_from_serde!(
+    KafkaConfig,
+    ClickHouseConfig,
+    ModelConfig,
+    BatchConfig,
+    DecodeConfig,
+    PipelineConfig,
+    MetricsConfig
+);
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("empty config deserialises to defaults; this is a bug")
+    }
+}
+
+const SECTIONS: &[&str] = &[
+    "kafka",
+    "clickhouse",
+    "model",
+    "batch",
+    "decode",
+    "pipeline",
+    "metrics",
+];
+
+impl Config {
+    /// Reads `path` (or only defaults when `None`), applies environment overrides, validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let origin = path.map_or("(defaults)".to_string(), |p| p.display().to_string());
+        Self::from_toml_with_env(&text, &origin, std::env::vars())
+    }
+
+    /// Parses TOML text, then applies `VAXPULSE_<SECTION>_<KEY>=value` overrides from `env`
+    /// (values parsed as TOML when they can be, e.g. numbers, booleans, arrays; else strings).
+    pub fn from_toml_with_env(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            origin: origin.to_string(),
+            message,
+        };
+        let mut root: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("VAXPULSE_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some(section) = SECTIONS
+                .iter()
+                .find(|s| rest.starts_with(&format!("{s}_")))
+            else {
+                continue;
+            };
+            let key = &rest[section.len() + 1..];
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value.clone()));
+            let table = root
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            let toml::Value::Table(table) = table else {
+                return Err(parse_err(format!("[{section}] must be a table")));
+            };
+            // Secrets and free-form strings stay strings even when they look like numbers.
+            let keep_string = matches!(
+                key,
+                "password" | "sasl_password" | "brokers" | "url" | "user" | "group_id"
+            );
+            table.insert(
+                key.to_string(),
+                if keep_string {
+                    toml::Value::String(value)
+                } else {
+                    parsed
+                },
+            );
+        }
+        let cfg: Config = toml::Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                parse_err(format!(
+                    "{e} (check the key against config/local.toml and the README's configuration reference)"
+                ))
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that serde cannot: ranges, relations between fields, known enum strings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, message: String| Err(ConfigError::Invalid { field, message });
+        if self.kafka.brokers.trim().is_empty() {
+            return bad("kafka.brokers", "must name at least one broker".into());
+        }
+        let topics = [
+            &self.kafka.input_topic,
+            &self.kafka.output_topic,
+            &self.kafka.dlq_topic,
+        ];
+        if topics.iter().any(|t| t.trim().is_empty()) {
+            return bad("kafka.*_topic", "topic names must not be empty".into());
+        }
+        if self.kafka.input_topic == self.kafka.output_topic
+            || self.kafka.input_topic == self.kafka.dlq_topic
+        {
+            return bad(
+                "kafka.input_topic",
+                "must differ from output_topic and dlq_topic (the worker would read its own output)".into(),
+            );
+        }
+        if !matches!(self.kafka.auto_offset_reset.as_str(), "earliest" | "latest") {
+            return bad(
+                "kafka.auto_offset_reset",
+                format!("`{}`: use earliest or latest", self.kafka.auto_offset_reset),
+            );
+        }
+        for forbidden in [
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "group.id",
+            "sasl.password",
+        ] {
+            if self.kafka.properties.contains_key(forbidden) {
+                return bad(
+                    "kafka.properties",
+                    format!("`{forbidden}` is managed by vaxpulse (use the typed field, or leave it out: offsets are committed only after results are stored)"),
+                );
+            }
+        }
+        if !self.clickhouse.url.starts_with("http://") && !self.clickhouse.url.starts_with("https://") {
+            return bad(
+                "clickhouse.url",
+                format!("`{}` must start with http:// or https://", self.clickhouse.url),
+            );
+        }
+        if !self
+            .clickhouse
+            .database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || self.clickhouse.database.is_empty()
+        {
+            return bad(
+                "clickhouse.database",
+                format!("`{}`: use letters, digits and _", self.clickhouse.database),
+            );
+        }
+        crate::model::DeviceSpec::parse(&self.model.device)
+            .map_err(|message| ConfigError::Invalid {
+                field: "model.device",
+                message,
+            })?;
+        if self.batch.max_batch_size == 0 {
+            return bad("batch.max_batch_size", "must be at least 1".into());
+        }
+        if self.batch.max_batch_tokens == 0 {
+            return bad("batch.max_batch_tokens", "must be at least 1".into());
+        }
+        if self.decode.max_message_bytes < 64 {
+            return bad("decode.max_message_bytes", "must be at least 64".into());
+        }
+        if self.pipeline.queue_tweets == 0 || self.pipeline.sink_queue_batches == 0 {
+            return bad("pipeline", "queue sizes must be at least 1".into());
+        }
+        if self.kafka.commit_interval_ms == 0 {
+            return bad("kafka.commit_interval_ms", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The ClickHouse password: `password_file` contents when set, else `password`.
+    pub fn clickhouse_password(&self) -> Result<Secret, ConfigError> {
+        match &self.clickhouse.password_file {
+            Some(p) => std::fs::read_to_string(p)
+                .map(|s| Secret::new(s.trim_end_matches(['\n', '\r'])))
+                .map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                }),
+            None => Ok(self.clickhouse.password.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_point_at_loopback_services() {
+        let c = Config::from_toml_with_env("", "t", env(&[])).unwrap();
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.clickhouse.url, "http://127.0.0.1:8123");
+        assert_eq!(c.metrics.listen, "127.0.0.1:9464");
+        assert_eq!(c.decode.langs, vec!["fr".to_string()]);
+    }
+
+    #[test]
+    fn env_overrides_file_values_with_typed_parsing() {
+        let c = Config::from_toml_with_env(
+            "[batch]\nmax_wait_ms = 5\n[kafka]\nbrokers = \"a:1\"\n",
+            "t",
+            env(&[
+                ("VAXPULSE_KAFKA_BROKERS", "b:2"),
+                ("VAXPULSE_BATCH_MAX_WAIT_MS", "7"),
+                ("VAXPULSE_DECODE_LANGS", "[\"fr\", \"en\"]"),
+                ("VAXPULSE_HOME", "/ignored/not/a/section"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "b:2");
+        assert_eq!(c.batch.max_wait_ms, 7);
+        assert_eq!(c.decode.langs, vec!["fr", "en"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_a_hint() {
+        let err = Config::from_toml_with_env("[batch]\nmax_wait = 5\n", "t", env(&[])).unwrap_err();
+        assert!(err.to_string().contains("max_wait"), "{err}");
+        let err = Config::from_toml_with_env("", "t", env(&[("VAXPULSE_BATCH_MAXWAIT", "1")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("maxwait"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let err =
+            Config::from_toml_with_env("[model]\ndevice = \"tpu\"\n", "t", env(&[])).unwrap_err();
+        assert!(err.to_string().contains("model.device"), "{err}");
+        let err = Config::from_toml_with_env(
+            "[kafka]\noutput_topic = \"tweets.raw\"\n",
+            "t",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("input_topic"), "{err}");
+        let err = Config::from_toml_with_env(
+            "[kafka.properties]\n\"enable.auto.commit\" = \"true\"\n",
+            "t",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("enable.auto.commit"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let c = Config::from_toml_with_env(
+            "[kafka.properties]\n\"sasl.username\" = \"bob\"\n\"ssl.key.password\" = \"hunter2\"\n",
+            "t",
+            env(&[
+                ("VAXPULSE_CLICKHOUSE_PASSWORD", "s3cr3t-ch"),
+                ("VAXPULSE_KAFKA_SASL_PASSWORD", "s3cr3t-kafka"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.clickhouse.password.expose(), "s3cr3t-ch");
+        assert_eq!(c.kafka.sasl_password.expose(), "s3cr3t-kafka");
+        let shown = format!("{c:?}");
+        for secret in ["s3cr3t-ch", "s3cr3t-kafka", "hunter2"] {
+            assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+        }
+        assert!(shown.contains("bob"));
+    }
+}

@@ -1,0 +1,248 @@
+//! The model boundary: a small synchronous `Classifier` trait, the model manifest, and the
+//! inference thread that feeds it. Nothing here runs on the async runtime.
+
+pub mod tokenizer;
+pub mod torch;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A batch of token ids, padded to its longest row (row-major, `rows × cols`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaddedBatch {
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl PaddedBatch {
+    /// Pads `seqs` with `pad_id` to the longest one.
+    pub fn new<'a>(seqs: impl ExactSizeIterator<Item = &'a [u32]> + Clone, pad_id: i64) -> Self {
+        let rows = seqs.len();
+        let cols = seqs.clone().map(<[u32]>::len).max().unwrap_or(0).max(1);
+        let mut ids = vec![pad_id; rows * cols];
+        let mut mask = vec![0i64; rows * cols];
+        for (r, s) in seqs.enumerate() {
+            for (c, &id) in s.iter().enumerate() {
+                ids[r * cols + c] = i64::from(id);
+                mask[r * cols + c] = 1;
+            }
+        }
+        PaddedBatch { ids, mask, rows, cols }
+    }
+
+    /// Tokens computed including padding.
+    pub fn padded_tokens(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+/// Errors from loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model file {path}: {message} (export a model with scripts/export_model.py or scripts/make_demo_model.py)")]
+    Missing { path: PathBuf, message: String },
+    #[error("model manifest {path} is invalid: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("checksum mismatch for {path}: manifest says {expected}, file has {actual} (re-export the model, or set model.verify_checksums = false if you edited it on purpose)")]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("device {0} is not available on this machine")]
+    Device(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("tokenizer failed: {0}")]
+    Tokenizer(String),
+}
+
+impl ModelError {
+    /// Only a failed forward pass may succeed on retry (e.g. a transient CUDA OOM).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, ModelError::Inference(_))
+    }
+}
+
+/// A sequence classifier. Implementations are synchronous and owned by one inference thread.
+pub trait Classifier: Send {
+    /// Class names, in the order of the probabilities `classify` returns.
+    fn labels(&self) -> &[String];
+    /// One probability vector per row of `batch`.
+    fn classify(&mut self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>, ModelError>;
+}
+
+/// Where to run the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("`{s}`: use auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+/// `manifest.json` written by the export scripts next to `model.pt` and `tokenizer.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub labels: Vec<String>,
+    pub max_length: usize,
+    pub pad_id: i64,
+    pub files: ManifestFiles,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ManifestFiles {
+    pub model: ManifestFile,
+    pub tokenizer: ManifestFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ManifestFile {
+    pub path: String,
+    pub sha256: String,
+}
+
+impl Manifest {
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Missing {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        if m.labels.is_empty() || m.max_length < 3 {
+            return Err(ModelError::Manifest {
+                path,
+                message: "needs at least one label and max_length ≥ 3".into(),
+            });
+        }
+        Ok(m)
+    }
+
+    /// `name@version`: the version recorded with every classification.
+    pub fn model_version(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+
+    /// Checks the files' sha256 against the manifest.
+    pub fn verify(&self, dir: &Path) -> Result<(), ModelError> {
+        use sha2::{Digest, Sha256};
+        for f in [&self.files.model, &self.files.tokenizer] {
+            let path = dir.join(&f.path);
+            let bytes = std::fs::read(&path).map_err(|e| ModelError::Missing {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let actual = format!("{:x}", Sha256::digest(&bytes));
+            if actual != f.sha256 {
+                return Err(ModelError::Checksum {
+                    path,
+                    expected: f.sha256.clone(),
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Index of the largest probability.
+pub fn argmax(p: &[f32]) -> usize {
+    p.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .0
+}
+
+/// A deterministic stand-in model for pipeline tests and benchmarks of everything but the model:
+/// scores come from keywords of the synthetic corpus, so results are stable and checkable.
+pub struct KeywordClassifier {
+    labels: Vec<String>,
+    vocab: tokenizers::Tokenizer,
+}
+
+impl KeywordClassifier {
+    pub fn new(vocab: tokenizers::Tokenizer, labels: Vec<String>) -> Self {
+        KeywordClassifier { labels, vocab }
+    }
+}
+
+impl Classifier for KeywordClassifier {
+    fn labels(&self) -> &[String] {
+        &self.labels
+    }
+    fn classify(&mut self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>, ModelError> {
+        let n = self.labels.len();
+        Ok((0..batch.rows)
+            .map(|r| {
+                let row = &batch.ids[r * batch.cols..(r + 1) * batch.cols];
+                let mut score = vec![1.0f32; n];
+                for &id in row {
+                    let tok = self.vocab.id_to_token(id as u32).unwrap_or_default();
+                    let bucket = if tok.contains("refuse") || tok.contains("honte") || tok.contains("jamais") {
+                        Some(0)
+                    } else if tok.contains("merci") || tok.contains("protège") || tok.contains("content") {
+                        Some(n - 1)
+                    } else {
+                        None
+                    };
+                    if let Some(b) = bucket {
+                        score[b] += 2.0;
+                    }
+                }
+                let total: f32 = score.iter().sum();
+                score.iter().map(|s| s / total).collect()
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_fills_to_the_longest_row_with_a_zero_mask() {
+        let a: Vec<u32> = vec![0, 10, 2];
+        let b: Vec<u32> = vec![0, 2];
+        let p = PaddedBatch::new([a.as_slice(), b.as_slice()].into_iter(), 1);
+        assert_eq!((p.rows, p.cols), (2, 3));
+        assert_eq!(p.ids, vec![0, 10, 2, 0, 2, 1]);
+        assert_eq!(p.mask, vec![1, 1, 1, 1, 1, 0]);
+        assert_eq!(p.padded_tokens(), 6);
+    }
+
+    #[test]
+    fn device_spec_parses_known_forms_only() {
+        assert_eq!(DeviceSpec::parse("auto"), Ok(DeviceSpec::Auto));
+        assert_eq!(DeviceSpec::parse("cuda:1"), Ok(DeviceSpec::Cuda(1)));
+        assert!(DeviceSpec::parse("gpu").is_err());
+    }
+
+    #[test]
+    fn argmax_picks_the_largest() {
+        assert_eq!(argmax(&[0.1, 0.7, 0.2]), 1);
+    }
+}

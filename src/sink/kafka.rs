@@ -1,0 +1,181 @@
+//! Kafka producers: results to the output topic (key = tweet id, JSON value) and dead letters
+//! (original bytes + typed reason headers). A message is acknowledged only once the broker
+//! confirmed it; a dead letter that cannot be written is retried, never dropped, so its offset
+//! (and thus the partition's commit) waits.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::Retryable;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::{retry_policy, ClassifiedBatch, SinkError};
+use crate::batch::offsets::{Ack, OffsetTracker};
+use crate::config::KafkaConfig;
+use crate::telemetry;
+
+/// librdkafka settings shared by the consumer and producers: brokers, pass-through properties
+/// (security), and the SASL password kept out of the config's `Debug`.
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    if !cfg.sasl_password.is_empty() {
+        c.set("sasl.password", cfg.sasl_password.expose());
+    }
+    c
+}
+
+fn producer(cfg: &KafkaConfig, message_timeout_ms: u64, max_bytes: usize) -> Result<FutureProducer, SinkError> {
+    let mut c = client_config(cfg);
+    c.set("acks", "all")
+        .set("message.timeout.ms", message_timeout_ms.to_string())
+        .set("linger.ms", "5")
+        .set("message.max.bytes", max_bytes.max(1_000_000).to_string());
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    Ok(c.create()?)
+}
+
+/// Publishes classification results.
+#[derive(Clone)]
+pub struct ResultProducer {
+    producer: FutureProducer,
+    topic: String,
+    timeout: Duration,
+}
+
+impl ResultProducer {
+    pub fn new(cfg: &KafkaConfig) -> Result<Self, SinkError> {
+        Ok(ResultProducer {
+            producer: producer(cfg, cfg.message_timeout_ms, 1_000_000)?,
+            topic: cfg.output_topic.clone(),
+            timeout: Duration::from_millis(cfg.message_timeout_ms),
+        })
+    }
+
+    async fn publish_once(&self, batch: &ClassifiedBatch) -> Result<(), SinkError> {
+        let payloads = batch
+            .rows
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut deliveries = Vec::with_capacity(payloads.len());
+        for (row, payload) in batch.rows.iter().zip(&payloads) {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "vaxpulse.model_version",
+                value: Some(row.model_version.as_bytes()),
+            });
+            let record = FutureRecord::to(&self.topic)
+                .key(row.tweet_id.as_bytes())
+                .payload(payload.as_slice())
+                .headers(headers);
+            deliveries.push(self.producer.send(record, self.timeout));
+        }
+        for d in futures::future::join_all(deliveries).await {
+            d.map_err(|(e, _)| SinkError::Kafka(e))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes every row of the batch; retries transient failures until the broker accepts
+    /// them. Replays may duplicate messages in the topic (at-least-once; consumers key on
+    /// `tweet_id` + `model_version`).
+    pub async fn publish(&self, batch: &ClassifiedBatch) -> Result<(), SinkError> {
+        let started = Instant::now();
+        loop {
+            let res = (|| self.publish_once(batch))
+                .retry(retry_policy())
+                .when(SinkError::is_retriable)
+                .notify(|e, after| {
+                    telemetry::SinkRetry { sink: "kafka", error: e, after_ms: after.as_millis() }.emit()
+                })
+                .await;
+            match res {
+                Ok(()) => break,
+                Err(e) if e.is_retriable() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        telemetry::BatchStored {
+            sink: "kafka",
+            rows: batch.rows.len(),
+            seconds: started.elapsed().as_secs_f64(),
+            labels: &batch.label_counts(),
+        }
+        .emit();
+        Ok(())
+    }
+
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+/// A message that could not be decoded, with where it came from.
+pub struct DeadLetter {
+    pub payload: Vec<u8>,
+    pub key: Option<Vec<u8>>,
+    pub reason: &'static str,
+    pub detail: String,
+    pub source: String,
+    pub ack: Ack,
+}
+
+/// Writes dead letters; each is acknowledged in the tracker only after the broker has it.
+#[derive(Clone)]
+pub struct DeadLetterProducer {
+    producer: FutureProducer,
+    topic: String,
+    tracker: Arc<OffsetTracker>,
+}
+
+impl DeadLetterProducer {
+    pub fn new(cfg: &KafkaConfig, max_message_bytes: usize, tracker: Arc<OffsetTracker>) -> Result<Self, SinkError> {
+        Ok(DeadLetterProducer {
+            producer: producer(cfg, cfg.message_timeout_ms, max_message_bytes.saturating_mul(2) + 64 * 1024)?,
+            topic: cfg.dlq_topic.clone(),
+            tracker,
+        })
+    }
+
+    async fn send_once(&self, dl: &DeadLetter) -> Result<(), SinkError> {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "vaxpulse.error", value: Some(dl.reason.as_bytes()) })
+            .insert(Header { key: "vaxpulse.detail", value: Some(dl.detail.as_bytes()) })
+            .insert(Header { key: "vaxpulse.source", value: Some(dl.source.as_bytes()) });
+        let mut record = FutureRecord::to(&self.topic).payload(dl.payload.as_slice()).headers(headers);
+        if let Some(k) = &dl.key {
+            record = record.key(k.as_slice());
+        }
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| SinkError::Kafka(e))
+    }
+
+    /// Sends until the broker accepts, then acknowledges. Never gives up: an unwritable DLQ
+    /// holds the partition's commit back instead of losing the message.
+    pub async fn send(&self, dl: DeadLetter) {
+        loop {
+            let res = (|| self.send_once(&dl))
+                .retry(retry_policy())
+                .notify(|e, after| telemetry::SinkRetry { sink: "dlq", error: e, after_ms: after.as_millis() }.emit())
+                .await;
+            match res {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, source = %dl.source, "dead-letter topic cannot be written; holding the offset and retrying (check the topic exists and accepts messages of this size)");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        }
+        self.tracker.done(dl.ack);
+    }
+}

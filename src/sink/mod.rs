@@ -1,0 +1,154 @@
+//! Where classifications go: the output topic and ClickHouse (results), and the dead-letter topic
+//! (undecodable input). A batch's offsets are acknowledged only after both result sinks accepted
+//! it; failures retry through the one policy in [`retry_policy`].
+
+pub mod clickhouse;
+pub mod kafka;
+
+use std::time::Duration;
+
+use backon::ExponentialBuilder;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::batch::offsets::Ack;
+
+/// One classified tweet, as published to the output topic (JSON) and stored in ClickHouse.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Classification {
+    pub tweet_id: String,
+    /// RFC 3339.
+    pub created_at: DateTime<Utc>,
+    pub lang: String,
+    /// The full text classified (before normalisation).
+    pub text: String,
+    pub label: String,
+    /// Label → probability, in the model's label order.
+    pub scores: serde_json::Map<String, serde_json::Value>,
+    pub model_version: String,
+    pub classified_at: DateTime<Utc>,
+    /// Where the tweet came from (`partition`, `offset` of the input topic).
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+/// Results of one inference batch, with what must be acknowledged once they are stored.
+#[derive(Debug)]
+pub struct ClassifiedBatch {
+    pub rows: Vec<Classification>,
+    pub acks: Vec<Ack>,
+}
+
+impl ClassifiedBatch {
+    /// A deterministic token for this batch's content: the same messages classified by the same
+    /// model give the same token, so a retried insert is deduplicated by ClickHouse.
+    pub fn dedup_token(&self) -> String {
+        let mut keys: Vec<(i32, i64)> = self.rows.iter().map(|r| (r.source_partition, r.source_offset)).collect();
+        keys.sort_unstable();
+        let mut h = Sha256::new();
+        if let Some(first) = self.rows.first() {
+            h.update(first.model_version.as_bytes());
+        }
+        for (p, o) in keys {
+            h.update(p.to_le_bytes());
+            h.update(o.to_le_bytes());
+        }
+        format!("{:x}", h.finalize())
+    }
+
+    /// Count of tweets per predicted label.
+    pub fn label_counts(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for r in &self.rows {
+            match out.iter_mut().find(|(l, _)| *l == r.label) {
+                Some((_, n)) => *n += 1,
+                None => out.push((r.label.clone(), 1)),
+            }
+        }
+        out
+    }
+}
+
+/// Errors of the sinks; each says whether retrying can help.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] ::clickhouse::error::Error),
+    #[error("cannot encode result: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl SinkError {
+    pub fn is_retriable(&self) -> bool {
+        use ::clickhouse::error::Error as Ch;
+        match self {
+            SinkError::Kafka(e) => !matches!(
+                e.rdkafka_error_code(),
+                Some(
+                    rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge
+                        | rdkafka::types::RDKafkaErrorCode::InvalidMessageSize
+                        | rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed
+                        | rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
+                )
+            ),
+            SinkError::ClickHouse(e) => match e {
+                Ch::Network(_) | Ch::TimedOut => true,
+                // Server errors: 5xx-like conditions come back as BadResponse; schema problems
+                // (unknown table/column, type mismatch) do not go away by retrying.
+                Ch::BadResponse(msg) => !["UNKNOWN_TABLE", "NO_SUCH_COLUMN", "TYPE_MISMATCH", "UNKNOWN_DATABASE", "AUTHENTICATION_FAILED", "Code: 516"]
+                    .iter()
+                    .any(|k| msg.contains(k)),
+                _ => false,
+            },
+            SinkError::Encode(_) => false,
+        }
+    }
+}
+
+/// The one retry policy of the worker: exponential with jitter, capped delay, bounded attempts
+/// per call (callers that must never drop data loop around it).
+pub fn retry_policy() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::offsets::OffsetTracker;
+
+    fn row(p: i32, o: i64) -> Classification {
+        Classification {
+            tweet_id: format!("{p}-{o}"),
+            created_at: Utc::now(),
+            lang: "fr".into(),
+            text: "t".into(),
+            label: "neutral".into(),
+            scores: Default::default(),
+            model_version: "demo@1".into(),
+            classified_at: Utc::now(),
+            source_partition: p,
+            source_offset: o,
+        }
+    }
+
+    #[test]
+    fn dedup_token_depends_on_content_not_order_or_time() {
+        let t = OffsetTracker::new();
+        let a = ClassifiedBatch { rows: vec![row(0, 1), row(1, 5)], acks: vec![t.track(0, 1)] };
+        let b = ClassifiedBatch { rows: vec![row(1, 5), row(0, 1)], acks: vec![] };
+        let c = ClassifiedBatch { rows: vec![row(0, 1), row(1, 6)], acks: vec![] };
+        assert_eq!(a.dedup_token(), b.dedup_token());
+        assert_ne!(a.dedup_token(), c.dedup_token());
+        let mut other_model = b;
+        other_model.rows.iter_mut().for_each(|r| r.model_version = "demo@2".into());
+        assert_ne!(a.dedup_token(), other_model.dedup_token());
+    }
+}
