@@ -1,1 +1,138 @@
-fn main(){}
+//! The `vaxpulse` command line: parse, start logging, call into the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+
+use vaxpulse::config::Config;
+use vaxpulse::produce::{produce, Input, ProduceOptions};
+use vaxpulse::sink::clickhouse::ClickHouseSink;
+use vaxpulse::sink::kafka::client_config;
+
+#[derive(Parser)]
+#[command(name = "vaxpulse", version, about = "Opinion on vaccination in French tweets: Kafka → CamemBERT → Kafka + ClickHouse")]
+struct Cli {
+    /// Config file (TOML); `VAXPULSE_<SECTION>_<KEY>` variables override it.
+    #[arg(long, short, global = true, env = "VAXPULSE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker until SIGTERM/SIGINT.
+    Run,
+    /// Create the ClickHouse database, tables and views (idempotent).
+    Schema,
+    /// Create the input, output and dead-letter topics if missing.
+    Topics {
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
+    /// Push tweets into the input topic.
+    Produce {
+        /// JSONL file, one payload per line.
+        #[arg(long, conflicts_with = "synthetic")]
+        file: Option<PathBuf>,
+        /// Generate N synthetic French tweets.
+        #[arg(long)]
+        synthetic: Option<u64>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Days the synthetic tweets' timestamps spread over (ending now).
+        #[arg(long, default_value_t = 5)]
+        days: u32,
+        /// Messages per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Topic (default: kafka.input_topic).
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// Tweets per day (or hour) × label from ClickHouse.
+    Report {
+        #[arg(long)]
+        hourly: bool,
+        #[arg(long)]
+        model_version: Option<String>,
+    },
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("cannot install the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn main() -> anyhow::Result<()> {
+    vaxpulse::telemetry::init_logging();
+    let cli = Cli::parse();
+    let cfg = Config::load(cli.config.as_deref()).context("configuration")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()).max(2))
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Run => {
+                tracing::info!(config = ?cfg, "starting");
+                let factory = vaxpulse::app::torch_factory(&cfg);
+                let report = vaxpulse::app::run(cfg, factory, shutdown_signal()).await?;
+                tracing::info!(model = %report.model_version, "stopped cleanly");
+            }
+            Command::Schema => {
+                let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
+                sink.apply_schema().await.with_context(|| format!("applying the schema at {}", cfg.clickhouse.url))?;
+                println!("schema applied to database {}", cfg.clickhouse.database);
+            }
+            Command::Topics { partitions } => {
+                let admin: AdminClient<DefaultClientContext> =
+                    client_config(&cfg.kafka).create().context("cannot create the admin client")?;
+                let names = [&cfg.kafka.input_topic, &cfg.kafka.output_topic, &cfg.kafka.dlq_topic];
+                let topics: Vec<NewTopic> =
+                    names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
+                let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+                for r in admin.create_topics(&topics, &opts).await.context("creating topics")? {
+                    match r {
+                        Ok(t) => println!("created topic {t}"),
+                        Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => println!("topic {t} exists"),
+                        Err((t, e)) => anyhow::bail!("cannot create topic {t}: {e}"),
+                    }
+                }
+            }
+            Command::Produce { file, synthetic, seed, days, rate, topic } => {
+                let input = match (file, synthetic) {
+                    (Some(f), _) => Input::Jsonl(f),
+                    (None, Some(count)) => Input::Synthetic { count, seed, days },
+                    (None, None) => anyhow::bail!("give --file PATH or --synthetic N"),
+                };
+                let opts = ProduceOptions {
+                    topic: topic.unwrap_or_else(|| cfg.kafka.input_topic.clone()),
+                    rate,
+                    progress: true,
+                };
+                let n = produce(&cfg.kafka, input, &opts).await?;
+                println!("produced {n} messages to {}", opts.topic);
+            }
+            Command::Report { hourly, model_version } => {
+                let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
+                print!("{}", vaxpulse::report::report(&sink, hourly, model_version.as_deref()).await?);
+            }
+        }
+        Ok(())
+    })
+}

@@ -125,12 +125,9 @@ impl<T> Batcher<T> {
 
     fn take(&mut self, mut idx: Vec<usize>) -> Vec<T> {
         idx.sort_unstable_by(|a, b| b.cmp(a));
-        let mut out: Vec<T> = idx
-            .into_iter()
-            .map(|i| self.waiting.swap_remove(i).item)
-            .collect();
-        out.reverse();
-        out
+        let mut out: Vec<Waiting<T>> = idx.into_iter().map(|i| self.waiting.swap_remove(i)).collect();
+        out.sort_unstable_by_key(|w| w.seq);
+        out.into_iter().map(|w| w.item).collect()
     }
 
     /// In arrival order, as many as fit.

@@ -102,6 +102,19 @@ impl OffsetTracker {
         self.changed.notify_all();
     }
 
+    /// Gives a taken-in message back unfinished (it was never handed on, and the partition is
+    /// being released or the worker stops): the commit position stays at or below it, so the
+    /// next owner reads it again.
+    pub fn untrack(&self, ack: Ack) {
+        let mut parts = self.lock();
+        if let Some(st) = parts.get_mut(&ack.partition) {
+            if st.generation == ack.generation && st.pending.remove(&ack.offset) {
+                st.next = Some(st.next.map_or(ack.offset, |n| n.min(ack.offset)));
+            }
+        }
+        self.changed.notify_all();
+    }
+
     /// Positions that moved since the last call (next offset to read, Kafka's commit convention).
     pub fn to_commit(&self) -> Vec<(Partition, i64)> {
         let mut parts = self.lock();
@@ -180,6 +193,19 @@ mod tests {
         assert_eq!(t.to_commit(), vec![(0, 13)]);
         t.done(acks[3]);
         assert_eq!(t.to_commit(), vec![(0, 15)], "all done: one past the last");
+    }
+
+    #[test]
+    fn untracked_messages_are_read_again() {
+        let t = OffsetTracker::new();
+        let a = t.track(0, 10);
+        let b = t.track(0, 11);
+        let c = t.track(0, 12);
+        t.done(a);
+        t.untrack(b);
+        t.untrack(c);
+        assert_eq!(t.positions(&[0]), vec![(0, 11)], "commit stops before the first untracked");
+        assert_eq!(t.in_flight(None), 0, "nothing left to drain");
     }
 
     #[test]

@@ -1,0 +1,325 @@
+//! Builds the stages, owns the bounded channels and threads between them, and shuts down in
+//! order: stop consuming → flush tokenizer, batcher and model → finish sinks → commit → exit.
+//!
+//! consumer thread ─(tweets)→ tokenizer thread ─(encoded)→ batcher thread ─(1 batch prefetched)→
+//! model thread ─(classified batches)→ sink task (Kafka + ClickHouse, then offsets acknowledged)
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use futures::StreamExt;
+
+use crate::batch::offsets::OffsetTracker;
+use crate::batch::{Batcher, Limits};
+use crate::config::Config;
+use crate::model::tokenizer::TweetTokenizer;
+use crate::model::{argmax, Classifier, DeviceSpec, Manifest, PaddedBatch};
+use crate::sink::clickhouse::ClickHouseSink;
+use crate::sink::kafka::{DeadLetterProducer, ResultProducer};
+use crate::sink::{ClassifiedBatch, Classification};
+use crate::source::kafka::{Source, Work};
+use crate::telemetry::{self, BatchInferred, Health};
+use crate::tweet::DecodeRules;
+
+/// Builds the classifier on the model thread (libtorch state stays on that thread).
+pub type ClassifierFactory = Box<dyn FnOnce(&Manifest) -> anyhow::Result<Box<dyn Classifier>> + Send>;
+
+/// The production classifier: the TorchScript model of `cfg.model`.
+pub fn torch_factory(cfg: &Config) -> ClassifierFactory {
+    let dir = cfg.model.dir.clone();
+    let device = DeviceSpec::parse(&cfg.model.device).expect("validated at load; this is a bug");
+    let threads = cfg.model.intra_op_threads;
+    Box::new(move |m: &Manifest| {
+        let c = crate::model::torch::TorchClassifier::load(&dir, m, device, threads)?;
+        tracing::info!(device = ?c.device(), model = %m.model_version(), "model loaded");
+        Ok(Box::new(c) as Box<dyn Classifier>)
+    })
+}
+
+struct Encoded {
+    work: Work,
+    ids: Vec<u32>,
+}
+
+fn spawn<F: FnOnce() -> anyhow::Result<()> + Send + 'static>(name: &str, f: F) -> JoinHandle<anyhow::Result<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("cannot spawn a thread; the process is out of resources")
+}
+
+fn tokenizer_stage(tok: TweetTokenizer, rx: Receiver<Work>, tx: Sender<Vec<Encoded>>) -> anyhow::Result<()> {
+    const CHUNK: usize = 256;
+    while let Ok(first) = rx.recv() {
+        let mut works = vec![first];
+        while works.len() < CHUNK {
+            match rx.try_recv() {
+                Ok(w) => works.push(w),
+                Err(_) => break,
+            }
+        }
+        let texts: Vec<&str> = works.iter().map(|w| w.tweet.text.as_str()).collect();
+        let ids = tok.encode_batch(&texts)?;
+        let encoded = works.into_iter().zip(ids).map(|(work, ids)| Encoded { work, ids }).collect();
+        if tx.send(encoded).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn batcher_stage(limits: Limits, rx: Receiver<Vec<Encoded>>, tx: Sender<Vec<Encoded>>) -> anyhow::Result<()> {
+    let mut batcher = Batcher::new(limits);
+    loop {
+        let now = Instant::now();
+        let input = match batcher.deadline() {
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(now)),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match input {
+            Ok(items) => {
+                let now = Instant::now();
+                for e in items {
+                    let len = e.ids.len();
+                    batcher.push(e, len, now);
+                }
+                // Take whatever else is already there before deciding: a backlog fills batches.
+                while let Ok(more) = rx.try_recv() {
+                    for e in more {
+                        let len = e.ids.len();
+                        batcher.push(e, len, now);
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                for b in batcher.flush() {
+                    if tx.send(b).is_err() {
+                        break;
+                    }
+                }
+                return Ok(());
+            }
+        }
+        while let Some(b) = batcher.next_batch(Instant::now()) {
+            if tx.send(b).is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn model_stage(
+    mut model: Box<dyn Classifier>,
+    manifest: Manifest,
+    rx: Receiver<Vec<Encoded>>,
+    tx: tokio::sync::mpsc::Sender<ClassifiedBatch>,
+) -> anyhow::Result<()> {
+    let labels = model.labels().to_vec();
+    let version = manifest.model_version();
+    while let Ok(batch) = rx.recv() {
+        let padded = PaddedBatch::new(batch.iter().map(|e| e.ids.as_slice()), manifest.pad_id);
+        let started = Instant::now();
+        let mut attempt = 0;
+        let probs = loop {
+            match model.classify(&padded) {
+                Ok(p) => break p,
+                Err(e) if e.is_retriable() && attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "inference failed; retrying");
+                    std::thread::sleep(Duration::from_millis(100 * attempt));
+                }
+                Err(e) => return Err(e).context("inference failed for good; the batch's offsets stay uncommitted"),
+            }
+        };
+        BatchInferred {
+            rows: padded.rows,
+            real_tokens: batch.iter().map(|e| e.ids.len()).sum(),
+            padded_tokens: padded.padded_tokens(),
+            seconds: started.elapsed().as_secs_f64(),
+        }
+        .emit();
+        let classified_at = Utc::now();
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut acks = Vec::with_capacity(batch.len());
+        for (e, p) in batch.into_iter().zip(probs) {
+            let scores = labels
+                .iter()
+                .zip(&p)
+                .map(|(l, s)| (l.clone(), serde_json::Value::from(f64::from(*s))))
+                .collect();
+            acks.push(e.work.ack);
+            let t = e.work.tweet;
+            rows.push(Classification {
+                tweet_id: t.id,
+                created_at: t.created_at,
+                lang: t.lang,
+                text: t.text,
+                label: labels[argmax(&p)].clone(),
+                scores,
+                model_version: version.clone(),
+                classified_at,
+                source_partition: e.work.ack.partition,
+                source_offset: e.work.ack.offset,
+            });
+        }
+        if tx.blocking_send(ClassifiedBatch { rows, acks }).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// What a finished run reports.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub model_version: String,
+}
+
+/// Runs the worker until `shutdown` resolves (or a stage fails), then drains and commits.
+pub async fn run(
+    cfg: Config,
+    factory: ClassifierFactory,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunReport> {
+    let manifest = Manifest::load(&cfg.model.dir)?;
+    if cfg.model.verify_checksums {
+        manifest.verify(&cfg.model.dir)?;
+    }
+    let tokenizer = TweetTokenizer::load(&cfg.model.dir.join(&manifest.files.tokenizer.path), manifest.max_length)?;
+    let password = cfg.clickhouse_password()?;
+    let clickhouse = ClickHouseSink::new(&cfg.clickhouse, &password);
+    clickhouse
+        .apply_schema()
+        .await
+        .with_context(|| format!("cannot apply the ClickHouse schema at {} (is ClickHouse up? scripts/services.sh start)", cfg.clickhouse.url))?;
+    let tracker = Arc::new(OffsetTracker::new());
+    let results = ResultProducer::new(&cfg.kafka).context("cannot create the result producer")?;
+    let dlq = DeadLetterProducer::new(&cfg.kafka, cfg.decode.max_message_bytes, tracker.clone())
+        .context("cannot create the dead-letter producer")?;
+    let health = Arc::new(Health::default());
+    health.sinks_ok.store(true, Ordering::Relaxed);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = if cfg.metrics.listen.is_empty() {
+        None
+    } else {
+        let addr = cfg.metrics.listen.parse().with_context(|| format!("metrics.listen `{}` is not host:port", cfg.metrics.listen))?;
+        let h = health.clone();
+        Some(tokio::spawn(async move {
+            if let Err(e) = telemetry::serve(addr, h, async {
+                let _ = metrics_stop_rx.await;
+            })
+            .await
+            {
+                tracing::error!(error = %e, %addr, "metrics endpoint failed (is the port in use? set metrics.listen)");
+            }
+        }))
+    };
+
+    let (work_tx, work_rx) = bounded::<Work>(cfg.pipeline.queue_tweets);
+    let (enc_tx, enc_rx) = bounded::<Vec<Encoded>>(4);
+    // Capacity 1: exactly one batch waits while the model runs the current one.
+    let (batch_tx, batch_rx) = bounded::<Vec<Encoded>>(1);
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<ClassifiedBatch>(cfg.pipeline.sink_queue_batches);
+
+    let limits = Limits::from(&cfg.batch);
+    let model_manifest = manifest.clone();
+    let threads = vec![
+        spawn("vaxpulse-tokenize", move || tokenizer_stage(tokenizer, work_rx, enc_tx)),
+        spawn("vaxpulse-batch", move || batcher_stage(limits, enc_rx, batch_tx)),
+        spawn("vaxpulse-model", move || {
+            let model = factory(&model_manifest)?;
+            model_stage(model, model_manifest, batch_rx, out_tx)
+        }),
+    ];
+
+    let source = Source {
+        cfg: cfg.kafka.clone(),
+        rules: DecodeRules::from(&cfg.decode),
+        tracker: tracker.clone(),
+        dlq,
+        runtime: tokio::runtime::Handle::current(),
+        health: health.clone(),
+        drain_timeout: Duration::from_millis(cfg.pipeline.drain_timeout_ms),
+    };
+    let source_stop = stop.clone();
+    let source_thread = spawn("vaxpulse-consume", move || source.run(work_tx, source_stop));
+
+    let sink_tracker = tracker.clone();
+    let sink_health = health.clone();
+    let sink_stop = stop.clone();
+    let concurrency = cfg.pipeline.sink_queue_batches;
+    let sink_task = tokio::spawn(async move {
+        let stream = futures::stream::poll_fn(move |cx| out_rx.poll_recv(cx));
+        let mut results_stream = stream
+            .map(|batch| {
+                let (results, clickhouse) = (results.clone(), clickhouse.clone());
+                async move {
+                    let (k, c) = tokio::join!(results.publish(&batch), clickhouse.insert(&batch));
+                    k.and(c).map(|()| batch)
+                }
+            })
+            .buffer_unordered(concurrency);
+        while let Some(res) = results_stream.next().await {
+            match res {
+                Ok(batch) => {
+                    for ack in batch.acks {
+                        sink_tracker.done(ack);
+                    }
+                }
+                Err(e) => {
+                    sink_health.sinks_ok.store(false, Ordering::Relaxed);
+                    sink_stop.store(true, Ordering::Relaxed);
+                    return Err(anyhow::Error::new(e).context("a sink rejected a batch for good; stopping without committing it"));
+                }
+            }
+        }
+        results.flush(Duration::from_secs(10));
+        Ok::<(), anyhow::Error>(())
+    });
+
+    // Stop on the shutdown future or when a stage ends early (an error).
+    let watch_stop = stop.clone();
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutdown requested: finishing in-flight batches"),
+        _ = async {
+            while !watch_stop.load(Ordering::Relaxed) && !source_thread.is_finished() && !threads.iter().any(|t| t.is_finished()) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        } => tracing::warn!("a stage stopped early: shutting down"),
+    }
+    stop.store(true, Ordering::Relaxed);
+
+    let mut first_error: Option<anyhow::Error> = None;
+    let source_res = tokio::task::spawn_blocking(move || source_thread.join()).await?;
+    match source_res {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => first_error = first_error.or(Some(e)),
+        Err(_) => first_error = first_error.or(Some(anyhow::anyhow!("consumer thread panicked; this is a bug"))),
+    }
+    for t in threads {
+        match tokio::task::spawn_blocking(move || t.join()).await? {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(_) => first_error = first_error.or(Some(anyhow::anyhow!("pipeline thread panicked; this is a bug"))),
+        }
+    }
+    if let Err(e) = sink_task.await? {
+        first_error = first_error.or(Some(e));
+    }
+    let _ = metrics_stop_tx.send(());
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(RunReport { model_version: manifest.model_version() }),
+    }
+}

@@ -1,0 +1,89 @@
+//! `vaxpulse produce`: pushes tweets into the input topic from a JSONL file or the synthetic
+//! generator, optionally at a fixed rate, with a progress bar. Returns once the broker has
+//! acknowledged every message.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::config::KafkaConfig;
+use crate::sink::kafka::client_config;
+use crate::synthetic::Generator;
+
+/// What to produce.
+pub enum Input {
+    Jsonl(PathBuf),
+    Synthetic { count: u64, seed: u64, days: u32 },
+}
+
+/// How to produce it.
+pub struct ProduceOptions {
+    pub topic: String,
+    /// Messages per second; `None` = as fast as the broker takes them.
+    pub rate: Option<f64>,
+    pub progress: bool,
+}
+
+/// Produces all messages; returns how many were acknowledged.
+pub async fn produce(cfg: &KafkaConfig, input: Input, opts: &ProduceOptions) -> anyhow::Result<u64> {
+    let producer: FutureProducer = client_config(cfg)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .context("cannot create the producer (check kafka.brokers)")?;
+    let messages: Box<dyn Iterator<Item = (Option<String>, Vec<u8>)> + Send> = match input {
+        Input::Jsonl(path) => {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let lines: Vec<_> = text.lines().filter(|l| !l.trim().is_empty()).map(|l| (None, l.as_bytes().to_vec())).collect();
+            Box::new(lines.into_iter())
+        }
+        Input::Synthetic { count, seed, days } => {
+            let start = Utc::now() - chrono::Duration::days(i64::from(days));
+            let mut g = Generator::new(seed, start, days);
+            Box::new((0..count).map(move |_| {
+                let (t, p) = g.payload();
+                (Some(t.id), p)
+            }))
+        }
+    };
+    let (lower, _) = messages.size_hint();
+    let bar = if opts.progress { ProgressBar::new(lower as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} produced {pos}/{len} [{elapsed_precise}] {per_sec}")
+            .expect("static template; this is a bug"),
+    );
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let deliveries = futures::stream::iter(messages.enumerate())
+        .map(|(i, (key, payload))| {
+            let producer = producer.clone();
+            let topic = opts.topic.clone();
+            let rate = opts.rate;
+            async move {
+                if let Some(r) = rate {
+                    let due = started + Duration::from_secs_f64(i as f64 / r);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let mut rec = FutureRecord::to(&topic).payload(payload.as_slice());
+                if let Some(k) = &key {
+                    rec = rec.key(k.as_bytes());
+                }
+                producer.send(rec, Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
+            }
+        })
+        .buffered(2048);
+    futures::pin_mut!(deliveries);
+    while let Some(r) = deliveries.next().await {
+        r.context("the broker refused a message (does the topic exist? scripts/services.sh creates the demo topics)")?;
+        sent += 1;
+        bar.inc(1);
+    }
+    bar.finish();
+    Ok(sent)
+}

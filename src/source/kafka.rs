@@ -1,0 +1,250 @@
+//! The Kafka consumer, on its own OS thread: decodes messages, routes tweets into the pipeline,
+//! skips or dead-letters the rest, commits finished offsets, and handles rebalances.
+//!
+//! Guarantees: offsets are committed only up to the lowest unfinished message
+//! ([`OffsetTracker`]); on revocation and shutdown, in-flight work of the partitions given up is
+//! drained (up to `drain_timeout_ms`) and committed before they are released; when the pipeline
+//! is full, partitions are paused instead of buffering more.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use crossbeam_channel::{Sender, TrySendError};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::batch::offsets::{Ack, OffsetTracker, Partition};
+use crate::config::KafkaConfig;
+use crate::sink::kafka::{client_config, DeadLetter, DeadLetterProducer};
+use crate::telemetry::{self, Health, PollRound};
+use crate::tweet::{decode, DecodeRules, Decoded, SkipReason, Tweet};
+
+/// A tweet handed to the pipeline, with the ack to return once its result is stored.
+#[derive(Debug)]
+pub struct Work {
+    pub tweet: Tweet,
+    pub ack: Ack,
+}
+
+/// Everything the consumer thread needs.
+pub struct Source {
+    pub cfg: KafkaConfig,
+    pub rules: DecodeRules,
+    pub tracker: Arc<OffsetTracker>,
+    pub dlq: DeadLetterProducer,
+    pub runtime: tokio::runtime::Handle,
+    pub health: Arc<Health>,
+    pub drain_timeout: Duration,
+}
+
+struct Ctx {
+    tracker: Arc<OffsetTracker>,
+    topic: String,
+    drain_timeout: Duration,
+    /// Messages taken from Kafka but not yet accepted by the full pipeline.
+    held: Arc<Mutex<VecDeque<Work>>>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else { return };
+        let parts: Vec<Partition> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+        // Held messages were never handed on; the next owner reads them again.
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).retain(|w| {
+            let revoked = parts.contains(&w.ack.partition);
+            if revoked {
+                self.tracker.untrack(w.ack);
+            }
+            !revoked
+        });
+        let drained = self.tracker.wait_drained(Some(&parts), self.drain_timeout);
+        let positions = self.tracker.positions(&parts);
+        commit(consumer, &self.topic, &positions, CommitMode::Sync);
+        self.tracker.revoke(&parts);
+        tracing::info!(?parts, drained, "partitions revoked after draining in-flight work");
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts: Vec<Partition> =
+                    tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+                for p in &parts {
+                    self.tracker.assign(*p);
+                }
+                tracing::info!(?parts, "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+fn commit(consumer: &BaseConsumer<Ctx>, topic: &str, positions: &[(Partition, i64)], mode: CommitMode) {
+    if positions.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in positions {
+        if let Err(e) = tpl.add_partition_offset(topic, *p, Offset::Offset(*o)) {
+            tracing::error!(error = %e, "cannot build commit list; this is a bug");
+            return;
+        }
+    }
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => {
+            telemetry::metrics().commits.inc();
+            tracing::debug!(?positions, "offsets committed");
+        }
+        Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry with the next commit"),
+    }
+}
+
+impl Source {
+    /// Consumes until `stop` is set, then drains and commits. Runs on the calling thread.
+    pub fn run(self, pipeline: Sender<Work>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let held = Arc::new(Mutex::new(VecDeque::new()));
+        let ctx = Ctx {
+            tracker: self.tracker.clone(),
+            topic: self.cfg.input_topic.clone(),
+            drain_timeout: self.drain_timeout,
+            held: held.clone(),
+        };
+        let mut cc = client_config(&self.cfg);
+        cc.set("group.id", &self.cfg.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", &self.cfg.auto_offset_reset)
+            .set("fetch.wait.max.ms", self.cfg.fetch_wait_max_ms.to_string())
+            .set("session.timeout.ms", self.cfg.session_timeout_ms.to_string())
+            .set("queued.max.messages.kbytes", "16384");
+        let consumer: BaseConsumer<Ctx> = cc
+            .create_with_context(ctx)
+            .context("cannot create the Kafka consumer (check kafka.brokers and kafka.properties)")?;
+        consumer
+            .subscribe(&[&self.cfg.input_topic])
+            .with_context(|| format!("cannot subscribe to {}", self.cfg.input_topic))?;
+        tracing::info!(topic = %self.cfg.input_topic, group = %self.cfg.group_id, "consuming");
+
+        let commit_every = Duration::from_millis(self.cfg.commit_interval_ms);
+        let mut last_commit = Instant::now();
+        let mut round = PollRound::default();
+        let mut paused = false;
+        let topic = self.cfg.input_topic.clone();
+        while !stop.load(Ordering::Relaxed) {
+            // Hand held messages on first; resume fetching once the pipeline has room again.
+            {
+                let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
+                while let Some(w) = h.pop_front() {
+                    match pipeline.try_send(w) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(w)) => {
+                            h.push_front(w);
+                            break;
+                        }
+                        Err(TrySendError::Disconnected(_)) => anyhow::bail!("pipeline stopped unexpectedly"),
+                    }
+                }
+                let want_pause = !h.is_empty();
+                if want_pause != paused {
+                    let assignment = consumer.assignment().context("cannot read the assignment")?;
+                    if want_pause {
+                        consumer.pause(&assignment).context("cannot pause")?;
+                    } else {
+                        consumer.resume(&assignment).context("cannot resume")?;
+                    }
+                    paused = want_pause;
+                    telemetry::metrics().paused.set(i64::from(paused));
+                }
+            }
+            match consumer.poll(Duration::from_millis(if paused { 10 } else { 100 })) {
+                Some(Ok(msg)) => {
+                    self.health.consuming.store(true, Ordering::Relaxed);
+                    self.handle(&msg, &pipeline, &held, &mut round)?;
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None => self.health.consuming.store(true, Ordering::Relaxed),
+            }
+            if last_commit.elapsed() >= commit_every {
+                commit(&consumer, &topic, &self.tracker.to_commit(), CommitMode::Async);
+                telemetry::metrics().in_flight.set(self.tracker.in_flight(None) as i64);
+                round.emit();
+                last_commit = Instant::now();
+            }
+        }
+        round.emit();
+        for w in held.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            self.tracker.untrack(w.ack);
+        }
+        drop(pipeline);
+        let drained = self.tracker.wait_drained(None, self.drain_timeout);
+        let positions = self.tracker.to_commit();
+        commit(&consumer, &topic, &positions, CommitMode::Sync);
+        tracing::info!(drained, ?positions, "consumer stopped; final offsets committed");
+        consumer.unsubscribe();
+        Ok(())
+    }
+
+    fn handle(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        pipeline: &Sender<Work>,
+        held: &Mutex<VecDeque<Work>>,
+        round: &mut PollRound,
+    ) -> anyhow::Result<()> {
+        round.consumed += 1;
+        let (partition, offset) = (msg.partition(), msg.offset());
+        let ack = self.tracker.track(partition, offset);
+        let fallback = msg
+            .timestamp()
+            .to_millis()
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or_else(Utc::now);
+        let decoded = match msg.payload() {
+            Some(p) => decode(p, &self.rules, fallback),
+            None => Decoded::Reject { reason: crate::tweet::DlqReason::InvalidJson, detail: "empty message (no payload)".into() },
+        };
+        match decoded {
+            Decoded::Tweet(tweet) => {
+                let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
+                if !h.is_empty() {
+                    h.push_back(Work { tweet, ack });
+                    return Ok(());
+                }
+                match pipeline.try_send(Work { tweet, ack }) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(w)) => h.push_back(w),
+                    Err(TrySendError::Disconnected(_)) => anyhow::bail!("pipeline stopped unexpectedly"),
+                }
+            }
+            Decoded::Skip(reason) => {
+                match reason {
+                    SkipReason::Control => round.skipped_control += 1,
+                    SkipReason::Language => round.skipped_language += 1,
+                }
+                self.tracker.done(ack);
+            }
+            Decoded::Reject { reason, detail } => {
+                round.dead_letter(reason.as_str());
+                let dl = DeadLetter {
+                    payload: msg.payload().unwrap_or_default().to_vec(),
+                    key: msg.key().map(<[u8]>::to_vec),
+                    reason: reason.as_str(),
+                    detail,
+                    source: format!("{}/{}/{}", msg.topic(), partition, offset),
+                    ack,
+                };
+                let dlq = self.dlq.clone();
+                self.runtime.spawn(async move { dlq.send(dl).await });
+            }
+        }
+        Ok(())
+    }
+}

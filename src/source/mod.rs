@@ -1,0 +1,3 @@
+//! Where tweets come from: the Kafka consumer.
+
+pub mod kafka;
