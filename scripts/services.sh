@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Local services for development and tests: a Kafka-protocol broker (tansu, SQLite storage) and
+# ClickHouse 26.9 (chdb-core over HTTP). Usage: scripts/services.sh start|stop|status
+# Addresses: VAXPULSE_KAFKA_BROKERS (default 127.0.0.1:9092), VAXPULSE_CLICKHOUSE_URL
+# (default http://127.0.0.1:8123). Safe to run twice.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+STATE=$ROOT/.state
+[ -f "$STATE/env.sh" ] || scripts/setup.sh
+# shellcheck disable=SC1091
+source "$STATE/env.sh"
+BROKERS=${VAXPULSE_KAFKA_BROKERS:-127.0.0.1:9092}
+CH_URL=${VAXPULSE_CLICKHOUSE_URL:-http://127.0.0.1:8123}
+KHOST=${BROKERS%%,*}; KPORT=${KHOST##*:}; KHOST=${KHOST%:*}
+CH_HOSTPORT=${CH_URL#http://}; CH_HOSTPORT=${CH_HOSTPORT%%/*}; CH_PORT=${CH_HOSTPORT##*:}
+CH_TCP_PORT=$((CH_PORT + 877))   # 8123 -> 9000, ClickHouse's usual pair
+mkdir -p "$STATE/tansu" "$STATE/clickhouse" "$STATE/logs"
+
+kafka_up() { (exec 3<>"/dev/tcp/$KHOST/$KPORT") 2>/dev/null; }
+ch_up() { curl -fsS "$CH_URL/ping" >/dev/null 2>&1; }
+
+wait_for() { # name check seconds
+  local i
+  for ((i = 0; i < $3 * 5; i++)); do "$2" && return 0; sleep 0.2; done
+  echo "services: $1 did not come up in $3 s; see $STATE/logs/" >&2
+  return 1
+}
+
+start() {
+  if kafka_up; then echo "services: broker already answering on $KHOST:$KPORT"; else
+    echo "services: starting tansu on $KHOST:$KPORT"
+    (cd "$STATE/tansu" && nohup tansu broker --listener-url "tcp://$KHOST:$KPORT" \
+      --advertised-listener-url "tcp://$KHOST:$KPORT" --storage-engine sqlite://tansu.db \
+      >"$STATE/logs/tansu.log" 2>&1 & echo $! >"$STATE/tansu.pid")
+  fi
+  if ch_up; then echo "services: ClickHouse already answering at $CH_URL"; else
+    echo "services: starting ClickHouse (chdb-core) at $CH_URL"
+    nohup python "$ROOT/scripts/clickhouse_server.py" "$STATE/clickhouse" "$CH_PORT" "$CH_TCP_PORT" \
+      >"$STATE/logs/clickhouse.log" 2>&1 & echo $! >"$STATE/clickhouse.pid"
+  fi
+  wait_for broker kafka_up 60
+  wait_for ClickHouse ch_up 120
+  echo "services: up (broker $KHOST:$KPORT, ClickHouse $CH_URL)"
+}
+
+stop() {
+  for s in tansu clickhouse; do
+    if [ -f "$STATE/$s.pid" ]; then
+      pid=$(cat "$STATE/$s.pid")
+      if kill "$pid" 2>/dev/null; then echo "services: stopped $s ($pid)"; fi
+      rm -f "$STATE/$s.pid"
+    fi
+  done
+}
+
+status() {
+  kafka_up && echo "broker: up ($KHOST:$KPORT)" || echo "broker: down"
+  ch_up && echo "clickhouse: up ($CH_URL)" || echo "clickhouse: down"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

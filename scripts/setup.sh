@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs what vaxpulse needs on a fresh machine (idempotent): Debian build packages, a Python
+# venv with torch 2.11.0 (libtorch for tch 0.24), tokenizers and chdb-core, and the tansu broker.
+# Writes .state/env.sh, which the other scripts source.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VAXPULSE_HOME=${VAXPULSE_HOME:-$HOME/.cache/vaxpulse}
+VENV=$VAXPULSE_HOME/venv
+REQS="torch==2.11.0 tokenizers==0.23.3 transformers chdb-core==26.9.0 numpy"
+mkdir -p "$ROOT/.state" "$VAXPULSE_HOME"
+
+need_apt=()
+for bin_pkg in cmake:cmake pkg-config:pkg-config curl:curl; do
+  command -v "${bin_pkg%%:*}" >/dev/null || need_apt+=("${bin_pkg#*:}")
+done
+dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+marker=$VENV/.vaxpulse-reqs
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$marker" 2>/dev/null)" != "$REQS" ]; then
+  echo "setup: creating the Python venv at $VENV ($REQS)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  # shellcheck disable=SC2086
+  "$VENV/bin/pip" install -q $REQS
+  echo "$REQS" > "$marker"
+else
+  echo "setup: Python venv ready at $VENV"
+fi
+
+export PATH=$HOME/.cargo/bin:$PATH
+if ! command -v tansu >/dev/null; then
+  echo "setup: building the tansu broker (cargo install, ~12 min once)"
+  cargo install tansu --locked --features dynostore,libsql
+else
+  echo "setup: tansu present ($(command -v tansu))"
+fi
+
+TORCH_LIB=$("$VENV/bin/python" -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
+cat > "$ROOT/.state/env.sh" <<ENV
+# written by scripts/setup.sh
+export VAXPULSE_HOME=$VAXPULSE_HOME
+export PATH=$VENV/bin:\$HOME/.cargo/bin:\$PATH
+export LIBTORCH_USE_PYTORCH=1
+export LD_LIBRARY_PATH=$TORCH_LIB\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}
+ENV
+echo "setup: done; wrote .state/env.sh"
