@@ -1,0 +1,180 @@
+//! End to end on the real broker and ClickHouse: mixed traffic in, every valid tweet out exactly
+//! once (topic + table + aggregates), every malformed one in the DLQ with its reason, offsets
+//! committed to the end; a clean restart reprocesses nothing and a full replay changes no
+//! aggregate.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset};
+use vaxpulse::synthetic::{v1_payload, Generator};
+
+struct Traffic {
+    messages: Vec<Vec<u8>>,
+    valid_ids: HashSet<String>,
+    /// payload → expected DLQ reason
+    malformed: HashMap<Vec<u8>, &'static str>,
+}
+
+fn mixed_traffic(n: usize) -> Traffic {
+    let start = DateTime::<Utc>::from_timestamp(1_625_097_600, 0).unwrap();
+    let mut g = Generator::new(99, start, 4);
+    let controls: Vec<&str> = include_str!("fixtures/control.jsonl").lines().collect();
+    let mut t = Traffic { messages: Vec::new(), valid_ids: HashSet::new(), malformed: HashMap::new() };
+    for i in 0..n {
+        match i % 10 {
+            0 => t.messages.push(controls[i / 10 % controls.len()].as_bytes().to_vec()),
+            1 => {
+                let mut v = v1_payload(&g.tweet());
+                v["lang"] = "en".into();
+                t.messages.push(serde_json::to_vec(&v).unwrap());
+            }
+            2 => {
+                let (payload, reason): (Vec<u8>, &str) = match i / 10 % 6 {
+                    0 => (format!("{{\"id\": \"{i}\", \"text\": ").into_bytes(), "invalid_json"),
+                    1 => ([b"\xff\xfe".as_slice(), i.to_string().as_bytes()].concat(), "invalid_utf8"),
+                    2 => (format!("{{\"text\": \"pas d'identifiant {i}\", \"lang\": \"fr\"}}").into_bytes(), "missing_id"),
+                    3 => (format!("{{\"id\": \"m{i}\", \"text\": \"   \", \"lang\": \"fr\"}}").into_bytes(), "missing_text"),
+                    4 => (format!("[{i}, \"not an object\"]").into_bytes(), "unsupported_shape"),
+                    _ => (format!("{{\"id\": \"{i}\", \"text\": \"{}\"}}", "x".repeat(5000)).into_bytes(), "too_large"),
+                };
+                t.malformed.insert(payload.clone(), reason);
+                t.messages.push(payload);
+            }
+            _ => {
+                let (tw, payload) = g.payload();
+                t.valid_ids.insert(tw.id);
+                t.messages.push(payload);
+            }
+        }
+    }
+    t
+}
+
+fn committed_total(names: &TestNames, group: &str, partitions: i32) -> (i64, i64) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(&names.input, p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let mut sum_committed = 0;
+    let mut sum_high = 0;
+    for e in committed.elements() {
+        if let Offset::Offset(o) = e.offset() {
+            sum_committed += o;
+        }
+        let (_, high) = c.fetch_watermarks(&names.input, e.partition(), Duration::from_secs(10)).unwrap();
+        sum_high += high;
+    }
+    (sum_committed, sum_high)
+}
+
+async fn run_worker_until<F, Fut>(cfg: vaxpulse::config::Config, done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    vaxpulse::telemetry::init_logging();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let factory = vaxpulse::app::torch_factory(&cfg);
+    let worker = tokio::spawn(vaxpulse::app::run(cfg, factory, async {
+        let _ = stop_rx.await;
+    }));
+    wait_until("the worker to finish the traffic", Duration::from_secs(180), done).await;
+    stop_tx.send(()).unwrap();
+    worker.await.unwrap().expect("worker stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mixed_traffic_is_classified_once_dead_lettered_with_reasons_and_committed_to_the_end() {
+    const PARTITIONS: i32 = 4;
+    let names = TestNames::new();
+    names.create_topics(PARTITIONS).await;
+    let traffic = mixed_traffic(2000);
+    let valid = traffic.valid_ids.len();
+    assert_eq!(valid, 1400);
+    produce_all(&names.input, &traffic.messages).await;
+
+    let db = names.database.clone();
+    let cfg = names.config("[decode]\nmax_message_bytes = 4096\n");
+    run_worker_until(cfg.clone(), || {
+        let db = db.clone();
+        async move { ch_try(&format!("SELECT count() FROM {db}.classified_tweets")).await.ok() == Some(valid.to_string()) }
+    })
+    .await;
+
+    // Output topic: every valid tweet exactly once, keyed by its id, with the documented fields.
+    let out = read_topic(&names.output, valid, Duration::from_secs(2), Duration::from_secs(60));
+    assert_eq!(out.len(), valid, "no duplicates and nothing missing in the output topic");
+    let mut seen = HashSet::new();
+    for m in &out {
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        let id = v["tweet_id"].as_str().unwrap().to_string();
+        assert_eq!(m.key.as_deref(), Some(id.as_bytes()));
+        for f in ["created_at", "lang", "text", "label", "model_version", "classified_at"] {
+            assert!(v[f].is_string(), "field {f} in {v}");
+        }
+        let scores = v["scores"].as_object().unwrap();
+        assert_eq!(scores.len(), 3);
+        let sum: f64 = scores.values().map(|s| s.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-4);
+        assert_eq!(v["model_version"], "demo@1");
+        assert!(seen.insert(id));
+    }
+    assert_eq!(seen, traffic.valid_ids);
+
+    // ClickHouse: one row per valid tweet, and hourly aggregates that add up.
+    let db = &names.database;
+    assert_eq!(ch_scalar(&format!("SELECT uniqExact(tweet_id) FROM {db}.classified_tweets")).await, valid.to_string());
+    assert_eq!(ch_scalar(&format!("SELECT sum(tweets) FROM {db}.opinion_hourly_counts")).await, valid.to_string());
+
+    // DLQ: each malformed message, original bytes, typed reason, source coordinates.
+    let dlq = read_topic(&names.dlq, traffic.malformed.len(), Duration::from_secs(2), Duration::from_secs(60));
+    assert_eq!(dlq.len(), traffic.malformed.len());
+    for m in &dlq {
+        let want = traffic.malformed.get(&m.payload).expect("DLQ holds the original bytes");
+        assert_eq!(m.headers.get("vaxpulse.error").map(String::as_str), Some(*want));
+        assert!(!m.headers["vaxpulse.detail"].is_empty());
+        assert!(m.headers["vaxpulse.source"].starts_with(&format!("{}/", names.input)));
+    }
+
+    // Offsets: committed up to the end of every partition.
+    let (committed, high) = committed_total(&names, &names.group, PARTITIONS);
+    assert_eq!(high, 2000);
+    assert_eq!(committed, high, "committed offsets reach the end");
+
+    // A clean restart of the same group reprocesses nothing.
+    let rows_before = ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets")).await;
+    run_worker_until(cfg.clone(), || async { true }).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets")).await, rows_before);
+    assert_eq!(read_topic(&names.output, valid, Duration::from_secs(2), Duration::from_secs(30)).len(), valid);
+
+    // A full replay (new group, same model) changes no aggregate and keeps one row per tweet.
+    let mut replay = cfg.clone();
+    replay.kafka.group_id = unique("replay");
+    let group = replay.kafka.group_id.clone();
+    let names = &names;
+    run_worker_until(replay, || {
+        let group = group.clone();
+        async move {
+            let (committed, high) = tokio::task::block_in_place(|| committed_total(names, &group, PARTITIONS));
+            committed == high
+        }
+    })
+    .await;
+    assert!(ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets")).await.parse::<usize>().unwrap() >= valid);
+    assert_eq!(ch_scalar(&format!("SELECT sum(tweets) FROM {db}.opinion_hourly_counts")).await, valid.to_string());
+    assert_eq!(ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets FINAL")).await, valid.to_string());
+}
+
