@@ -16,6 +16,7 @@
 
 pub mod app;
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod model;
 pub mod produce;

@@ -54,6 +54,13 @@ enum Command {
         #[arg(long)]
         topic: Option<String>,
     },
+    /// Model-only throughput on synthetic tweets (the ceiling for the pipeline).
+    BenchRaw {
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 4096)]
+        texts: usize,
+    },
     /// Tweets per day (or hour) × label from ClickHouse.
     Report {
         #[arg(long)]
@@ -127,6 +134,13 @@ fn main() -> anyhow::Result<()> {
                 };
                 let n = produce(&cfg.kafka, input, &opts).await?;
                 println!("produced {n} messages to {}", opts.topic);
+            }
+            Command::BenchRaw { batch_size, texts } => {
+                let r = tokio::task::spawn_blocking(move || vaxpulse::bench::raw(&cfg, batch_size, texts)).await??;
+                println!(
+                    "raw model: {:.0} texts/s (batch {}, {} texts, {:.1} tokens/text, {:.2} s)",
+                    r.texts_per_second, r.batch_size, r.texts, r.mean_tokens, r.seconds
+                );
             }
             Command::Report { hourly, model_version } => {
                 let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
