@@ -21,13 +21,14 @@ use crate::model::tokenizer::TweetTokenizer;
 use crate::model::{argmax, Classifier, DeviceSpec, Manifest, PaddedBatch};
 use crate::sink::clickhouse::ClickHouseSink;
 use crate::sink::kafka::{DeadLetterProducer, ResultProducer};
-use crate::sink::{ClassifiedBatch, Classification};
+use crate::sink::{Classification, ClassifiedBatch};
 use crate::source::kafka::{Source, Work};
 use crate::telemetry::{self, BatchInferred, Health};
 use crate::tweet::DecodeRules;
 
 /// Builds the classifier on the model thread (libtorch state stays on that thread).
-pub type ClassifierFactory = Box<dyn FnOnce(&Manifest) -> anyhow::Result<Box<dyn Classifier>> + Send>;
+pub type ClassifierFactory =
+    Box<dyn FnOnce(&Manifest) -> anyhow::Result<Box<dyn Classifier>> + Send>;
 
 /// The production classifier: the TorchScript model of `cfg.model`.
 pub fn torch_factory(cfg: &Config) -> ClassifierFactory {
@@ -46,14 +47,21 @@ struct Encoded {
     ids: Vec<u32>,
 }
 
-fn spawn<F: FnOnce() -> anyhow::Result<()> + Send + 'static>(name: &str, f: F) -> JoinHandle<anyhow::Result<()>> {
+fn spawn<F: FnOnce() -> anyhow::Result<()> + Send + 'static>(
+    name: &str,
+    f: F,
+) -> JoinHandle<anyhow::Result<()>> {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(f)
         .expect("cannot spawn a thread; the process is out of resources")
 }
 
-fn tokenizer_stage(tok: TweetTokenizer, rx: Receiver<Work>, tx: Sender<Vec<Encoded>>) -> anyhow::Result<()> {
+fn tokenizer_stage(
+    tok: TweetTokenizer,
+    rx: Receiver<Work>,
+    tx: Sender<Vec<Encoded>>,
+) -> anyhow::Result<()> {
     const CHUNK: usize = 256;
     while let Ok(first) = rx.recv() {
         let mut works = vec![first];
@@ -65,7 +73,11 @@ fn tokenizer_stage(tok: TweetTokenizer, rx: Receiver<Work>, tx: Sender<Vec<Encod
         }
         let texts: Vec<&str> = works.iter().map(|w| w.tweet.text.as_str()).collect();
         let ids = tok.encode_batch(&texts)?;
-        let encoded = works.into_iter().zip(ids).map(|(work, ids)| Encoded { work, ids }).collect();
+        let encoded = works
+            .into_iter()
+            .zip(ids)
+            .map(|(work, ids)| Encoded { work, ids })
+            .collect();
         if tx.send(encoded).is_err() {
             break;
         }
@@ -73,7 +85,11 @@ fn tokenizer_stage(tok: TweetTokenizer, rx: Receiver<Work>, tx: Sender<Vec<Encod
     Ok(())
 }
 
-fn batcher_stage(limits: Limits, rx: Receiver<Vec<Encoded>>, tx: Sender<Vec<Encoded>>) -> anyhow::Result<()> {
+fn batcher_stage(
+    limits: Limits,
+    rx: Receiver<Vec<Encoded>>,
+    tx: Sender<Vec<Encoded>>,
+) -> anyhow::Result<()> {
     let mut batcher = Batcher::new(limits);
     loop {
         let now = Instant::now();
@@ -134,7 +150,10 @@ fn model_stage(
                     tracing::warn!(error = %e, attempt, "inference failed; retrying");
                     std::thread::sleep(Duration::from_millis(100 * attempt));
                 }
-                Err(e) => return Err(e).context("inference failed for good; the batch's offsets stay uncommitted"),
+                Err(e) => {
+                    return Err(e)
+                        .context("inference failed for good; the batch's offsets stay uncommitted")
+                }
             }
         };
         BatchInferred {
@@ -191,7 +210,10 @@ pub async fn run(
     if cfg.model.verify_checksums {
         manifest.verify(&cfg.model.dir)?;
     }
-    let tokenizer = TweetTokenizer::load(&cfg.model.dir.join(&manifest.files.tokenizer.path), manifest.max_length)?;
+    let tokenizer = TweetTokenizer::load(
+        &cfg.model.dir.join(&manifest.files.tokenizer.path),
+        manifest.max_length,
+    )?;
     let password = cfg.clickhouse_password()?;
     let clickhouse = ClickHouseSink::new(&cfg.clickhouse, &password);
     clickhouse
@@ -210,7 +232,10 @@ pub async fn run(
     let metrics_task = if cfg.metrics.listen.is_empty() {
         None
     } else {
-        let addr = cfg.metrics.listen.parse().with_context(|| format!("metrics.listen `{}` is not host:port", cfg.metrics.listen))?;
+        let addr =
+            cfg.metrics.listen.parse().with_context(|| {
+                format!("metrics.listen `{}` is not host:port", cfg.metrics.listen)
+            })?;
         let h = health.clone();
         Some(tokio::spawn(async move {
             if let Err(e) = telemetry::serve(addr, h, async {
@@ -227,13 +252,18 @@ pub async fn run(
     let (enc_tx, enc_rx) = bounded::<Vec<Encoded>>(4);
     // Capacity 1: exactly one batch waits while the model runs the current one.
     let (batch_tx, batch_rx) = bounded::<Vec<Encoded>>(1);
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<ClassifiedBatch>(cfg.pipeline.sink_queue_batches);
+    let (out_tx, mut out_rx) =
+        tokio::sync::mpsc::channel::<ClassifiedBatch>(cfg.pipeline.sink_queue_batches);
 
     let limits = Limits::from(&cfg.batch);
     let model_manifest = manifest.clone();
     let threads = vec![
-        spawn("vaxpulse-tokenize", move || tokenizer_stage(tokenizer, work_rx, enc_tx)),
-        spawn("vaxpulse-batch", move || batcher_stage(limits, enc_rx, batch_tx)),
+        spawn("vaxpulse-tokenize", move || {
+            tokenizer_stage(tokenizer, work_rx, enc_tx)
+        }),
+        spawn("vaxpulse-batch", move || {
+            batcher_stage(limits, enc_rx, batch_tx)
+        }),
         spawn("vaxpulse-model", move || {
             let model = factory(&model_manifest)?;
             model_stage(model, model_manifest, batch_rx, out_tx)
@@ -277,7 +307,9 @@ pub async fn run(
                 Err(e) => {
                     sink_health.sinks_ok.store(false, Ordering::Relaxed);
                     sink_stop.store(true, Ordering::Relaxed);
-                    return Err(anyhow::Error::new(e).context("a sink rejected a batch for good; stopping without committing it"));
+                    return Err(anyhow::Error::new(e).context(
+                        "a sink rejected a batch for good; stopping without committing it",
+                    ));
                 }
             }
         }
@@ -302,13 +334,21 @@ pub async fn run(
     match source_res {
         Ok(Ok(())) => {}
         Ok(Err(e)) => first_error = first_error.or(Some(e)),
-        Err(_) => first_error = first_error.or(Some(anyhow::anyhow!("consumer thread panicked; this is a bug"))),
+        Err(_) => {
+            first_error = first_error.or(Some(anyhow::anyhow!(
+                "consumer thread panicked; this is a bug"
+            )))
+        }
     }
     for t in threads {
         match tokio::task::spawn_blocking(move || t.join()).await? {
             Ok(Ok(())) => {}
             Ok(Err(e)) => first_error = first_error.or(Some(e)),
-            Err(_) => first_error = first_error.or(Some(anyhow::anyhow!("pipeline thread panicked; this is a bug"))),
+            Err(_) => {
+                first_error = first_error.or(Some(anyhow::anyhow!(
+                    "pipeline thread panicked; this is a bug"
+                )))
+            }
         }
     }
     if let Err(e) = sink_task.await? {
@@ -320,6 +360,8 @@ pub async fn run(
     }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(RunReport { model_version: manifest.model_version() }),
+        None => Ok(RunReport {
+            model_version: manifest.model_version(),
+        }),
     }
 }

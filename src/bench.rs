@@ -26,10 +26,18 @@ pub struct RawResult {
 pub fn raw(cfg: &Config, batch_size: usize, texts: usize) -> anyhow::Result<RawResult> {
     let dir = &cfg.model.dir;
     let manifest = Manifest::load(dir)?;
-    let tok = TweetTokenizer::load(&dir.join(&manifest.files.tokenizer.path), manifest.max_length)?;
+    let tok = TweetTokenizer::load(
+        &dir.join(&manifest.files.tokenizer.path),
+        manifest.max_length,
+    )?;
     let device = DeviceSpec::parse(&cfg.model.device).map_err(anyhow::Error::msg)?;
-    let mut model = crate::model::torch::TorchClassifier::load(dir, &manifest, device, cfg.model.intra_op_threads)
-        .context("loading the model")?;
+    let mut model = crate::model::torch::TorchClassifier::load(
+        dir,
+        &manifest,
+        device,
+        cfg.model.intra_op_threads,
+    )
+    .context("loading the model")?;
     let mut g = Generator::new(1, Utc::now(), 5);
     let corpus: Vec<String> = (0..texts).map(|_| g.tweet().text).collect();
     let refs: Vec<&str> = corpus.iter().map(String::as_str).collect();

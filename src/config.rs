@@ -18,7 +18,10 @@ pub enum ConfigError {
     #[error("invalid config {origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("invalid config value {field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 /// A string that never shows up in logs, errors or `Debug` output.
@@ -384,10 +387,7 @@ impl Config {
                 continue;
             };
             let rest = rest.to_ascii_lowercase();
-            let Some(section) = SECTIONS
-                .iter()
-                .find(|s| rest.starts_with(&format!("{s}_")))
-            else {
+            let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
                 continue;
             };
             let key = &rest[section.len() + 1..];
@@ -428,7 +428,8 @@ impl Config {
 
     /// Checks values that serde cannot: ranges, relations between fields, known enum strings.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field: &'static str, message: String| Err(ConfigError::Invalid { field, message });
+        let bad =
+            |field: &'static str, message: String| Err(ConfigError::Invalid { field, message });
         if self.kafka.brokers.trim().is_empty() {
             return bad("kafka.brokers", "must name at least one broker".into());
         }
@@ -467,10 +468,15 @@ impl Config {
                 );
             }
         }
-        if !self.clickhouse.url.starts_with("http://") && !self.clickhouse.url.starts_with("https://") {
+        if !self.clickhouse.url.starts_with("http://")
+            && !self.clickhouse.url.starts_with("https://")
+        {
             return bad(
                 "clickhouse.url",
-                format!("`{}` must start with http:// or https://", self.clickhouse.url),
+                format!(
+                    "`{}` must start with http:// or https://",
+                    self.clickhouse.url
+                ),
             );
         }
         if !self
@@ -485,11 +491,12 @@ impl Config {
                 format!("`{}`: use letters, digits and _", self.clickhouse.database),
             );
         }
-        crate::model::DeviceSpec::parse(&self.model.device)
-            .map_err(|message| ConfigError::Invalid {
+        crate::model::DeviceSpec::parse(&self.model.device).map_err(|message| {
+            ConfigError::Invalid {
                 field: "model.device",
                 message,
-            })?;
+            }
+        })?;
         if self.batch.max_batch_size == 0 {
             return bad("batch.max_batch_size", "must be at least 1".into());
         }
@@ -574,12 +581,9 @@ mod tests {
         let err =
             Config::from_toml_with_env("[model]\ndevice = \"tpu\"\n", "t", env(&[])).unwrap_err();
         assert!(err.to_string().contains("model.device"), "{err}");
-        let err = Config::from_toml_with_env(
-            "[kafka]\noutput_topic = \"tweets.raw\"\n",
-            "t",
-            env(&[]),
-        )
-        .unwrap_err();
+        let err =
+            Config::from_toml_with_env("[kafka]\noutput_topic = \"tweets.raw\"\n", "t", env(&[]))
+                .unwrap_err();
         assert!(err.to_string().contains("input_topic"), "{err}");
         let err = Config::from_toml_with_env(
             "[kafka.properties]\n\"enable.auto.commit\" = \"true\"\n",

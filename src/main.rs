@@ -14,7 +14,11 @@ use vaxpulse::sink::clickhouse::ClickHouseSink;
 use vaxpulse::sink::kafka::client_config;
 
 #[derive(Parser)]
-#[command(name = "vaxpulse", version, about = "Opinion on vaccination in French tweets: Kafka → CamemBERT → Kafka + ClickHouse")]
+#[command(
+    name = "vaxpulse",
+    version,
+    about = "Opinion on vaccination in French tweets: Kafka → CamemBERT → Kafka + ClickHouse"
+)]
 struct Cli {
     /// Config file (TOML); `VAXPULSE_<SECTION>_<KEY>` variables override it.
     #[arg(long, short, global = true, env = "VAXPULSE_CONFIG")]
@@ -90,7 +94,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref()).context("configuration")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()).max(2))
+        .worker_threads(
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .max(2),
+        )
         .enable_all()
         .build()?;
     rt.block_on(async move {
@@ -103,25 +111,48 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Schema => {
                 let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
-                sink.apply_schema().await.with_context(|| format!("applying the schema at {}", cfg.clickhouse.url))?;
+                sink.apply_schema()
+                    .await
+                    .with_context(|| format!("applying the schema at {}", cfg.clickhouse.url))?;
                 println!("schema applied to database {}", cfg.clickhouse.database);
             }
             Command::Topics { partitions } => {
                 let admin: AdminClient<DefaultClientContext> =
-                    client_config(&cfg.kafka).create().context("cannot create the admin client")?;
-                let names = [&cfg.kafka.input_topic, &cfg.kafka.output_topic, &cfg.kafka.dlq_topic];
-                let topics: Vec<NewTopic> =
-                    names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
+                    client_config(&cfg.kafka)
+                        .create()
+                        .context("cannot create the admin client")?;
+                let names = [
+                    &cfg.kafka.input_topic,
+                    &cfg.kafka.output_topic,
+                    &cfg.kafka.dlq_topic,
+                ];
+                let topics: Vec<NewTopic> = names
+                    .iter()
+                    .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+                    .collect();
                 let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-                for r in admin.create_topics(&topics, &opts).await.context("creating topics")? {
+                for r in admin
+                    .create_topics(&topics, &opts)
+                    .await
+                    .context("creating topics")?
+                {
                     match r {
                         Ok(t) => println!("created topic {t}"),
-                        Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => println!("topic {t} exists"),
+                        Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                            println!("topic {t} exists")
+                        }
                         Err((t, e)) => anyhow::bail!("cannot create topic {t}: {e}"),
                     }
                 }
             }
-            Command::Produce { file, synthetic, seed, days, rate, topic } => {
+            Command::Produce {
+                file,
+                synthetic,
+                seed,
+                days,
+                rate,
+                topic,
+            } => {
                 let input = match (file, synthetic) {
                     (Some(f), _) => Input::Jsonl(f),
                     (None, Some(count)) => Input::Synthetic { count, seed, days },
@@ -136,15 +167,24 @@ fn main() -> anyhow::Result<()> {
                 println!("produced {n} messages to {}", opts.topic);
             }
             Command::BenchRaw { batch_size, texts } => {
-                let r = tokio::task::spawn_blocking(move || vaxpulse::bench::raw(&cfg, batch_size, texts)).await??;
+                let r = tokio::task::spawn_blocking(move || {
+                    vaxpulse::bench::raw(&cfg, batch_size, texts)
+                })
+                .await??;
                 println!(
                     "raw model: {:.0} texts/s (batch {}, {} texts, {:.1} tokens/text, {:.2} s)",
                     r.texts_per_second, r.batch_size, r.texts, r.mean_tokens, r.seconds
                 );
             }
-            Command::Report { hourly, model_version } => {
+            Command::Report {
+                hourly,
+                model_version,
+            } => {
                 let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
-                print!("{}", vaxpulse::report::report(&sink, hourly, model_version.as_deref()).await?);
+                print!(
+                    "{}",
+                    vaxpulse::report::report(&sink, hourly, model_version.as_deref()).await?
+                );
             }
         }
         Ok(())

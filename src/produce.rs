@@ -30,7 +30,11 @@ pub struct ProduceOptions {
 }
 
 /// Produces all messages; returns how many were acknowledged.
-pub async fn produce(cfg: &KafkaConfig, input: Input, opts: &ProduceOptions) -> anyhow::Result<u64> {
+pub async fn produce(
+    cfg: &KafkaConfig,
+    input: Input,
+    opts: &ProduceOptions,
+) -> anyhow::Result<u64> {
     let producer: FutureProducer = client_config(cfg)
         .set("acks", "all")
         .set("linger.ms", "5")
@@ -39,8 +43,13 @@ pub async fn produce(cfg: &KafkaConfig, input: Input, opts: &ProduceOptions) -> 
         .context("cannot create the producer (check kafka.brokers)")?;
     let messages: Box<dyn Iterator<Item = (Option<String>, Vec<u8>)> + Send> = match input {
         Input::Jsonl(path) => {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let lines: Vec<_> = text.lines().filter(|l| !l.trim().is_empty()).map(|l| (None, l.as_bytes().to_vec())).collect();
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let lines: Vec<_> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| (None, l.as_bytes().to_vec()))
+                .collect();
             Box::new(lines.into_iter())
         }
         Input::Synthetic { count, seed, days } => {
@@ -53,10 +62,16 @@ pub async fn produce(cfg: &KafkaConfig, input: Input, opts: &ProduceOptions) -> 
         }
     };
     let (lower, _) = messages.size_hint();
-    let bar = if opts.progress { ProgressBar::new(lower as u64) } else { ProgressBar::hidden() };
+    let bar = if opts.progress {
+        ProgressBar::new(lower as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} produced {pos}/{len} [{elapsed_precise}] {per_sec}")
-            .expect("static template; this is a bug"),
+        ProgressStyle::with_template(
+            "{spinner} produced {pos}/{len} [{elapsed_precise}] {per_sec}",
+        )
+        .expect("static template; this is a bug"),
     );
     let started = Instant::now();
     let mut sent = 0u64;
@@ -74,7 +89,11 @@ pub async fn produce(cfg: &KafkaConfig, input: Input, opts: &ProduceOptions) -> 
                 if let Some(k) = &key {
                     rec = rec.key(k.as_bytes());
                 }
-                producer.send(rec, Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
+                producer
+                    .send(rec, Duration::from_secs(60))
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e)
             }
         })
         .buffered(2048);

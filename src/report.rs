@@ -14,16 +14,34 @@ struct Cell {
 }
 
 /// Prints and returns the table (rows = periods, columns = labels, then total).
-pub async fn report(sink: &ClickHouseSink, by_hour: bool, model_version: Option<&str>) -> anyhow::Result<String> {
-    let fmt = if by_hour { "%Y-%m-%d %H:00" } else { "%Y-%m-%d" };
-    let bucket = if by_hour { "hour" } else { "toStartOfDay(hour)" };
+pub async fn report(
+    sink: &ClickHouseSink,
+    by_hour: bool,
+    model_version: Option<&str>,
+) -> anyhow::Result<String> {
+    let fmt = if by_hour {
+        "%Y-%m-%d %H:00"
+    } else {
+        "%Y-%m-%d"
+    };
+    let bucket = if by_hour {
+        "hour"
+    } else {
+        "toStartOfDay(hour)"
+    };
     let sql = format!(
         "SELECT formatDateTime({bucket}, '{fmt}') AS period, toString(label) AS label, uniqExactMerge(tweets) AS tweets
          FROM opinion_hourly WHERE ? = '' OR model_version = ?
          GROUP BY period, label ORDER BY period, label"
     );
     let mv = model_version.unwrap_or("");
-    let cells: Vec<Cell> = sink.client().query(&sql).bind(mv).bind(mv).fetch_all().await?;
+    let cells: Vec<Cell> = sink
+        .client()
+        .query(&sql)
+        .bind(mv)
+        .bind(mv)
+        .fetch_all()
+        .await?;
     let mut labels: Vec<String> = cells.iter().map(|c| c.label.clone()).collect();
     labels.sort();
     labels.dedup();
@@ -41,7 +59,10 @@ pub async fn report(sink: &ClickHouseSink, by_hour: bool, model_version: Option<
         out.push_str(&format!("| {p} |"));
         let mut sum = 0;
         for (i, l) in labels.iter().enumerate() {
-            let n = cells.iter().find(|c| &c.period == p && &c.label == l).map_or(0, |c| c.tweets);
+            let n = cells
+                .iter()
+                .find(|c| &c.period == p && &c.label == l)
+                .map_or(0, |c| c.tweets);
             totals[i] += n;
             sum += n;
             out.push_str(&format!(" {n} |"));

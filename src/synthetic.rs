@@ -26,7 +26,8 @@ struct Bank {
 }
 
 static BANK: LazyLock<Bank> = LazyLock::new(|| {
-    serde_json::from_str(include_str!("../data/synthetic_tweets.json")).expect("embedded phrase bank parses; this is a bug")
+    serde_json::from_str(include_str!("../data/synthetic_tweets.json"))
+        .expect("embedded phrase bank parses; this is a bug")
 });
 
 /// Generates tweets deterministically from a seed.
@@ -58,7 +59,8 @@ impl Generator {
             rng: StdRng::seed_from_u64(seed),
             start,
             span_secs: i64::from(days.max(1)) * 86_400,
-            next_id: 1_400_000_000_000_000_000 + seed.wrapping_mul(1_000_000_007) % 1_000_000_000_000,
+            next_id: 1_400_000_000_000_000_000
+                + seed.wrapping_mul(1_000_000_007) % 1_000_000_000_000,
         }
     }
 
@@ -67,7 +69,9 @@ impl Generator {
         let mut rest = template;
         while let Some(open) = rest.find('{') {
             out.push_str(&rest[..open]);
-            let Some(close) = rest[open..].find('}') else { break };
+            let Some(close) = rest[open..].find('}') else {
+                break;
+            };
             let slot = &rest[open + 1..open + close];
             let values = BANK.slots.get(slot).map(Vec::as_slice).unwrap_or(&[]);
             out.push_str(pick(&mut self.rng, values));
@@ -95,7 +99,9 @@ impl Generator {
         }
         if self.rng.random_bool(0.4) {
             let n = self.rng.random_range(1..=3);
-            let emojis: String = (0..n).map(|_| pick(&mut self.rng, &BANK.emojis).to_string()).collect();
+            let emojis: String = (0..n)
+                .map(|_| pick(&mut self.rng, &BANK.emojis).to_string())
+                .collect();
             text = format!("{text} {emojis}");
         }
         if self.rng.random_bool(0.25) {
@@ -110,7 +116,12 @@ impl Generator {
         let text = self.text(&label);
         self.next_id += 1 + self.rng.random_range(0..1000);
         let created_at = self.start + Duration::seconds(self.rng.random_range(0..self.span_secs));
-        SyntheticTweet { id: self.next_id.to_string(), text, created_at, label }
+        SyntheticTweet {
+            id: self.next_id.to_string(),
+            text,
+            created_at,
+            label,
+        }
     }
 
     /// The next tweet as a Kafka payload, in one of the three shapes (v1.1 40 %, v2 30 %, plain 30 %).
@@ -128,14 +139,20 @@ impl Generator {
         } else {
             json!({"id": t.id, "text": t.text, "created_at": t.created_at.to_rfc3339(), "lang": "fr"})
         };
-        (t, serde_json::to_vec(&v).expect("json values serialise; this is a bug"))
+        (
+            t,
+            serde_json::to_vec(&v).expect("json values serialise; this is a bug"),
+        )
     }
 }
 
 /// A v1.1 payload in compatibility mode: long texts are truncated in `text` and complete in
 /// `extended_tweet.full_text`, as the real API sends them.
 pub fn v1_payload(t: &SyntheticTweet) -> serde_json::Value {
-    let created = t.created_at.format("%a %b %d %H:%M:%S +0000 %Y").to_string();
+    let created = t
+        .created_at
+        .format("%a %b %d %H:%M:%S +0000 %Y")
+        .to_string();
     let chars = t.text.chars().count();
     if chars > 140 {
         let short: String = t.text.chars().take(116).collect();
@@ -158,7 +175,10 @@ mod tests {
         let start = DateTime::from_timestamp(1_625_097_600, 0).unwrap();
         let mut a = Generator::new(7, start, 5);
         let mut b = Generator::new(7, start, 5);
-        let rules = DecodeRules { langs: vec!["fr".into()], max_message_bytes: 65536 };
+        let rules = DecodeRules {
+            langs: vec!["fr".into()],
+            max_message_bytes: 65536,
+        };
         let mut ids = std::collections::HashSet::new();
         for _ in 0..500 {
             let (ta, pa) = a.payload();

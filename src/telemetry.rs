@@ -48,31 +48,75 @@ pub struct Metrics {
 fn new_metrics() -> Metrics {
     let mut registry = Registry::with_prefix("vaxpulse");
     let consumed = Counter::default();
-    registry.register("messages_consumed", "Messages read from the input topic", consumed.clone());
+    registry.register(
+        "messages_consumed",
+        "Messages read from the input topic",
+        consumed.clone(),
+    );
     let classified = Family::<LabelLabel, Counter>::default();
-    registry.register("tweets_classified", "Tweets classified and stored, by predicted label", classified.clone());
+    registry.register(
+        "tweets_classified",
+        "Tweets classified and stored, by predicted label",
+        classified.clone(),
+    );
     let skipped = Family::<ReasonLabel, Counter>::default();
-    registry.register("messages_skipped", "Messages skipped on purpose (control notices, other languages)", skipped.clone());
+    registry.register(
+        "messages_skipped",
+        "Messages skipped on purpose (control notices, other languages)",
+        skipped.clone(),
+    );
     let dead_lettered = Family::<ReasonLabel, Counter>::default();
-    registry.register("messages_dead_lettered", "Messages sent to the dead-letter topic, by reason", dead_lettered.clone());
+    registry.register(
+        "messages_dead_lettered",
+        "Messages sent to the dead-letter topic, by reason",
+        dead_lettered.clone(),
+    );
     let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
-    registry.register("batch_size_tweets", "Tweets per inference batch", batch_size.clone());
-    let batch_padding = Histogram::new([0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0].into_iter());
-    registry.register("batch_padding_ratio", "Share of computed tokens that are padding, per batch", batch_padding.clone());
+    registry.register(
+        "batch_size_tweets",
+        "Tweets per inference batch",
+        batch_size.clone(),
+    );
+    let batch_padding = Histogram::new([0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]);
+    registry.register(
+        "batch_padding_ratio",
+        "Share of computed tokens that are padding, per batch",
+        batch_padding.clone(),
+    );
     let inference_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-    registry.register("inference_duration_seconds", "Model forward time per batch", inference_seconds.clone());
+    registry.register(
+        "inference_duration_seconds",
+        "Model forward time per batch",
+        inference_seconds.clone(),
+    );
     let sink_seconds = Family::<SinkLabel, Histogram>::new_with_constructor(|| {
         Histogram::new(exponential_buckets(0.0005, 2.0, 16))
     });
-    registry.register("sink_write_duration_seconds", "Time to deliver one batch to a sink, retries included", sink_seconds.clone());
+    registry.register(
+        "sink_write_duration_seconds",
+        "Time to deliver one batch to a sink, retries included",
+        sink_seconds.clone(),
+    );
     let sink_retries = Family::<SinkLabel, Counter>::default();
     registry.register("sink_retries", "Retried sink writes", sink_retries.clone());
     let commits = Counter::default();
-    registry.register("offset_commits", "Offset commits sent to the broker", commits.clone());
+    registry.register(
+        "offset_commits",
+        "Offset commits sent to the broker",
+        commits.clone(),
+    );
     let in_flight = Gauge::default();
-    registry.register("messages_in_flight", "Messages taken in and not yet finished", in_flight.clone());
+    registry.register(
+        "messages_in_flight",
+        "Messages taken in and not yet finished",
+        in_flight.clone(),
+    );
     let paused = Gauge::default();
-    registry.register("consumer_paused", "1 while consumption is paused by backpressure", paused.clone());
+    registry.register(
+        "consumer_paused",
+        "1 while consumption is paused by backpressure",
+        paused.clone(),
+    );
     Metrics {
         registry,
         consumed,
@@ -112,13 +156,24 @@ impl PollRound {
         }
         let m = metrics();
         m.consumed.inc_by(self.consumed);
-        for (reason, n) in [("control", self.skipped_control), ("language", self.skipped_language)] {
+        for (reason, n) in [
+            ("control", self.skipped_control),
+            ("language", self.skipped_language),
+        ] {
             if n > 0 {
-                m.skipped.get_or_create(&ReasonLabel { reason: reason.into() }).inc_by(n);
+                m.skipped
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.into(),
+                    })
+                    .inc_by(n);
             }
         }
         for (reason, n) in &self.dead_lettered {
-            m.dead_lettered.get_or_create(&ReasonLabel { reason: (*reason).into() }).inc_by(*n);
+            m.dead_lettered
+                .get_or_create(&ReasonLabel {
+                    reason: (*reason).into(),
+                })
+                .inc_by(*n);
             tracing::warn!(reason, count = n, "messages sent to the dead-letter topic");
         }
         tracing::trace!(consumed = self.consumed, "poll round");
@@ -148,7 +203,13 @@ impl BatchInferred {
         m.inference_seconds.observe(self.seconds);
         let padding = 1.0 - self.real_tokens as f64 / self.padded_tokens.max(1) as f64;
         m.batch_padding.observe(padding);
-        tracing::debug!(rows = self.rows, padded_tokens = self.padded_tokens, padding, ms = self.seconds * 1e3, "batch inferred");
+        tracing::debug!(
+            rows = self.rows,
+            padded_tokens = self.padded_tokens,
+            padding,
+            ms = self.seconds * 1e3,
+            "batch inferred"
+        );
     }
 }
 
@@ -163,11 +224,24 @@ pub struct BatchStored<'a> {
 impl BatchStored<'_> {
     pub fn emit(&self) {
         let m = metrics();
-        m.sink_seconds.get_or_create(&SinkLabel { sink: self.sink.into() }).observe(self.seconds);
+        m.sink_seconds
+            .get_or_create(&SinkLabel {
+                sink: self.sink.into(),
+            })
+            .observe(self.seconds);
         for (label, n) in self.labels {
-            m.classified.get_or_create(&LabelLabel { label: label.clone() }).inc_by(*n);
+            m.classified
+                .get_or_create(&LabelLabel {
+                    label: label.clone(),
+                })
+                .inc_by(*n);
         }
-        tracing::debug!(sink = self.sink, rows = self.rows, ms = self.seconds * 1e3, "batch stored");
+        tracing::debug!(
+            sink = self.sink,
+            rows = self.rows,
+            ms = self.seconds * 1e3,
+            "batch stored"
+        );
     }
 }
 
@@ -180,7 +254,12 @@ pub struct SinkRetry<'a> {
 
 impl SinkRetry<'_> {
     pub fn emit(&self) {
-        metrics().sink_retries.get_or_create(&SinkLabel { sink: self.sink.into() }).inc();
+        metrics()
+            .sink_retries
+            .get_or_create(&SinkLabel {
+                sink: self.sink.into(),
+            })
+            .inc();
         tracing::warn!(sink = self.sink, error = %self.error, retry_in_ms = self.after_ms as u64, "sink write failed; retrying");
     }
 }
@@ -215,10 +294,17 @@ pub async fn serve(
                 match prometheus_client::encoding::text::encode(&mut out, &metrics().registry) {
                     Ok(()) => (
                         StatusCode::OK,
-                        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         out,
                     ),
-                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], e.to_string()),
+                    Err(e) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        [("content-type", "text/plain")],
+                        e.to_string(),
+                    ),
                 }
             }),
         )
@@ -237,12 +323,17 @@ pub async fn serve(
             }),
         );
     tracing::info!(%addr, "metrics and health endpoints listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Logging to stderr; `RUST_LOG` filters (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -158,7 +158,10 @@ pub fn decode(payload: &[u8], rules: &DecodeRules, fallback_time: DateTime<Utc>)
     };
     match tweet {
         Ok(t) => {
-            if !rules.langs.is_empty() && t.lang != "und" && !rules.langs.iter().any(|l| *l == t.lang) {
+            if !rules.langs.is_empty()
+                && t.lang != "und"
+                && !rules.langs.contains(&t.lang)
+            {
                 Decoded::Skip(SkipReason::Language)
             } else {
                 Decoded::Tweet(t)
@@ -180,9 +183,12 @@ fn decode_v1_or_plain(obj: &Map<String, Value>, fallback: DateTime<Utc>) -> Resu
         Some(Value::Object(rt)) => rt,
         _ => obj,
     };
-    let text = v1_text(source)
-        .or_else(|| v1_text(obj))
-        .ok_or_else(|| reject(DlqReason::MissingText, "no non-empty text, full_text or extended_tweet.full_text"))?;
+    let text = v1_text(source).or_else(|| v1_text(obj)).ok_or_else(|| {
+        reject(
+            DlqReason::MissingText,
+            "no non-empty text, full_text or extended_tweet.full_text",
+        )
+    })?;
     Ok(Tweet {
         id,
         text,
@@ -196,11 +202,15 @@ fn v1_text(obj: &Map<String, Value>) -> Option<String> {
         .get("extended_tweet")
         .and_then(|e| e.get("full_text"))
         .and_then(Value::as_str);
-    [ext, obj.get("full_text").and_then(Value::as_str), obj.get("text").and_then(Value::as_str)]
-        .into_iter()
-        .flatten()
-        .find(|t| !t.trim().is_empty())
-        .map(str::to_string)
+    [
+        ext,
+        obj.get("full_text").and_then(Value::as_str),
+        obj.get("text").and_then(Value::as_str),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|t| !t.trim().is_empty())
+    .map(str::to_string)
 }
 
 fn decode_v2(
@@ -214,7 +224,8 @@ fn decode_v2(
         .get("referenced_tweets")
         .and_then(Value::as_array)
         .and_then(|refs| {
-            refs.iter().find(|r| r.get("type").and_then(Value::as_str) == Some("retweeted"))
+            refs.iter()
+                .find(|r| r.get("type").and_then(Value::as_str) == Some("retweeted"))
         })
         .and_then(|r| r.get("id").and_then(Value::as_str))
         .and_then(|rid| {
@@ -228,7 +239,12 @@ fn decode_v2(
     let text = original
         .and_then(v2_text)
         .or_else(|| v2_text(data))
-        .ok_or_else(|| reject(DlqReason::MissingText, "no non-empty data.text or data.note_tweet.text"))?;
+        .ok_or_else(|| {
+            reject(
+                DlqReason::MissingText,
+                "no non-empty data.text or data.note_tweet.text",
+            )
+        })?;
     Ok(Tweet {
         id,
         text,
@@ -251,18 +267,26 @@ fn v2_text(obj: &Map<String, Value>) -> Option<String> {
 
 fn tweet_id(obj: &Map<String, Value>) -> Result<String, Decoded> {
     let id = match (obj.get("id_str"), obj.get("id")) {
-        (Some(Value::String(s)), _) | (None | Some(_), Some(Value::String(s))) => s.trim().to_string(),
+        (Some(Value::String(s)), _) | (None | Some(_), Some(Value::String(s))) => {
+            s.trim().to_string()
+        }
         (_, Some(Value::Number(n))) if n.is_u64() => n.to_string(),
         (_, Some(other)) => {
             return Err(reject(
                 DlqReason::MissingId,
-                format!("`id` must be a string or a non-negative integer, got {}", json_kind(other)),
+                format!(
+                    "`id` must be a string or a non-negative integer, got {}",
+                    json_kind(other)
+                ),
             ))
         }
         (_, None) => return Err(reject(DlqReason::MissingId, "no `id` or `id_str`")),
     };
     if id.is_empty() || id.len() > 64 {
-        return Err(reject(DlqReason::MissingId, "`id` is empty or longer than 64 characters"));
+        return Err(reject(
+            DlqReason::MissingId,
+            "`id` is empty or longer than 64 characters",
+        ));
     }
     Ok(id)
 }
@@ -291,13 +315,21 @@ fn created_at(obj: &Map<String, Value>, fallback: DateTime<Utc>) -> Result<DateT
         Some(Value::String(s)) => parse_time(s).ok_or_else(|| {
             reject(
                 DlqReason::InvalidTimestamp,
-                format!("created_at `{}` is neither RFC 3339 nor Twitter's format", truncate(s, 64)),
+                format!(
+                    "created_at `{}` is neither RFC 3339 nor Twitter's format",
+                    truncate(s, 64)
+                ),
             )
         }),
         Some(Value::Number(n)) => n
             .as_i64()
             .and_then(DateTime::from_timestamp_millis)
-            .ok_or_else(|| reject(DlqReason::InvalidTimestamp, "created_at number is not epoch milliseconds")),
+            .ok_or_else(|| {
+                reject(
+                    DlqReason::InvalidTimestamp,
+                    "created_at number is not epoch milliseconds",
+                )
+            }),
         Some(other) => Err(reject(
             DlqReason::InvalidTimestamp,
             format!("created_at is {}", json_kind(other)),
@@ -327,7 +359,10 @@ static SPACE: LazyLock<Regex> =
 /// Normalisation shared with training (`scripts/vaxmodel.py::normalize`): HTML entities
 /// unescaped, URLs → `HTTPURL`, @mentions → `@user`, whitespace collapsed and trimmed.
 pub fn normalize(text: &str) -> String {
-    let text = text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">");
+    let text = text
+        .replace("&amp;", "&")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">");
     let text = URL.replace_all(&text, "HTTPURL");
     let text = MENTION.replace_all(&text, "@user");
     SPACE.replace_all(&text, " ").trim().to_string()
@@ -363,7 +398,12 @@ mod tests {
     fn v1_compat_mode_uses_extended_tweet_full_text() {
         let t = tweet(include_str!("../tests/fixtures/v1_extended.json"));
         assert_eq!(t.id, "1414512376543211520");
-        assert!(t.text.ends_with("la meilleure protection pour nos aînés et nos soignants. #vaccination"), "{}", t.text);
+        assert!(
+            t.text
+                .ends_with("la meilleure protection pour nos aînés et nos soignants. #vaccination"),
+            "{}",
+            t.text
+        );
         assert!(!t.text.contains('…'));
         assert_eq!(t.created_at.to_rfc3339(), "2021-07-12T09:15:02+00:00");
         assert_eq!(t.lang, "fr");
@@ -373,14 +413,26 @@ mod tests {
     fn v1_retweet_is_classified_on_the_originals_full_text() {
         let t = tweet(include_str!("../tests/fixtures/v1_retweet_extended.json"));
         assert_eq!(t.id, "1414600000000000001", "the retweet keeps its own id");
-        assert!(t.text.starts_with("Hors de question que je me fasse vacciner"), "{}", t.text);
-        assert!(t.text.ends_with("on n'a aucun recul sur ces injections. #NonAuPass"), "{}", t.text);
+        assert!(
+            t.text
+                .starts_with("Hors de question que je me fasse vacciner"),
+            "{}",
+            t.text
+        );
+        assert!(
+            t.text
+                .ends_with("on n'a aucun recul sur ces injections. #NonAuPass"),
+            "{}",
+            t.text
+        );
         assert!(!t.text.starts_with("RT @"));
     }
 
     #[test]
     fn v1_full_text_in_extended_mode() {
-        let t = tweet(r#"{"created_at":"Tue Jul 13 10:00:00 +0000 2021","id":1,"id_str":"1","full_text":"Le centre de vaccination ouvre lundi","truncated":false,"lang":"fr"}"#);
+        let t = tweet(
+            r#"{"created_at":"Tue Jul 13 10:00:00 +0000 2021","id":1,"id_str":"1","full_text":"Le centre de vaccination ouvre lundi","truncated":false,"lang":"fr"}"#,
+        );
         assert_eq!(t.text, "Le centre de vaccination ouvre lundi");
         assert_eq!(t.id, "1");
     }
@@ -398,27 +450,46 @@ mod tests {
 
     #[test]
     fn plain_payload_with_numeric_id_and_rfc3339_time() {
-        let t = tweet(r#"{"id": 42, "text": "Vacciné hier", "created_at": "2021-05-01T12:30:00+02:00", "lang": "fr"}"#);
+        let t = tweet(
+            r#"{"id": 42, "text": "Vacciné hier", "created_at": "2021-05-01T12:30:00+02:00", "lang": "fr"}"#,
+        );
         assert_eq!(t.id, "42");
         assert_eq!(t.created_at.to_rfc3339(), "2021-05-01T10:30:00+00:00");
         let no_time = tweet(r#"{"id": "43", "text": "sans date"}"#);
-        assert_eq!(no_time.created_at, t0(), "falls back to the message timestamp");
+        assert_eq!(
+            no_time.created_at,
+            t0(),
+            "falls back to the message timestamp"
+        );
         assert_eq!(no_time.lang, "und");
     }
 
     #[test]
     fn control_notices_are_skipped() {
         for line in include_str!("../tests/fixtures/control.jsonl").lines() {
-            assert_eq!(decode(line.as_bytes(), &rules(), t0()), Decoded::Skip(SkipReason::Control), "{line}");
+            assert_eq!(
+                decode(line.as_bytes(), &rules(), t0()),
+                Decoded::Skip(SkipReason::Control),
+                "{line}"
+            );
         }
     }
 
     #[test]
     fn foreign_language_is_skipped_and_empty_list_accepts_all() {
         let en = r#"{"id":"1","text":"Got my shot","lang":"en"}"#;
-        assert_eq!(decode(en.as_bytes(), &rules(), t0()), Decoded::Skip(SkipReason::Language));
-        let all = DecodeRules { langs: vec![], ..rules() };
-        assert!(matches!(decode(en.as_bytes(), &all, t0()), Decoded::Tweet(_)));
+        assert_eq!(
+            decode(en.as_bytes(), &rules(), t0()),
+            Decoded::Skip(SkipReason::Language)
+        );
+        let all = DecodeRules {
+            langs: vec![],
+            ..rules()
+        };
+        assert!(matches!(
+            decode(en.as_bytes(), &all, t0()),
+            Decoded::Tweet(_)
+        ));
     }
 
     #[test]
@@ -427,11 +498,23 @@ mod tests {
         assert_eq!(rejected(b"\xff\xfe{}"), DlqReason::InvalidUtf8);
         assert_eq!(rejected(b"[1,2,3]"), DlqReason::UnsupportedShape);
         assert_eq!(rejected(br#"{"data": 3}"#), DlqReason::UnsupportedShape);
-        assert_eq!(rejected(br#"{"text":"sans id","lang":"fr"}"#), DlqReason::MissingId);
+        assert_eq!(
+            rejected(br#"{"text":"sans id","lang":"fr"}"#),
+            DlqReason::MissingId
+        );
         assert_eq!(rejected(br#"{"id":-5,"text":"x"}"#), DlqReason::MissingId);
-        assert_eq!(rejected(br#"{"id":"7","text":"   \n ","lang":"fr"}"#), DlqReason::MissingText);
-        assert_eq!(rejected(br#"{"id":"7","text":12345,"lang":"fr"}"#), DlqReason::MissingText);
-        assert_eq!(rejected(br#"{"id":"7","text":"ok","created_at":"hier"}"#), DlqReason::InvalidTimestamp);
+        assert_eq!(
+            rejected(br#"{"id":"7","text":"   \n ","lang":"fr"}"#),
+            DlqReason::MissingText
+        );
+        assert_eq!(
+            rejected(br#"{"id":"7","text":12345,"lang":"fr"}"#),
+            DlqReason::MissingText
+        );
+        assert_eq!(
+            rejected(br#"{"id":"7","text":"ok","created_at":"hier"}"#),
+            DlqReason::InvalidTimestamp
+        );
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
         assert_eq!(rejected(deep.as_bytes()), DlqReason::InvalidJson);
         let big = format!(r#"{{"id":"1","text":"{}"}}"#, "a".repeat(70_000));
@@ -451,7 +534,11 @@ mod tests {
             normalize("  @Sante_Gouv merci &amp; bravo\n\n https://t.co/abc www.santé.fr/x  "),
             "@user merci & bravo HTTPURL HTTPURL"
         );
-        assert_eq!(normalize("email@domaine.fr"), "email@user.fr", "same as Python's `re`");
+        assert_eq!(
+            normalize("email@domaine.fr"),
+            "email@user.fr",
+            "same as Python's `re`"
+        );
         assert_eq!(normalize("💉💉 #vaccin"), "💉💉 #vaccin");
         assert_eq!(normalize(""), "");
     }

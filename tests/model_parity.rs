@@ -20,11 +20,22 @@ fn rust_probabilities_match_python_within_1e_4() {
     let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
     let ids = tok.encode_batch(&texts).unwrap();
     for (c, got) in cases.iter().zip(&ids) {
-        assert_eq!(vaxpulse::tweet::normalize(c["text"].as_str().unwrap()), c["normalized"].as_str().unwrap());
-        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(
+            vaxpulse::tweet::normalize(c["text"].as_str().unwrap()),
+            c["normalized"].as_str().unwrap()
+        );
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(got, &want, "token ids differ for {:?}", c["text"]);
     }
-    assert!(ids.iter().any(|i| i.len() == manifest.max_length), "the long text is truncated at max_length");
+    assert!(
+        ids.iter().any(|i| i.len() == manifest.max_length),
+        "the long text is truncated at max_length"
+    );
 
     let mut model = TorchClassifier::load(&dir, &manifest, DeviceSpec::Cpu, 1).unwrap();
     // One padded batch (as the worker runs it) and one row at a time must both match.
@@ -32,13 +43,28 @@ fn rust_probabilities_match_python_within_1e_4() {
     let batched = model.classify(&batch).unwrap();
     let mut worst = 0f64;
     for (i, c) in cases.iter().enumerate() {
-        let single = model.classify(&PaddedBatch::new(std::iter::once(ids[i].as_slice()), manifest.pad_id)).unwrap();
-        let want: Vec<f64> = c["probabilities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let single = model
+            .classify(&PaddedBatch::new(
+                std::iter::once(ids[i].as_slice()),
+                manifest.pad_id,
+            ))
+            .unwrap();
+        let want: Vec<f64> = c["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         for (k, w) in want.iter().enumerate() {
-            worst = worst.max((f64::from(batched[i][k]) - w).abs()).max((f64::from(single[0][k]) - w).abs());
+            worst = worst
+                .max((f64::from(batched[i][k]) - w).abs())
+                .max((f64::from(single[0][k]) - w).abs());
         }
     }
-    println!("max |Δp| Rust vs Python over {} texts: {worst:.2e}", cases.len());
+    println!(
+        "max |Δp| Rust vs Python over {} texts: {worst:.2e}",
+        cases.len()
+    );
     assert!(worst <= 1e-4, "max |Δp| = {worst}");
 }
 
@@ -53,7 +79,14 @@ fn a_tampered_model_file_is_refused_with_a_clear_error() {
     let mut bytes = std::fs::read(tmp.join("tokenizer.json")).unwrap();
     bytes.push(b' ');
     std::fs::write(tmp.join("tokenizer.json"), bytes).unwrap();
-    let err = Manifest::load(&tmp).unwrap().verify(&tmp).unwrap_err().to_string();
+    let err = Manifest::load(&tmp)
+        .unwrap()
+        .verify(&tmp)
+        .unwrap_err()
+        .to_string();
     std::fs::remove_dir_all(&tmp).ok();
-    assert!(err.contains("checksum mismatch") && err.contains("re-export"), "{err}");
+    assert!(
+        err.contains("checksum mismatch") && err.contains("re-export"),
+        "{err}"
+    );
 }

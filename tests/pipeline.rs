@@ -25,10 +25,16 @@ fn mixed_traffic(n: usize) -> Traffic {
     let start = DateTime::<Utc>::from_timestamp(1_625_097_600, 0).unwrap();
     let mut g = Generator::new(99, start, 4);
     let controls: Vec<&str> = include_str!("fixtures/control.jsonl").lines().collect();
-    let mut t = Traffic { messages: Vec::new(), valid_ids: HashSet::new(), malformed: HashMap::new() };
+    let mut t = Traffic {
+        messages: Vec::new(),
+        valid_ids: HashSet::new(),
+        malformed: HashMap::new(),
+    };
     for i in 0..n {
         match i % 10 {
-            0 => t.messages.push(controls[i / 10 % controls.len()].as_bytes().to_vec()),
+            0 => t
+                .messages
+                .push(controls[i / 10 % controls.len()].as_bytes().to_vec()),
             1 => {
                 let mut v = v1_payload(&g.tweet());
                 v["lang"] = "en".into();
@@ -36,12 +42,33 @@ fn mixed_traffic(n: usize) -> Traffic {
             }
             2 => {
                 let (payload, reason): (Vec<u8>, &str) = match i / 10 % 6 {
-                    0 => (format!("{{\"id\": \"{i}\", \"text\": ").into_bytes(), "invalid_json"),
-                    1 => ([b"\xff\xfe".as_slice(), i.to_string().as_bytes()].concat(), "invalid_utf8"),
-                    2 => (format!("{{\"text\": \"pas d'identifiant {i}\", \"lang\": \"fr\"}}").into_bytes(), "missing_id"),
-                    3 => (format!("{{\"id\": \"m{i}\", \"text\": \"   \", \"lang\": \"fr\"}}").into_bytes(), "missing_text"),
-                    4 => (format!("[{i}, \"not an object\"]").into_bytes(), "unsupported_shape"),
-                    _ => (format!("{{\"id\": \"{i}\", \"text\": \"{}\"}}", "x".repeat(5000)).into_bytes(), "too_large"),
+                    0 => (
+                        format!("{{\"id\": \"{i}\", \"text\": ").into_bytes(),
+                        "invalid_json",
+                    ),
+                    1 => (
+                        [b"\xff\xfe".as_slice(), i.to_string().as_bytes()].concat(),
+                        "invalid_utf8",
+                    ),
+                    2 => (
+                        format!("{{\"text\": \"pas d'identifiant {i}\", \"lang\": \"fr\"}}")
+                            .into_bytes(),
+                        "missing_id",
+                    ),
+                    3 => (
+                        format!("{{\"id\": \"m{i}\", \"text\": \"   \", \"lang\": \"fr\"}}")
+                            .into_bytes(),
+                        "missing_text",
+                    ),
+                    4 => (
+                        format!("[{i}, \"not an object\"]").into_bytes(),
+                        "unsupported_shape",
+                    ),
+                    _ => (
+                        format!("{{\"id\": \"{i}\", \"text\": \"{}\"}}", "x".repeat(5000))
+                            .into_bytes(),
+                        "too_large",
+                    ),
                 };
                 t.malformed.insert(payload.clone(), reason);
                 t.messages.push(payload);
@@ -73,7 +100,9 @@ fn committed_total(names: &TestNames, group: &str, partitions: i32) -> (i64, i64
         if let Offset::Offset(o) = e.offset() {
             sum_committed += o;
         }
-        let (_, high) = c.fetch_watermarks(&names.input, e.partition(), Duration::from_secs(10)).unwrap();
+        let (_, high) = c
+            .fetch_watermarks(&names.input, e.partition(), Duration::from_secs(10))
+            .unwrap();
         sum_high += high;
     }
     (sum_committed, sum_high)
@@ -90,7 +119,12 @@ where
     let worker = tokio::spawn(vaxpulse::app::run(cfg, factory, async {
         let _ = stop_rx.await;
     }));
-    wait_until("the worker to finish the traffic", Duration::from_secs(180), done).await;
+    wait_until(
+        "the worker to finish the traffic",
+        Duration::from_secs(180),
+        done,
+    )
+    .await;
     stop_tx.send(()).unwrap();
     worker.await.unwrap().expect("worker stops cleanly");
 }
@@ -109,19 +143,40 @@ async fn mixed_traffic_is_classified_once_dead_lettered_with_reasons_and_committ
     let cfg = names.config("[decode]\nmax_message_bytes = 4096\n");
     run_worker_until(cfg.clone(), || {
         let db = db.clone();
-        async move { ch_try(&format!("SELECT count() FROM {db}.classified_tweets")).await.ok() == Some(valid.to_string()) }
+        async move {
+            ch_try(&format!("SELECT count() FROM {db}.classified_tweets"))
+                .await
+                .ok()
+                == Some(valid.to_string())
+        }
     })
     .await;
 
     // Output topic: every valid tweet exactly once, keyed by its id, with the documented fields.
-    let out = read_topic(&names.output, valid, Duration::from_secs(2), Duration::from_secs(60));
-    assert_eq!(out.len(), valid, "no duplicates and nothing missing in the output topic");
+    let out = read_topic(
+        &names.output,
+        valid,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        out.len(),
+        valid,
+        "no duplicates and nothing missing in the output topic"
+    );
     let mut seen = HashSet::new();
     for m in &out {
         let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
         let id = v["tweet_id"].as_str().unwrap().to_string();
         assert_eq!(m.key.as_deref(), Some(id.as_bytes()));
-        for f in ["created_at", "lang", "text", "label", "model_version", "classified_at"] {
+        for f in [
+            "created_at",
+            "lang",
+            "text",
+            "label",
+            "model_version",
+            "classified_at",
+        ] {
             assert!(v[f].is_string(), "field {f} in {v}");
         }
         let scores = v["scores"].as_object().unwrap();
@@ -135,15 +190,38 @@ async fn mixed_traffic_is_classified_once_dead_lettered_with_reasons_and_committ
 
     // ClickHouse: one row per valid tweet, and hourly aggregates that add up.
     let db = &names.database;
-    assert_eq!(ch_scalar(&format!("SELECT uniqExact(tweet_id) FROM {db}.classified_tweets")).await, valid.to_string());
-    assert_eq!(ch_scalar(&format!("SELECT sum(tweets) FROM {db}.opinion_hourly_counts")).await, valid.to_string());
+    assert_eq!(
+        ch_scalar(&format!(
+            "SELECT uniqExact(tweet_id) FROM {db}.classified_tweets"
+        ))
+        .await,
+        valid.to_string()
+    );
+    assert_eq!(
+        ch_scalar(&format!(
+            "SELECT sum(tweets) FROM {db}.opinion_hourly_counts"
+        ))
+        .await,
+        valid.to_string()
+    );
 
     // DLQ: each malformed message, original bytes, typed reason, source coordinates.
-    let dlq = read_topic(&names.dlq, traffic.malformed.len(), Duration::from_secs(2), Duration::from_secs(60));
+    let dlq = read_topic(
+        &names.dlq,
+        traffic.malformed.len(),
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    );
     assert_eq!(dlq.len(), traffic.malformed.len());
     for m in &dlq {
-        let want = traffic.malformed.get(&m.payload).expect("DLQ holds the original bytes");
-        assert_eq!(m.headers.get("vaxpulse.error").map(String::as_str), Some(*want));
+        let want = traffic
+            .malformed
+            .get(&m.payload)
+            .expect("DLQ holds the original bytes");
+        assert_eq!(
+            m.headers.get("vaxpulse.error").map(String::as_str),
+            Some(*want)
+        );
         assert!(!m.headers["vaxpulse.detail"].is_empty());
         assert!(m.headers["vaxpulse.source"].starts_with(&format!("{}/", names.input)));
     }
@@ -157,8 +235,20 @@ async fn mixed_traffic_is_classified_once_dead_lettered_with_reasons_and_committ
     let rows_before = ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets")).await;
     run_worker_until(cfg.clone(), || async { true }).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets")).await, rows_before);
-    assert_eq!(read_topic(&names.output, valid, Duration::from_secs(2), Duration::from_secs(30)).len(), valid);
+    assert_eq!(
+        ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets")).await,
+        rows_before
+    );
+    assert_eq!(
+        read_topic(
+            &names.output,
+            valid,
+            Duration::from_secs(2),
+            Duration::from_secs(30)
+        )
+        .len(),
+        valid
+    );
 
     // A full replay (new group, same model) changes no aggregate and keeps one row per tweet.
     let mut replay = cfg.clone();
@@ -168,13 +258,28 @@ async fn mixed_traffic_is_classified_once_dead_lettered_with_reasons_and_committ
     run_worker_until(replay, || {
         let group = group.clone();
         async move {
-            let (committed, high) = tokio::task::block_in_place(|| committed_total(names, &group, PARTITIONS));
+            let (committed, high) =
+                tokio::task::block_in_place(|| committed_total(names, &group, PARTITIONS));
             committed == high
         }
     })
     .await;
-    assert!(ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets")).await.parse::<usize>().unwrap() >= valid);
-    assert_eq!(ch_scalar(&format!("SELECT sum(tweets) FROM {db}.opinion_hourly_counts")).await, valid.to_string());
-    assert_eq!(ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets FINAL")).await, valid.to_string());
+    assert!(
+        ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets"))
+            .await
+            .parse::<usize>()
+            .unwrap()
+            >= valid
+    );
+    assert_eq!(
+        ch_scalar(&format!(
+            "SELECT sum(tweets) FROM {db}.opinion_hourly_counts"
+        ))
+        .await,
+        valid.to_string()
+    );
+    assert_eq!(
+        ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets FINAL")).await,
+        valid.to_string()
+    );
 }
-

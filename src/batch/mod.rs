@@ -125,7 +125,10 @@ impl<T> Batcher<T> {
 
     fn take(&mut self, mut idx: Vec<usize>) -> Vec<T> {
         idx.sort_unstable_by(|a, b| b.cmp(a));
-        let mut out: Vec<Waiting<T>> = idx.into_iter().map(|i| self.waiting.swap_remove(i)).collect();
+        let mut out: Vec<Waiting<T>> = idx
+            .into_iter()
+            .map(|i| self.waiting.swap_remove(i))
+            .collect();
         out.sort_unstable_by_key(|w| w.seq);
         out.into_iter().map(|w| w.item).collect()
     }
@@ -156,7 +159,10 @@ impl<T> Batcher<T> {
     /// The expired item plus its nearest neighbours in length, as many as fit.
     fn around(&self, anchor: usize) -> Vec<usize> {
         let order = self.by_length();
-        let pos = order.iter().position(|&i| i == anchor).expect("anchor is waiting; this is a bug");
+        let pos = order
+            .iter()
+            .position(|&i| i == anchor)
+            .expect("anchor is waiting; this is a bug");
         let (mut lo, mut hi) = (pos, pos + 1);
         let mut longest = self.waiting[anchor].len;
         loop {
@@ -170,7 +176,11 @@ impl<T> Batcher<T> {
                 (None, Some(_)) => false,
                 (Some(l), Some(r)) => anchor_len - l <= r - anchor_len,
             };
-            let l = if go_left { longest } else { longest.max(len_of(hi)) };
+            let l = if go_left {
+                longest
+            } else {
+                longest.max(len_of(hi))
+            };
             if !self.fits(hi - lo + 1, l) {
                 break;
             }
@@ -248,7 +258,10 @@ mod tests {
         b.push("b", 5, t + Duration::from_millis(15));
         assert_eq!(b.deadline(), Some(t + Duration::from_millis(20)));
         assert!(b.next_batch(t + Duration::from_millis(19)).is_none());
-        assert_eq!(b.next_batch(t + Duration::from_millis(20)), Some(vec!["a", "b"]));
+        assert_eq!(
+            b.next_batch(t + Duration::from_millis(20)),
+            Some(vec!["a", "b"])
+        );
         assert_eq!(b.deadline(), None);
     }
 
@@ -306,7 +319,11 @@ mod tests {
                 }
             }
         }
-        assert_eq!(sent_outlier_at, Some(20), "sent exactly when its wait ran out");
+        assert_eq!(
+            sent_outlier_at,
+            Some(20),
+            "sent exactly when its wait ran out"
+        );
     }
 
     #[test]

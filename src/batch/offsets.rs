@@ -81,7 +81,9 @@ impl OffsetTracker {
             self.assign(partition);
         }
         let mut parts = self.lock();
-        let st = parts.get_mut(&partition).expect("assigned above; this is a bug");
+        let st = parts
+            .get_mut(&partition)
+            .expect("assigned above; this is a bug");
         st.pending.insert(offset);
         st.next = Some(st.next.map_or(offset + 1, |n| n.max(offset + 1)));
         Ack {
@@ -136,7 +138,11 @@ impl OffsetTracker {
         let parts = self.lock();
         partitions
             .iter()
-            .filter_map(|p| parts.get(p).and_then(|st| st.position().map(|pos| (*p, pos))))
+            .filter_map(|p| {
+                parts
+                    .get(p)
+                    .and_then(|st| st.position().map(|pos| (*p, pos)))
+            })
             .collect()
     }
 
@@ -156,9 +162,9 @@ impl OffsetTracker {
         let deadline = Instant::now() + timeout;
         let mut parts = self.lock();
         loop {
-            let busy = parts
-                .iter()
-                .any(|(p, st)| partitions.is_none_or(|ps| ps.contains(p)) && !st.pending.is_empty());
+            let busy = parts.iter().any(|(p, st)| {
+                partitions.is_none_or(|ps| ps.contains(p)) && !st.pending.is_empty()
+            });
             if !busy {
                 return true;
             }
@@ -186,7 +192,11 @@ mod tests {
         assert_eq!(t.to_commit(), vec![(0, 10)]);
         t.done(acks[2]);
         t.done(acks[4]);
-        assert_eq!(t.to_commit(), vec![], "10 still pending: position unchanged");
+        assert_eq!(
+            t.to_commit(),
+            vec![],
+            "10 still pending: position unchanged"
+        );
         t.done(acks[0]);
         assert_eq!(t.to_commit(), vec![(0, 11)]);
         t.done(acks[1]);
@@ -204,7 +214,11 @@ mod tests {
         t.done(a);
         t.untrack(b);
         t.untrack(c);
-        assert_eq!(t.positions(&[0]), vec![(0, 11)], "commit stops before the first untracked");
+        assert_eq!(
+            t.positions(&[0]),
+            vec![(0, 11)],
+            "commit stops before the first untracked"
+        );
         assert_eq!(t.in_flight(None), 0, "nothing left to drain");
     }
 
@@ -238,7 +252,11 @@ mod tests {
         t.assign(0);
         let fresh = t.track(0, 5);
         t.done(old);
-        assert_eq!(t.in_flight(Some(&[0])), 1, "a stale ack must not finish the new message");
+        assert_eq!(
+            t.in_flight(Some(&[0])),
+            1,
+            "a stale ack must not finish the new message"
+        );
         t.done(fresh);
         assert_eq!(t.in_flight(Some(&[0])), 0);
     }

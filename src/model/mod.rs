@@ -30,7 +30,12 @@ impl PaddedBatch {
                 mask[r * cols + c] = 1;
             }
         }
-        PaddedBatch { ids, mask, rows, cols }
+        PaddedBatch {
+            ids,
+            mask,
+            rows,
+            cols,
+        }
     }
 
     /// Tokens computed including padding.
@@ -172,7 +177,13 @@ impl Manifest {
 pub fn argmax(p: &[f32]) -> usize {
     p.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
         .0
 }
 
@@ -201,9 +212,15 @@ impl Classifier for KeywordClassifier {
                 let mut score = vec![1.0f32; n];
                 for &id in row {
                     let tok = self.vocab.id_to_token(id as u32).unwrap_or_default();
-                    let bucket = if tok.contains("refuse") || tok.contains("honte") || tok.contains("jamais") {
+                    let bucket = if tok.contains("refuse")
+                        || tok.contains("honte")
+                        || tok.contains("jamais")
+                    {
                         Some(0)
-                    } else if tok.contains("merci") || tok.contains("protège") || tok.contains("content") {
+                    } else if tok.contains("merci")
+                        || tok.contains("protège")
+                        || tok.contains("content")
+                    {
                         Some(n - 1)
                     } else {
                         None

@@ -37,7 +37,10 @@ impl TweetTokenizer {
             .inner
             .encode_batch(normalized, true)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
+        Ok(encodings
+            .into_iter()
+            .map(|e| e.get_ids().to_vec())
+            .collect())
     }
 
     pub fn inner(&self) -> &Tokenizer {

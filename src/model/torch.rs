@@ -37,10 +37,11 @@ impl TorchClassifier {
             tch::set_num_threads(intra_op_threads as i32);
         }
         let path = dir.join(&manifest.files.model.path);
-        let mut module = CModule::load_on_device(&path, device).map_err(|e| ModelError::Missing {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let mut module =
+            CModule::load_on_device(&path, device).map_err(|e| ModelError::Missing {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         module.set_eval();
         Ok(TorchClassifier {
             module,
@@ -62,10 +63,17 @@ impl Classifier for TorchClassifier {
     fn classify(&mut self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>, ModelError> {
         let shape = [batch.rows as i64, batch.cols as i64];
         let probs = tch::no_grad(|| -> Result<Tensor, tch::TchError> {
-            let ids = Tensor::from_slice(&batch.ids).view(shape).to_device(self.device);
-            let mask = Tensor::from_slice(&batch.mask).view(shape).to_device(self.device);
+            let ids = Tensor::from_slice(&batch.ids)
+                .view(shape)
+                .to_device(self.device);
+            let mask = Tensor::from_slice(&batch.mask)
+                .view(shape)
+                .to_device(self.device);
             let logits = self.module.forward_ts(&[ids, mask])?;
-            Ok(logits.softmax(-1, Kind::Float).to_device(Device::Cpu).contiguous())
+            Ok(logits
+                .softmax(-1, Kind::Float)
+                .to_device(Device::Cpu)
+                .contiguous())
         })
         .map_err(|e| ModelError::Inference(e.to_string()))?;
         let n = self.labels.len();

@@ -116,7 +116,9 @@ impl ClickHouseSink {
         for stmt in schema_statements(&self.database) {
             (|| admin.query(&stmt).execute())
                 .retry(retry_policy())
-                .when(|e: &clickhouse::error::Error| matches!(e, clickhouse::error::Error::Network(_)))
+                .when(|e: &clickhouse::error::Error| {
+                    matches!(e, clickhouse::error::Error::Network(_))
+                })
                 .await?;
         }
         Ok(())
@@ -169,7 +171,12 @@ impl ClickHouseSink {
                 .retry(retry_policy())
                 .when(SinkError::is_retriable)
                 .notify(|e, after| {
-                    telemetry::SinkRetry { sink: "clickhouse", error: e, after_ms: after.as_millis() }.emit()
+                    telemetry::SinkRetry {
+                        sink: "clickhouse",
+                        error: e,
+                        after_ms: after.as_millis(),
+                    }
+                    .emit()
                 })
                 .await;
             match res {

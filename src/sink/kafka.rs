@@ -30,7 +30,11 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
-fn producer(cfg: &KafkaConfig, message_timeout_ms: u64, max_bytes: usize) -> Result<FutureProducer, SinkError> {
+fn producer(
+    cfg: &KafkaConfig,
+    message_timeout_ms: u64,
+    max_bytes: usize,
+) -> Result<FutureProducer, SinkError> {
     let mut c = client_config(cfg);
     c.set("acks", "all")
         .set("message.timeout.ms", message_timeout_ms.to_string())
@@ -93,7 +97,12 @@ impl ResultProducer {
                 .retry(retry_policy())
                 .when(SinkError::is_retriable)
                 .notify(|e, after| {
-                    telemetry::SinkRetry { sink: "kafka", error: e, after_ms: after.as_millis() }.emit()
+                    telemetry::SinkRetry {
+                        sink: "kafka",
+                        error: e,
+                        after_ms: after.as_millis(),
+                    }
+                    .emit()
                 })
                 .await;
             match res {
@@ -136,9 +145,17 @@ pub struct DeadLetterProducer {
 }
 
 impl DeadLetterProducer {
-    pub fn new(cfg: &KafkaConfig, max_message_bytes: usize, tracker: Arc<OffsetTracker>) -> Result<Self, SinkError> {
+    pub fn new(
+        cfg: &KafkaConfig,
+        max_message_bytes: usize,
+        tracker: Arc<OffsetTracker>,
+    ) -> Result<Self, SinkError> {
         Ok(DeadLetterProducer {
-            producer: producer(cfg, cfg.message_timeout_ms, max_message_bytes.saturating_mul(2) + 64 * 1024)?,
+            producer: producer(
+                cfg,
+                cfg.message_timeout_ms,
+                max_message_bytes.saturating_mul(2) + 64 * 1024,
+            )?,
             topic: cfg.dlq_topic.clone(),
             tracker,
         })
@@ -146,10 +163,21 @@ impl DeadLetterProducer {
 
     async fn send_once(&self, dl: &DeadLetter) -> Result<(), SinkError> {
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "vaxpulse.error", value: Some(dl.reason.as_bytes()) })
-            .insert(Header { key: "vaxpulse.detail", value: Some(dl.detail.as_bytes()) })
-            .insert(Header { key: "vaxpulse.source", value: Some(dl.source.as_bytes()) });
-        let mut record = FutureRecord::to(&self.topic).payload(dl.payload.as_slice()).headers(headers);
+            .insert(Header {
+                key: "vaxpulse.error",
+                value: Some(dl.reason.as_bytes()),
+            })
+            .insert(Header {
+                key: "vaxpulse.detail",
+                value: Some(dl.detail.as_bytes()),
+            })
+            .insert(Header {
+                key: "vaxpulse.source",
+                value: Some(dl.source.as_bytes()),
+            });
+        let mut record = FutureRecord::to(&self.topic)
+            .payload(dl.payload.as_slice())
+            .headers(headers);
         if let Some(k) = &dl.key {
             record = record.key(k.as_slice());
         }
@@ -166,7 +194,14 @@ impl DeadLetterProducer {
         loop {
             let res = (|| self.send_once(&dl))
                 .retry(retry_policy())
-                .notify(|e, after| telemetry::SinkRetry { sink: "dlq", error: e, after_ms: after.as_millis() }.emit())
+                .notify(|e, after| {
+                    telemetry::SinkRetry {
+                        sink: "dlq",
+                        error: e,
+                        after_ms: after.as_millis(),
+                    }
+                    .emit()
+                })
                 .await;
             match res {
                 Ok(()) => break,

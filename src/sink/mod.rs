@@ -44,7 +44,11 @@ impl ClassifiedBatch {
     /// A deterministic token for this batch's content: the same messages classified by the same
     /// model give the same token, so a retried insert is deduplicated by ClickHouse.
     pub fn dedup_token(&self) -> String {
-        let mut keys: Vec<(i32, i64)> = self.rows.iter().map(|r| (r.source_partition, r.source_offset)).collect();
+        let mut keys: Vec<(i32, i64)> = self
+            .rows
+            .iter()
+            .map(|r| (r.source_partition, r.source_offset))
+            .collect();
         keys.sort_unstable();
         let mut h = Sha256::new();
         if let Some(first) = self.rows.first() {
@@ -98,9 +102,16 @@ impl SinkError {
                 Ch::Network(_) | Ch::TimedOut => true,
                 // Server errors: 5xx-like conditions come back as BadResponse; schema problems
                 // (unknown table/column, type mismatch) do not go away by retrying.
-                Ch::BadResponse(msg) => !["UNKNOWN_TABLE", "NO_SUCH_COLUMN", "TYPE_MISMATCH", "UNKNOWN_DATABASE", "AUTHENTICATION_FAILED", "Code: 516"]
-                    .iter()
-                    .any(|k| msg.contains(k)),
+                Ch::BadResponse(msg) => ![
+                    "UNKNOWN_TABLE",
+                    "NO_SUCH_COLUMN",
+                    "TYPE_MISMATCH",
+                    "UNKNOWN_DATABASE",
+                    "AUTHENTICATION_FAILED",
+                    "Code: 516",
+                ]
+                .iter()
+                .any(|k| msg.contains(k)),
                 _ => false,
             },
             SinkError::Encode(_) => false,
@@ -142,13 +153,25 @@ mod tests {
     #[test]
     fn dedup_token_depends_on_content_not_order_or_time() {
         let t = OffsetTracker::new();
-        let a = ClassifiedBatch { rows: vec![row(0, 1), row(1, 5)], acks: vec![t.track(0, 1)] };
-        let b = ClassifiedBatch { rows: vec![row(1, 5), row(0, 1)], acks: vec![] };
-        let c = ClassifiedBatch { rows: vec![row(0, 1), row(1, 6)], acks: vec![] };
+        let a = ClassifiedBatch {
+            rows: vec![row(0, 1), row(1, 5)],
+            acks: vec![t.track(0, 1)],
+        };
+        let b = ClassifiedBatch {
+            rows: vec![row(1, 5), row(0, 1)],
+            acks: vec![],
+        };
+        let c = ClassifiedBatch {
+            rows: vec![row(0, 1), row(1, 6)],
+            acks: vec![],
+        };
         assert_eq!(a.dedup_token(), b.dedup_token());
         assert_ne!(a.dedup_token(), c.dedup_token());
         let mut other_model = b;
-        other_model.rows.iter_mut().for_each(|r| r.model_version = "demo@2".into());
+        other_model
+            .rows
+            .iter_mut()
+            .for_each(|r| r.model_version = "demo@2".into());
         assert_ne!(a.dedup_token(), other_model.dedup_token());
     }
 }

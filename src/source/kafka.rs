@@ -53,28 +53,44 @@ impl ClientContext for Ctx {}
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else { return };
-        let parts: Vec<Partition> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let parts: Vec<Partition> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
         // Held messages were never handed on; the next owner reads them again.
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).retain(|w| {
-            let revoked = parts.contains(&w.ack.partition);
-            if revoked {
-                self.tracker.untrack(w.ack);
-            }
-            !revoked
-        });
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|w| {
+                let revoked = parts.contains(&w.ack.partition);
+                if revoked {
+                    self.tracker.untrack(w.ack);
+                }
+                !revoked
+            });
         let drained = self.tracker.wait_drained(Some(&parts), self.drain_timeout);
         let positions = self.tracker.positions(&parts);
         commit(consumer, &self.topic, &positions, CommitMode::Sync);
         self.tracker.revoke(&parts);
-        tracing::info!(?parts, drained, "partitions revoked after draining in-flight work");
+        tracing::info!(
+            ?parts,
+            drained,
+            "partitions revoked after draining in-flight work"
+        );
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let parts: Vec<Partition> =
-                    tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+                let parts: Vec<Partition> = tpl
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
                 for p in &parts {
                     self.tracker.assign(*p);
                 }
@@ -86,7 +102,12 @@ impl ConsumerContext for Ctx {
     }
 }
 
-fn commit(consumer: &BaseConsumer<Ctx>, topic: &str, positions: &[(Partition, i64)], mode: CommitMode) {
+fn commit(
+    consumer: &BaseConsumer<Ctx>,
+    topic: &str,
+    positions: &[(Partition, i64)],
+    mode: CommitMode,
+) {
     if positions.is_empty() {
         return;
     }
@@ -102,7 +123,9 @@ fn commit(consumer: &BaseConsumer<Ctx>, topic: &str, positions: &[(Partition, i6
             telemetry::metrics().commits.inc();
             tracing::debug!(?positions, "offsets committed");
         }
-        Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry with the next commit"),
+        Err(e) => {
+            tracing::warn!(error = %e, "offset commit failed; will retry with the next commit")
+        }
     }
 }
 
@@ -123,11 +146,14 @@ impl Source {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &self.cfg.auto_offset_reset)
             .set("fetch.wait.max.ms", self.cfg.fetch_wait_max_ms.to_string())
-            .set("session.timeout.ms", self.cfg.session_timeout_ms.to_string())
+            .set(
+                "session.timeout.ms",
+                self.cfg.session_timeout_ms.to_string(),
+            )
             .set("queued.max.messages.kbytes", "16384");
-        let consumer: BaseConsumer<Ctx> = cc
-            .create_with_context(ctx)
-            .context("cannot create the Kafka consumer (check kafka.brokers and kafka.properties)")?;
+        let consumer: BaseConsumer<Ctx> = cc.create_with_context(ctx).context(
+            "cannot create the Kafka consumer (check kafka.brokers and kafka.properties)",
+        )?;
         consumer
             .subscribe(&[&self.cfg.input_topic])
             .with_context(|| format!("cannot subscribe to {}", self.cfg.input_topic))?;
@@ -149,12 +175,16 @@ impl Source {
                             h.push_front(w);
                             break;
                         }
-                        Err(TrySendError::Disconnected(_)) => anyhow::bail!("pipeline stopped unexpectedly"),
+                        Err(TrySendError::Disconnected(_)) => {
+                            anyhow::bail!("pipeline stopped unexpectedly")
+                        }
                     }
                 }
                 let want_pause = !h.is_empty();
                 if want_pause != paused {
-                    let assignment = consumer.assignment().context("cannot read the assignment")?;
+                    let assignment = consumer
+                        .assignment()
+                        .context("cannot read the assignment")?;
                     if want_pause {
                         consumer.pause(&assignment).context("cannot pause")?;
                     } else {
@@ -173,8 +203,15 @@ impl Source {
                 None => self.health.consuming.store(true, Ordering::Relaxed),
             }
             if last_commit.elapsed() >= commit_every {
-                commit(&consumer, &topic, &self.tracker.to_commit(), CommitMode::Async);
-                telemetry::metrics().in_flight.set(self.tracker.in_flight(None) as i64);
+                commit(
+                    &consumer,
+                    &topic,
+                    &self.tracker.to_commit(),
+                    CommitMode::Async,
+                );
+                telemetry::metrics()
+                    .in_flight
+                    .set(self.tracker.in_flight(None) as i64);
                 round.emit();
                 last_commit = Instant::now();
             }
@@ -187,7 +224,11 @@ impl Source {
         let drained = self.tracker.wait_drained(None, self.drain_timeout);
         let positions = self.tracker.to_commit();
         commit(&consumer, &topic, &positions, CommitMode::Sync);
-        tracing::info!(drained, ?positions, "consumer stopped; final offsets committed");
+        tracing::info!(
+            drained,
+            ?positions,
+            "consumer stopped; final offsets committed"
+        );
         consumer.unsubscribe();
         Ok(())
     }
@@ -209,7 +250,10 @@ impl Source {
             .unwrap_or_else(Utc::now);
         let decoded = match msg.payload() {
             Some(p) => decode(p, &self.rules, fallback),
-            None => Decoded::Reject { reason: crate::tweet::DlqReason::InvalidJson, detail: "empty message (no payload)".into() },
+            None => Decoded::Reject {
+                reason: crate::tweet::DlqReason::InvalidJson,
+                detail: "empty message (no payload)".into(),
+            },
         };
         match decoded {
             Decoded::Tweet(tweet) => {
@@ -221,7 +265,9 @@ impl Source {
                 match pipeline.try_send(Work { tweet, ack }) {
                     Ok(()) => {}
                     Err(TrySendError::Full(w)) => h.push_back(w),
-                    Err(TrySendError::Disconnected(_)) => anyhow::bail!("pipeline stopped unexpectedly"),
+                    Err(TrySendError::Disconnected(_)) => {
+                        anyhow::bail!("pipeline stopped unexpectedly")
+                    }
                 }
             }
             Decoded::Skip(reason) => {

@@ -84,13 +84,19 @@ listen = ""
     }
 
     pub async fn create_topics(&self, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
         let topics: Vec<NewTopic> = [&self.input, &self.output, &self.dlq]
             .iter()
             .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
             .collect();
-        for r in admin.create_topics(&topics, &AdminOptions::new()).await.expect("broker reachable (scripts/services.sh start)") {
+        for r in admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .expect("broker reachable (scripts/services.sh start)")
+        {
             r.expect("topic created");
         }
     }
@@ -103,7 +109,12 @@ pub async fn produce_all(topic: &str, messages: &[Vec<u8>]) {
         .set("message.max.bytes", "10000000")
         .create()
         .unwrap();
-    let futs = messages.iter().map(|m| producer.send(FutureRecord::<(), _>::to(topic).payload(m), Duration::from_secs(30)));
+    let futs = messages.iter().map(|m| {
+        producer.send(
+            FutureRecord::<(), _>::to(topic).payload(m),
+            Duration::from_secs(30),
+        )
+    });
     for r in futures::future::join_all(futs).await {
         r.expect("produced");
     }
@@ -137,11 +148,20 @@ pub fn read_topic(topic: &str, expected: usize, quiet: Duration, timeout: Durati
                 .headers()
                 .map(|h| {
                     h.iter()
-                        .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                        .map(|x| {
+                            (
+                                x.key.to_string(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
-            out.push(Read { key: m.key().map(<[u8]>::to_vec), payload: m.payload().unwrap_or_default().to_vec(), headers });
+            out.push(Read {
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
             last = Instant::now();
         }
     }
@@ -150,13 +170,18 @@ pub fn read_topic(topic: &str, expected: usize, quiet: Duration, timeout: Durati
 
 /// Runs a scalar ClickHouse query over HTTP and returns the trimmed text answer.
 pub async fn ch_scalar(sql: &str) -> String {
-    ch_try(sql).await.expect("ClickHouse reachable and the query valid")
+    ch_try(sql)
+        .await
+        .expect("ClickHouse reachable and the query valid")
 }
 
 /// Like [`ch_scalar`], but an error (e.g. the database does not exist yet) is `None`.
 pub async fn ch_try(sql: &str) -> Result<String, clickhouse::error::Error> {
     let client = clickhouse::Client::default().with_url(clickhouse_url());
-    let rows: Vec<String> = client.query(&format!("SELECT ifNull(toString(({sql})), '')")).fetch_all().await?;
+    let rows: Vec<String> = client
+        .query(&format!("SELECT ifNull(toString(({sql})), '')"))
+        .fetch_all()
+        .await?;
     Ok(rows.into_iter().next().unwrap_or_default())
 }
 
@@ -167,7 +192,10 @@ where
 {
     let started = Instant::now();
     while !check().await {
-        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -1,0 +1,23 @@
+# vaxpulse worker image: built against the libtorch of PyPI torch 2.11.0 (tch 0.24).
+FROM rust:1.95-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev python3-venv && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir torch==2.11.0
+ENV PATH=/opt/venv/bin:$PATH LIBTORCH_USE_PYTORCH=1
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src src
+COPY data data
+RUN cargo build --release --locked
+
+FROM python:3.11-slim-bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends libssl3 ca-certificates curl && rm -rf /var/lib/apt/lists/*
+COPY --from=build /opt/venv/lib/python3.11/site-packages/torch/lib /opt/torch/lib
+COPY --from=build /src/target/release/vaxpulse /usr/local/bin/vaxpulse
+COPY models /models
+COPY config /config
+ENV LD_LIBRARY_PATH=/opt/torch/lib VAXPULSE_CONFIG=/config/compose.toml
+USER 65534
+EXPOSE 9464
+HEALTHCHECK CMD curl -fsS http://127.0.0.1:9464/health/live || exit 1
+ENTRYPOINT ["vaxpulse"]
+CMD ["run"]
