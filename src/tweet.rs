@@ -158,10 +158,7 @@ pub fn decode(payload: &[u8], rules: &DecodeRules, fallback_time: DateTime<Utc>)
     };
     match tweet {
         Ok(t) => {
-            if !rules.langs.is_empty()
-                && t.lang != "und"
-                && !rules.langs.contains(&t.lang)
-            {
+            if !rules.langs.is_empty() && t.lang != "und" && !rules.langs.contains(&t.lang) {
                 Decoded::Skip(SkipReason::Language)
             } else {
                 Decoded::Tweet(t)
