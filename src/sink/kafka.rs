@@ -40,6 +40,7 @@ fn producer(
         .set("message.timeout.ms", message_timeout_ms.to_string())
         .set("linger.ms", "5")
         .set("message.max.bytes", max_bytes.max(1_000_000).to_string());
+    // Applied again after the defaults above so that an operator's setting (e.g. `acks`) wins.
     for (k, v) in &cfg.properties {
         c.set(k, v);
     }
