@@ -187,55 +187,6 @@ pub fn argmax(p: &[f32]) -> usize {
         .0
 }
 
-/// A deterministic stand-in model for pipeline tests and benchmarks of everything but the model:
-/// scores come from keywords of the synthetic corpus, so results are stable and checkable.
-pub struct KeywordClassifier {
-    labels: Vec<String>,
-    vocab: tokenizers::Tokenizer,
-}
-
-impl KeywordClassifier {
-    pub fn new(vocab: tokenizers::Tokenizer, labels: Vec<String>) -> Self {
-        KeywordClassifier { labels, vocab }
-    }
-}
-
-impl Classifier for KeywordClassifier {
-    fn labels(&self) -> &[String] {
-        &self.labels
-    }
-    fn classify(&mut self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>, ModelError> {
-        let n = self.labels.len();
-        Ok((0..batch.rows)
-            .map(|r| {
-                let row = &batch.ids[r * batch.cols..(r + 1) * batch.cols];
-                let mut score = vec![1.0f32; n];
-                for &id in row {
-                    let tok = self.vocab.id_to_token(id as u32).unwrap_or_default();
-                    let bucket = if tok.contains("refuse")
-                        || tok.contains("honte")
-                        || tok.contains("jamais")
-                    {
-                        Some(0)
-                    } else if tok.contains("merci")
-                        || tok.contains("protège")
-                        || tok.contains("content")
-                    {
-                        Some(n - 1)
-                    } else {
-                        None
-                    };
-                    if let Some(b) = bucket {
-                        score[b] += 2.0;
-                    }
-                }
-                let total: f32 = score.iter().sum();
-                score.iter().map(|s| s / total).collect()
-            })
-            .collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,8 +42,4 @@ impl TweetTokenizer {
             .map(|e| e.get_ids().to_vec())
             .collect())
     }
-
-    pub fn inner(&self) -> &Tokenizer {
-        &self.inner
-    }
 }
