@@ -100,16 +100,10 @@ fn batcher_stage(
         match input {
             Ok(items) => {
                 let now = Instant::now();
-                for e in items {
+                // Take whatever else is already there before deciding: a backlog fills batches.
+                for e in items.into_iter().chain(rx.try_iter().flatten()) {
                     let len = e.ids.len();
                     batcher.push(e, len, now);
-                }
-                // Take whatever else is already there before deciding: a backlog fills batches.
-                while let Ok(more) = rx.try_recv() {
-                    for e in more {
-                        let len = e.ids.len();
-                        batcher.push(e, len, now);
-                    }
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -300,6 +294,10 @@ pub async fn run(
         while let Some(res) = results_stream.next().await {
             match res {
                 Ok(batch) => {
+                    telemetry::BatchAcknowledged {
+                        labels: &batch.label_counts(),
+                    }
+                    .emit();
                     for ack in batch.acks {
                         sink_tracker.done(ack);
                     }
@@ -330,26 +328,15 @@ pub async fn run(
     stop.store(true, Ordering::Relaxed);
 
     let mut first_error: Option<anyhow::Error> = None;
-    let source_res = tokio::task::spawn_blocking(move || source_thread.join()).await?;
-    match source_res {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => first_error = first_error.or(Some(e)),
-        Err(_) => {
-            first_error = first_error.or(Some(anyhow::anyhow!(
-                "consumer thread panicked; this is a bug"
-            )))
-        }
-    }
-    for t in threads {
-        match tokio::task::spawn_blocking(move || t.join()).await? {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => first_error = first_error.or(Some(e)),
-            Err(_) => {
-                first_error = first_error.or(Some(anyhow::anyhow!(
-                    "pipeline thread panicked; this is a bug"
-                )))
-            }
-        }
+    // The consumer first: it returns once in-flight work is drained and committed.
+    for t in std::iter::once(source_thread).chain(threads) {
+        let name = t.thread().name().unwrap_or("stage").to_string();
+        let res = tokio::task::spawn_blocking(move || t.join()).await?;
+        let err = match res {
+            Ok(r) => r.err(),
+            Err(_) => Some(anyhow::anyhow!("thread {name} panicked; this is a bug")),
+        };
+        first_error = first_error.or(err);
     }
     if let Err(e) = sink_task.await? {
         first_error = first_error.or(Some(e));

@@ -117,10 +117,9 @@ fn main() -> anyhow::Result<()> {
                 println!("schema applied to database {}", cfg.clickhouse.database);
             }
             Command::Topics { partitions } => {
-                let admin: AdminClient<DefaultClientContext> =
-                    client_config(&cfg.kafka)
-                        .create()
-                        .context("cannot create the admin client")?;
+                let admin: AdminClient<DefaultClientContext> = client_config(&cfg.kafka, &[])
+                    .create()
+                    .context("cannot create the admin client")?;
                 let names = [
                     &cfg.kafka.input_topic,
                     &cfg.kafka.output_topic,

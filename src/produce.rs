@@ -35,10 +35,12 @@ pub async fn produce(
     input: Input,
     opts: &ProduceOptions,
 ) -> anyhow::Result<u64> {
-    let producer: FutureProducer = client_config(cfg)
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000")
+    let defaults = [
+        ("acks", "all".to_string()),
+        ("linger.ms", "5".to_string()),
+        ("message.timeout.ms", "60000".to_string()),
+    ];
+    let producer: FutureProducer = client_config(cfg, &defaults)
         .create()
         .context("cannot create the producer (check kafka.brokers)")?;
     let messages: Box<dyn Iterator<Item = (Option<String>, Vec<u8>)> + Send> = match input {

@@ -214,14 +214,13 @@ impl BatchInferred {
 }
 
 /// One batch delivered to a sink.
-pub struct BatchStored<'a> {
+pub struct BatchStored {
     pub sink: &'static str,
     pub rows: usize,
     pub seconds: f64,
-    pub labels: &'a [(String, u64)],
 }
 
-impl BatchStored<'_> {
+impl BatchStored {
     pub fn emit(&self) {
         let m = metrics();
         m.sink_seconds
@@ -229,6 +228,23 @@ impl BatchStored<'_> {
                 sink: self.sink.into(),
             })
             .observe(self.seconds);
+        tracing::debug!(
+            sink = self.sink,
+            rows = self.rows,
+            ms = self.seconds * 1e3,
+            "batch stored"
+        );
+    }
+}
+
+/// A batch stored by every sink; its offsets are acknowledged right after.
+pub struct BatchAcknowledged<'a> {
+    pub labels: &'a [(String, u64)],
+}
+
+impl BatchAcknowledged<'_> {
+    pub fn emit(&self) {
+        let m = metrics();
         for (label, n) in self.labels {
             m.classified
                 .get_or_create(&LabelLabel {
@@ -236,12 +252,7 @@ impl BatchStored<'_> {
                 })
                 .inc_by(*n);
         }
-        tracing::debug!(
-            sink = self.sink,
-            rows = self.rows,
-            ms = self.seconds * 1e3,
-            "batch stored"
-        );
+        tracing::debug!(labels = ?self.labels, "batch acknowledged");
     }
 }
 

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 
-use super::{retry_policy, ClassifiedBatch, SinkError};
+use super::{retry_policy, retry_until_done, ClassifiedBatch, SinkError};
 use crate::config::{ClickHouseConfig, Secret};
 use crate::telemetry;
 
@@ -158,40 +158,24 @@ impl ClickHouseSink {
         Ok(())
     }
 
-    /// Inserts the batch, retrying transient failures until it succeeds or `give_up` says stop.
-    /// A non-retriable error is returned at once.
+    /// Inserts the batch, retrying transient failures until it succeeds; a non-retriable error
+    /// (schema mismatch, bad data) is returned at once.
     pub async fn insert(&self, batch: &ClassifiedBatch) -> Result<(), SinkError> {
         if batch.rows.is_empty() {
             return Ok(());
         }
         let token = batch.dedup_token();
         let started = Instant::now();
-        loop {
-            let res = (|| self.insert_once(batch, &token))
-                .retry(retry_policy())
-                .when(SinkError::is_retriable)
-                .notify(|e, after| {
-                    telemetry::SinkRetry {
-                        sink: "clickhouse",
-                        error: e,
-                        after_ms: after.as_millis(),
-                    }
-                    .emit()
-                })
-                .await;
-            match res {
-                Ok(()) => break,
-                // Never drop results: a long outage keeps this batch (and, through the bounded
-                // queues, consumption) waiting until ClickHouse is back.
-                Err(e) if e.is_retriable() => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        retry_until_done(
+            "clickhouse",
+            || self.insert_once(batch, &token),
+            SinkError::is_retriable,
+        )
+        .await?;
         telemetry::BatchStored {
             sink: "clickhouse",
             rows: batch.rows.len(),
             seconds: started.elapsed().as_secs_f64(),
-            labels: &[],
         }
         .emit();
         Ok(())

@@ -6,21 +6,24 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::Retryable;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{retry_policy, ClassifiedBatch, SinkError};
+use super::{retry_until_done, ClassifiedBatch, SinkError};
 use crate::batch::offsets::{Ack, OffsetTracker};
 use crate::config::KafkaConfig;
 use crate::telemetry;
 
-/// librdkafka settings shared by the consumer and producers: brokers, pass-through properties
-/// (security), and the SASL password kept out of the config's `Debug`.
-pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+/// librdkafka settings shared by the consumer and producers: brokers, the caller's `defaults`,
+/// then the operator's pass-through properties (security, tuning; they win over the defaults),
+/// and the SASL password kept out of the config's `Debug`.
+pub fn client_config(cfg: &KafkaConfig, defaults: &[(&str, String)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in defaults {
+        c.set(*k, v);
+    }
     for (k, v) in &cfg.properties {
         c.set(k, v);
     }
@@ -35,16 +38,13 @@ fn producer(
     message_timeout_ms: u64,
     max_bytes: usize,
 ) -> Result<FutureProducer, SinkError> {
-    let mut c = client_config(cfg);
-    c.set("acks", "all")
-        .set("message.timeout.ms", message_timeout_ms.to_string())
-        .set("linger.ms", "5")
-        .set("message.max.bytes", max_bytes.max(1_000_000).to_string());
-    // Applied again after the defaults above so that an operator's setting (e.g. `acks`) wins.
-    for (k, v) in &cfg.properties {
-        c.set(k, v);
-    }
-    Ok(c.create()?)
+    let defaults = [
+        ("acks", "all".to_string()),
+        ("message.timeout.ms", message_timeout_ms.to_string()),
+        ("linger.ms", "5".to_string()),
+        ("message.max.bytes", max_bytes.max(1_000_000).to_string()),
+    ];
+    Ok(client_config(cfg, &defaults).create()?)
 }
 
 /// Publishes classification results.
@@ -93,30 +93,16 @@ impl ResultProducer {
     /// `tweet_id` + `model_version`).
     pub async fn publish(&self, batch: &ClassifiedBatch) -> Result<(), SinkError> {
         let started = Instant::now();
-        loop {
-            let res = (|| self.publish_once(batch))
-                .retry(retry_policy())
-                .when(SinkError::is_retriable)
-                .notify(|e, after| {
-                    telemetry::SinkRetry {
-                        sink: "kafka",
-                        error: e,
-                        after_ms: after.as_millis(),
-                    }
-                    .emit()
-                })
-                .await;
-            match res {
-                Ok(()) => break,
-                Err(e) if e.is_retriable() => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        retry_until_done(
+            "kafka",
+            || self.publish_once(batch),
+            SinkError::is_retriable,
+        )
+        .await?;
         telemetry::BatchStored {
             sink: "kafka",
             rows: batch.rows.len(),
             seconds: started.elapsed().as_secs_f64(),
-            labels: &batch.label_counts(),
         }
         .emit();
         Ok(())
@@ -192,26 +178,9 @@ impl DeadLetterProducer {
     /// Sends until the broker accepts, then acknowledges. Never gives up: an unwritable DLQ
     /// holds the partition's commit back instead of losing the message.
     pub async fn send(&self, dl: DeadLetter) {
-        loop {
-            let res = (|| self.send_once(&dl))
-                .retry(retry_policy())
-                .notify(|e, after| {
-                    telemetry::SinkRetry {
-                        sink: "dlq",
-                        error: e,
-                        after_ms: after.as_millis(),
-                    }
-                    .emit()
-                })
-                .await;
-            match res {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, source = %dl.source, "dead-letter topic cannot be written; holding the offset and retrying (check the topic exists and accepts messages of this size)");
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-            }
-        }
+        retry_until_done("dlq", || self.send_once(&dl), |_| true)
+            .await
+            .expect("every error is retried, so only success returns; this is a bug");
         self.tracker.done(dl.ack);
     }
 }

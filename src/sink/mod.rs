@@ -7,7 +7,7 @@ pub mod kafka;
 
 use std::time::Duration;
 
-use backon::ExponentialBuilder;
+use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -128,6 +128,41 @@ pub fn retry_policy() -> ExponentialBuilder {
         .with_factor(2.0)
         .with_jitter()
         .with_max_times(8)
+}
+
+/// Runs `op` through [`retry_policy`] until it succeeds. Failures for which `keep_trying` holds
+/// are retried without end (results are never dropped: a long outage holds the batch, and through
+/// the bounded queues, consumption); any other failure is returned at once.
+pub(crate) async fn retry_until_done<F, Fut>(
+    sink: &'static str,
+    mut op: F,
+    keep_trying: fn(&SinkError) -> bool,
+) -> Result<(), SinkError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), SinkError>>,
+{
+    loop {
+        let res = (&mut op)
+            .retry(retry_policy())
+            .when(keep_trying)
+            .notify(|e, after| {
+                crate::telemetry::SinkRetry {
+                    sink,
+                    error: e,
+                    after_ms: after.as_millis(),
+                }
+                .emit()
+            })
+            .await;
+        match res {
+            Ok(()) => return Ok(()),
+            Err(e) if keep_trying(&e) => {
+                tracing::error!(sink, error = %e, "sink still failing after a full retry round; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ impl Source {
             drain_timeout: self.drain_timeout,
             held: held.clone(),
         };
-        let mut cc = client_config(&self.cfg);
+        let mut cc = client_config(&self.cfg, &[]);
         cc.set("group.id", &self.cfg.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -168,18 +168,7 @@ impl Source {
             // Hand held messages on first; resume fetching once the pipeline has room again.
             {
                 let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
-                while let Some(w) = h.pop_front() {
-                    match pipeline.try_send(w) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(w)) => {
-                            h.push_front(w);
-                            break;
-                        }
-                        Err(TrySendError::Disconnected(_)) => {
-                            anyhow::bail!("pipeline stopped unexpectedly")
-                        }
-                    }
-                }
+                hand_on(&pipeline, &mut h)?;
                 let want_pause = !h.is_empty();
                 if want_pause != paused {
                     let assignment = consumer
@@ -197,7 +186,7 @@ impl Source {
             match consumer.poll(Duration::from_millis(if paused { 10 } else { 100 })) {
                 Some(Ok(msg)) => {
                     self.health.consuming.store(true, Ordering::Relaxed);
-                    self.handle(&msg, &pipeline, &held, &mut round)?;
+                    self.handle(&msg, &held, &mut round);
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => self.health.consuming.store(true, Ordering::Relaxed),
@@ -236,10 +225,9 @@ impl Source {
     fn handle(
         &self,
         msg: &BorrowedMessage<'_>,
-        pipeline: &Sender<Work>,
         held: &Mutex<VecDeque<Work>>,
         round: &mut PollRound,
-    ) -> anyhow::Result<()> {
+    ) {
         round.consumed += 1;
         let (partition, offset) = (msg.partition(), msg.offset());
         let ack = self.tracker.track(partition, offset);
@@ -256,20 +244,11 @@ impl Source {
             },
         };
         match decoded {
-            Decoded::Tweet(tweet) => {
-                let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
-                if !h.is_empty() {
-                    h.push_back(Work { tweet, ack });
-                    return Ok(());
-                }
-                match pipeline.try_send(Work { tweet, ack }) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(w)) => h.push_back(w),
-                    Err(TrySendError::Disconnected(_)) => {
-                        anyhow::bail!("pipeline stopped unexpectedly")
-                    }
-                }
-            }
+            // Handed on at the top of the next poll round, in arrival order (see `hand_on`).
+            Decoded::Tweet(tweet) => held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(Work { tweet, ack }),
             Decoded::Skip(reason) => {
                 match reason {
                     SkipReason::Control => round.skipped_control += 1,
@@ -291,6 +270,20 @@ impl Source {
                 self.runtime.spawn(async move { dlq.send(dl).await });
             }
         }
-        Ok(())
     }
+}
+
+/// Moves held tweets into the pipeline, oldest first, until it is full.
+fn hand_on(pipeline: &Sender<Work>, held: &mut VecDeque<Work>) -> anyhow::Result<()> {
+    while let Some(w) = held.pop_front() {
+        match pipeline.try_send(w) {
+            Ok(()) => {}
+            Err(TrySendError::Full(w)) => {
+                held.push_front(w);
+                break;
+            }
+            Err(TrySendError::Disconnected(_)) => anyhow::bail!("pipeline stopped unexpectedly"),
+        }
+    }
+    Ok(())
 }
