@@ -30,7 +30,8 @@ wait_for() { # name check seconds
 start() {
   if kafka_up; then echo "services: broker already answering on $KHOST:$KPORT"; else
     echo "services: starting tansu on $KHOST:$KPORT"
-    (cd "$STATE/tansu" && nohup tansu broker --listener-url "tcp://$KHOST:$KPORT" \
+    # `cd; cmd &` (not `cd && cmd &`): $! must be tansu itself, not a subshell, so stop works.
+    (cd "$STATE/tansu" || exit 1; nohup tansu broker --listener-url "tcp://$KHOST:$KPORT" \
       --advertised-listener-url "tcp://$KHOST:$KPORT" --storage-engine sqlite://tansu.db \
       >"$STATE/logs/tansu.log" 2>&1 & echo $! >"$STATE/tansu.pid")
   fi
