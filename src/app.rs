@@ -1,7 +1,7 @@
 //! Builds the stages, owns the bounded channels and threads between them, and shuts down in
 //! order: stop consuming → flush tokenizer, batcher and model → finish sinks → commit → exit.
 //!
-//! consumer thread ─(tweets)→ tokenizer thread ─(encoded)→ batcher thread ─(1 batch prefetched)→
+//! consumer thread ─(tweets)→ tokenizer pool ─(encoded)→ batcher thread ─(1 batch prefetched)→
 //! model thread ─(classified batches)→ sink task (Kafka + ClickHouse, then offsets acknowledged)
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +18,10 @@ use crate::batch::offsets::OffsetTracker;
 use crate::batch::{Batcher, Limits};
 use crate::config::Config;
 use crate::model::tokenizer::TweetTokenizer;
-use crate::model::{argmax, Classifier, DeviceSpec, Manifest, PaddedBatch};
+use crate::model::torch::TorchOptions;
+use crate::model::{
+    argmax, warm_up, warmup_shapes, Classifier, DeviceSpec, Manifest, PaddedBatch, Precision,
+};
 use crate::sink::clickhouse::ClickHouseSink;
 use crate::sink::kafka::{DeadLetterProducer, ResultProducer};
 use crate::sink::{Classification, ClassifiedBatch};
@@ -30,16 +33,58 @@ use crate::tweet::DecodeRules;
 pub type ClassifierFactory =
     Box<dyn FnOnce(&Manifest) -> anyhow::Result<Box<dyn Classifier>> + Send>;
 
+/// Real tweets for the half-precision parity check: synthetic ones, tokenised like traffic.
+fn parity_batch(cfg: &Config, manifest: &Manifest) -> anyhow::Result<PaddedBatch> {
+    let tok = TweetTokenizer::load(
+        &cfg.model.dir.join(&manifest.files.tokenizer.path),
+        manifest.max_length,
+    )?;
+    let mut g = crate::synthetic::Generator::new(4242, Utc::now(), 1);
+    let texts: Vec<String> = (0..64).map(|_| g.tweet().text).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ids = tok.encode_batch(&refs)?;
+    Ok(PaddedBatch::new(
+        ids.iter().map(Vec::as_slice),
+        manifest.pad_id,
+    ))
+}
+
+/// Loads the TorchScript model of `cfg.model` (device, threads, precision + parity check).
+pub fn load_torch(
+    cfg: &Config,
+    manifest: &Manifest,
+) -> anyhow::Result<crate::model::torch::TorchClassifier> {
+    let device = DeviceSpec::parse(&cfg.model.device).map_err(anyhow::Error::msg)?;
+    let precision = Precision::parse(&cfg.model.precision).map_err(anyhow::Error::msg)?;
+    let opts = TorchOptions {
+        device,
+        intra_op_threads: cfg.model.intra_op_threads,
+        precision,
+        half_parity_max_abs_diff: cfg.model.half_parity_max_abs_diff,
+        parity_batch: match precision {
+            Precision::Fp32 => None,
+            _ => Some(parity_batch(cfg, manifest)?),
+        },
+    };
+    let c = crate::model::torch::TorchClassifier::load(&cfg.model.dir, manifest, opts)
+        .with_context(|| format!("loading the model in {}", cfg.model.dir.display()))?;
+    match c.parity() {
+        Some(p) => tracing::info!(
+            device = ?c.device(), precision = %cfg.model.precision, model = %manifest.model_version(),
+            parity_max_abs_diff = p.max_abs_diff, parity_rows = p.rows, parity_same_label = p.label_agreement,
+            "model loaded; half precision passed the parity check against fp32"
+        ),
+        None => {
+            tracing::info!(device = ?c.device(), precision = %cfg.model.precision, model = %manifest.model_version(), "model loaded")
+        }
+    }
+    Ok(c)
+}
+
 /// The production classifier: the TorchScript model of `cfg.model`.
 pub fn torch_factory(cfg: &Config) -> ClassifierFactory {
-    let dir = cfg.model.dir.clone();
-    let device = DeviceSpec::parse(&cfg.model.device).expect("validated at load; this is a bug");
-    let threads = cfg.model.intra_op_threads;
-    Box::new(move |m: &Manifest| {
-        let c = crate::model::torch::TorchClassifier::load(&dir, m, device, threads)?;
-        tracing::info!(device = ?c.device(), model = %m.model_version(), "model loaded");
-        Ok(Box::new(c) as Box<dyn Classifier>)
-    })
+    let cfg = cfg.clone();
+    Box::new(move |m: &Manifest| Ok(Box::new(load_torch(&cfg, m)?) as Box<dyn Classifier>))
 }
 
 struct Encoded {
@@ -62,7 +107,9 @@ fn tokenizer_stage(
     rx: Receiver<Work>,
     tx: Sender<Vec<Encoded>>,
 ) -> anyhow::Result<()> {
-    const CHUNK: usize = 256;
+    // Large enough to amortise `encode_batch`'s parallel dispatch, small enough that the
+    // batcher sees a steady stream rather than bursts.
+    const CHUNK: usize = 128;
     while let Ok(first) = rx.recv() {
         let mut works = vec![first];
         while works.len() < CHUNK {
@@ -127,9 +174,14 @@ fn batcher_stage(
 fn model_stage(
     mut model: Box<dyn Classifier>,
     manifest: Manifest,
+    warmup: Option<Vec<(usize, usize)>>,
     rx: Receiver<Vec<Encoded>>,
     tx: tokio::sync::mpsc::Sender<ClassifiedBatch>,
 ) -> anyhow::Result<()> {
+    if let Some(shapes) = warmup {
+        let seconds = warm_up(model.as_mut(), &shapes).context("model warm-up failed")?;
+        tracing::info!(?shapes, seconds, "model warmed up");
+    }
     let labels = model.labels().to_vec();
     let version = manifest.model_version();
     while let Ok(batch) = rx.recv() {
@@ -160,6 +212,7 @@ fn model_stage(
         let classified_at = Utc::now();
         let mut rows = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
+        let mut received = Vec::with_capacity(batch.len());
         for (e, p) in batch.into_iter().zip(probs) {
             let scores = labels
                 .iter()
@@ -167,6 +220,7 @@ fn model_stage(
                 .map(|(l, s)| (l.clone(), serde_json::Value::from(f64::from(*s))))
                 .collect();
             acks.push(e.work.ack);
+            received.push(e.work.received);
             let t = e.work.tweet;
             rows.push(Classification {
                 tweet_id: t.id,
@@ -179,13 +233,74 @@ fn model_stage(
                 classified_at,
                 source_partition: e.work.ack.partition,
                 source_offset: e.work.ack.offset,
+                source_timestamp_ms: e.work.source_timestamp_ms,
             });
         }
-        if tx.blocking_send(ClassifiedBatch { rows, acks }).is_err() {
+        if tx
+            .blocking_send(ClassifiedBatch {
+                rows,
+                acks,
+                received,
+            })
+            .is_err()
+        {
             break;
         }
     }
     Ok(())
+}
+
+/// The in-process inference pipeline: tokenizer pool → batcher → model, on OS threads joined by
+/// bounded channels. Feed `input`; classified batches come out of `output`. Dropping `input`
+/// flushes everything in flight, then the threads end.
+pub struct Inference {
+    pub input: Sender<Work>,
+    pub output: tokio::sync::mpsc::Receiver<ClassifiedBatch>,
+    pub threads: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts the inference stages of `cfg` (`pipeline`, `batch`, `model.warmup`).
+pub fn start_inference(
+    cfg: &Config,
+    tokenizer: TweetTokenizer,
+    manifest: &Manifest,
+    factory: ClassifierFactory,
+) -> Inference {
+    let (work_tx, work_rx) = bounded::<Work>(cfg.pipeline.queue_tweets);
+    let (enc_tx, enc_rx) = bounded::<Vec<Encoded>>(4);
+    // Capacity 1: exactly one batch waits while the model runs the current one.
+    let (batch_tx, batch_rx) = bounded::<Vec<Encoded>>(1);
+    let (out_tx, out_rx) =
+        tokio::sync::mpsc::channel::<ClassifiedBatch>(cfg.pipeline.sink_queue_batches);
+    let limits = Limits::from(&cfg.batch);
+    let warmup = cfg.model.warmup.then(|| {
+        warmup_shapes(
+            cfg.batch.max_batch_size,
+            cfg.batch.max_batch_tokens,
+            manifest.max_length,
+        )
+    });
+    let mut threads = Vec::new();
+    for i in 0..cfg.pipeline.tokenizer_threads {
+        let (tok, rx, tx) = (tokenizer.clone(), work_rx.clone(), enc_tx.clone());
+        threads.push(spawn(&format!("vaxpulse-tokenize-{i}"), move || {
+            tokenizer_stage(tok, rx, tx)
+        }));
+    }
+    drop((work_rx, enc_tx));
+    threads.push(spawn("vaxpulse-batch", move || {
+        batcher_stage(limits, enc_rx, batch_tx)
+    }));
+    let model_manifest = manifest.clone();
+    threads.push(spawn("vaxpulse-model", move || {
+        let model = factory(&model_manifest)?;
+        model_stage(model, model_manifest, warmup, batch_rx, out_tx)
+    }));
+    Inference {
+        input: work_tx,
+        output: out_rx,
+        threads,
+    }
 }
 
 /// What a finished run reports.
@@ -242,27 +357,11 @@ pub async fn run(
         }))
     };
 
-    let (work_tx, work_rx) = bounded::<Work>(cfg.pipeline.queue_tweets);
-    let (enc_tx, enc_rx) = bounded::<Vec<Encoded>>(4);
-    // Capacity 1: exactly one batch waits while the model runs the current one.
-    let (batch_tx, batch_rx) = bounded::<Vec<Encoded>>(1);
-    let (out_tx, mut out_rx) =
-        tokio::sync::mpsc::channel::<ClassifiedBatch>(cfg.pipeline.sink_queue_batches);
-
-    let limits = Limits::from(&cfg.batch);
-    let model_manifest = manifest.clone();
-    let threads = vec![
-        spawn("vaxpulse-tokenize", move || {
-            tokenizer_stage(tokenizer, work_rx, enc_tx)
-        }),
-        spawn("vaxpulse-batch", move || {
-            batcher_stage(limits, enc_rx, batch_tx)
-        }),
-        spawn("vaxpulse-model", move || {
-            let model = factory(&model_manifest)?;
-            model_stage(model, model_manifest, batch_rx, out_tx)
-        }),
-    ];
+    let Inference {
+        input: work_tx,
+        output: mut out_rx,
+        threads,
+    } = start_inference(&cfg, tokenizer, &manifest, factory);
 
     let source = Source {
         cfg: cfg.kafka.clone(),
@@ -296,6 +395,7 @@ pub async fn run(
                 Ok(batch) => {
                     telemetry::BatchAcknowledged {
                         labels: &batch.label_counts(),
+                        received: &batch.received,
                     }
                     .emit();
                     for ack in batch.acks {

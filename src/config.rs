@@ -186,6 +186,17 @@ pub struct ModelConfig {
     /// Verify the sha256 of the model files against the manifest at load.
     #[serde(default = "default_true")]
     pub verify_checksums: bool,
+    /// `fp32`, or on CUDA `fp16` / `bf16` (weights and activations in half precision).
+    #[serde(default = "default_precision")]
+    pub precision: String,
+    /// With half precision: the largest |Δprobability| against fp32 accepted by the start-up
+    /// parity check; above it the worker refuses to start.
+    #[serde(default = "default_half_parity_max_abs_diff")]
+    pub half_parity_max_abs_diff: f32,
+    /// Run the model on typical batch shapes before consuming, so the first real batches do not
+    /// pay for allocator growth, kernel selection and lazy initialisation.
+    #[serde(default = "default_true")]
+    pub warmup: bool,
 }
 
 /// Micro-batcher settings. A batch closes on whichever limit is reached first.
@@ -222,6 +233,10 @@ pub struct DecodeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
+    /// Tokenizer threads (each runs `encode_batch` on chunks of the queue, overlapped with
+    /// inference).
+    #[serde(default = "default_tokenizer_threads")]
+    pub tokenizer_threads: usize,
     /// Capacity (tweets) of the queue from the consumer to the tokenizer.
     #[serde(default = "default_queue_tweets")]
     pub queue_tweets: usize,
@@ -290,6 +305,12 @@ fn default_model_dir() -> PathBuf {
 fn default_device() -> String {
     "auto".into()
 }
+fn default_precision() -> String {
+    "fp32".into()
+}
+fn default_half_parity_max_abs_diff() -> f32 {
+    0.02
+}
 fn default_true() -> bool {
     true
 }
@@ -307,6 +328,9 @@ fn default_langs() -> Vec<String> {
 }
 fn default_max_message_bytes() -> usize {
     64 * 1024
+}
+fn default_tokenizer_threads() -> usize {
+    2
 }
 fn default_queue_tweets() -> usize {
     4096
@@ -497,6 +521,21 @@ impl Config {
                 message,
             }
         })?;
+        crate::model::Precision::parse(&self.model.precision).map_err(|message| {
+            ConfigError::Invalid {
+                field: "model.precision",
+                message,
+            }
+        })?;
+        if !(self.model.half_parity_max_abs_diff > 0.0) {
+            return bad(
+                "model.half_parity_max_abs_diff",
+                "must be a positive probability difference, e.g. 0.02".into(),
+            );
+        }
+        if self.pipeline.tokenizer_threads == 0 {
+            return bad("pipeline.tokenizer_threads", "must be at least 1".into());
+        }
         if self.batch.max_batch_size == 0 {
             return bad("batch.max_batch_size", "must be at least 1".into());
         }

@@ -58,13 +58,8 @@ enum Command {
         #[arg(long)]
         topic: Option<String>,
     },
-    /// Model-only throughput on synthetic tweets (the ceiling for the pipeline).
-    BenchRaw {
-        #[arg(long, default_value_t = 64)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 4096)]
-        texts: usize,
-    },
+    /// Benchmarks: raw model, in-process pipeline, end to end (Markdown tables + JSON).
+    Bench(vaxpulse::bench::BenchArgs),
     /// Tweets per day (or hour) × label from ClickHouse.
     Report {
         #[arg(long)]
@@ -93,6 +88,7 @@ fn main() -> anyhow::Result<()> {
     vaxpulse::telemetry::init_logging();
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref()).context("configuration")?;
+    let config_path = cli.config.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(
             std::thread::available_parallelism()
@@ -165,15 +161,9 @@ fn main() -> anyhow::Result<()> {
                 let n = produce(&cfg.kafka, input, &opts).await?;
                 println!("produced {n} messages to {}", opts.topic);
             }
-            Command::BenchRaw { batch_size, texts } => {
-                let r = tokio::task::spawn_blocking(move || {
-                    vaxpulse::bench::raw(&cfg, batch_size, texts)
-                })
-                .await??;
-                println!(
-                    "raw model: {:.0} texts/s (batch {}, {} texts, {:.1} tokens/text, {:.2} s)",
-                    r.texts_per_second, r.batch_size, r.texts, r.mean_tokens, r.seconds
-                );
+            Command::Bench(mut args) => {
+                args.config_path = config_path;
+                vaxpulse::bench::run(cfg, args).await?;
             }
             Command::Report {
                 hourly,

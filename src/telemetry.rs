@@ -24,6 +24,11 @@ pub struct LabelLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabel {
     pub sink: String,
 }
@@ -38,6 +43,8 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub batch_padding: Histogram,
     pub inference_seconds: Histogram,
+    pub model_tokens: Family<KindLabel, Counter>,
+    pub tweet_latency: Histogram,
     pub sink_seconds: Family<SinkLabel, Histogram>,
     pub sink_retries: Family<SinkLabel, Counter>,
     pub commits: Counter,
@@ -89,6 +96,18 @@ fn new_metrics() -> Metrics {
         "Model forward time per batch",
         inference_seconds.clone(),
     );
+    let model_tokens = Family::<KindLabel, Counter>::default();
+    registry.register(
+        "model_tokens",
+        "Token positions computed by the model: kind=real or kind=padding",
+        model_tokens.clone(),
+    );
+    let tweet_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+    registry.register(
+        "tweet_latency_seconds",
+        "From taking a tweet off the input topic to both sinks having stored its result",
+        tweet_latency.clone(),
+    );
     let sink_seconds = Family::<SinkLabel, Histogram>::new_with_constructor(|| {
         Histogram::new(exponential_buckets(0.0005, 2.0, 16))
     });
@@ -126,6 +145,8 @@ fn new_metrics() -> Metrics {
         batch_size,
         batch_padding,
         inference_seconds,
+        model_tokens,
+        tweet_latency,
         sink_seconds,
         sink_retries,
         commits,
@@ -203,6 +224,16 @@ impl BatchInferred {
         m.inference_seconds.observe(self.seconds);
         let padding = 1.0 - self.real_tokens as f64 / self.padded_tokens.max(1) as f64;
         m.batch_padding.observe(padding);
+        m.model_tokens
+            .get_or_create(&KindLabel {
+                kind: "real".into(),
+            })
+            .inc_by(self.real_tokens as u64);
+        m.model_tokens
+            .get_or_create(&KindLabel {
+                kind: "padding".into(),
+            })
+            .inc_by((self.padded_tokens - self.real_tokens) as u64);
         tracing::debug!(
             rows = self.rows,
             padded_tokens = self.padded_tokens,
@@ -240,11 +271,18 @@ impl BatchStored {
 /// A batch stored by every sink; its offsets are acknowledged right after.
 pub struct BatchAcknowledged<'a> {
     pub labels: &'a [(String, u64)],
+    /// When each tweet of the batch was taken off the input topic.
+    pub received: &'a [std::time::Instant],
 }
 
 impl BatchAcknowledged<'_> {
     pub fn emit(&self) {
         let m = metrics();
+        let now = std::time::Instant::now();
+        for r in self.received {
+            m.tweet_latency
+                .observe(now.saturating_duration_since(*r).as_secs_f64());
+        }
         for (label, n) in self.labels {
             m.classified
                 .get_or_create(&LabelLabel {

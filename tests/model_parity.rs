@@ -4,8 +4,22 @@
 use std::path::Path;
 
 use vaxpulse::model::tokenizer::TweetTokenizer;
-use vaxpulse::model::torch::TorchClassifier;
-use vaxpulse::model::{Classifier, DeviceSpec, Manifest, PaddedBatch};
+use vaxpulse::model::torch::{TorchClassifier, TorchOptions};
+use vaxpulse::model::{Classifier, DeviceSpec, Manifest, PaddedBatch, Precision};
+
+fn options(
+    device: DeviceSpec,
+    precision: Precision,
+    parity_batch: Option<PaddedBatch>,
+) -> TorchOptions {
+    TorchOptions {
+        device,
+        intra_op_threads: 1,
+        precision,
+        half_parity_max_abs_diff: 0.02,
+        parity_batch,
+    }
+}
 
 #[test]
 fn rust_probabilities_match_python_within_1e_4() {
@@ -37,7 +51,12 @@ fn rust_probabilities_match_python_within_1e_4() {
         "the long text is truncated at max_length"
     );
 
-    let mut model = TorchClassifier::load(&dir, &manifest, DeviceSpec::Cpu, 1).unwrap();
+    let mut model = TorchClassifier::load(
+        &dir,
+        &manifest,
+        options(DeviceSpec::Cpu, Precision::Fp32, None),
+    )
+    .unwrap();
     // One padded batch (as the worker runs it) and one row at a time must both match.
     let batch = PaddedBatch::new(ids.iter().map(Vec::as_slice), manifest.pad_id);
     let batched = model.classify(&batch).unwrap();
@@ -89,4 +108,61 @@ fn a_tampered_model_file_is_refused_with_a_clear_error() {
         err.contains("checksum mismatch") && err.contains("re-export"),
         "{err}"
     );
+}
+
+#[test]
+fn half_precision_on_cpu_is_refused_with_a_way_out() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/1");
+    let manifest = Manifest::load(&dir).unwrap();
+    let err = TorchClassifier::load(
+        &dir,
+        &manifest,
+        options(DeviceSpec::Cpu, Precision::Fp16, None),
+    )
+    .err()
+    .expect("fp16 on CPU must be refused");
+    let msg = err.to_string();
+    assert!(msg.contains("CUDA") && msg.contains("fp32"), "{msg}");
+}
+
+/// Runs where a GPU is present (the device machine); elsewhere it says so and checks nothing.
+#[test]
+fn half_precision_on_cuda_passes_parity_and_agrees_with_fp32() {
+    if !tch::Cuda::is_available() {
+        eprintln!("no CUDA device: half-precision parity not checked on this machine");
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/1");
+    let manifest = Manifest::load(&dir).unwrap();
+    let tok = TweetTokenizer::load(&dir.join("tokenizer.json"), manifest.max_length).unwrap();
+    let texts = [
+        "Je viens de recevoir ma deuxième dose 💉",
+        "Le pass sanitaire est une dictature",
+        "ok",
+    ];
+    let ids = tok.encode_batch(&texts).unwrap();
+    let batch = PaddedBatch::new(ids.iter().map(Vec::as_slice), manifest.pad_id);
+    let mut fp32 = TorchClassifier::load(
+        &dir,
+        &manifest,
+        options(DeviceSpec::Cuda(0), Precision::Fp32, None),
+    )
+    .unwrap();
+    let want = fp32.classify(&batch).unwrap();
+    for p in [Precision::Fp16, Precision::Bf16] {
+        let mut half = TorchClassifier::load(
+            &dir,
+            &manifest,
+            options(DeviceSpec::Cuda(0), p, Some(batch.clone())),
+        )
+        .unwrap();
+        let parity = half.parity().expect("half precision records its parity");
+        assert!(parity.max_abs_diff <= 0.02, "{p:?}: {parity:?}");
+        let got = half.classify(&batch).unwrap();
+        for (a, b) in want.iter().zip(&got) {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 0.02, "{p:?}: {x} vs {y}");
+            }
+        }
+    }
 }

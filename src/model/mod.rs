@@ -59,6 +59,8 @@ pub enum ModelError {
     },
     #[error("device {0} is not available on this machine")]
     Device(String),
+    #[error("{0}")]
+    Precision(String),
     #[error("inference failed: {0}")]
     Inference(String),
     #[error("tokenizer failed: {0}")]
@@ -78,6 +80,55 @@ pub trait Classifier: Send {
     fn labels(&self) -> &[String];
     /// One probability vector per row of `batch`.
     fn classify(&mut self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>, ModelError>;
+}
+
+/// Batch shapes (rows × tokens) worth running once before real traffic: one tweet, and full
+/// batches at short, typical and maximal lengths, each kept within the token budget.
+pub fn warmup_shapes(
+    max_batch_size: usize,
+    max_batch_tokens: usize,
+    max_length: usize,
+) -> Vec<(usize, usize)> {
+    let mut shapes = vec![(1, 16.min(max_length))];
+    for cols in [16, 48, max_length] {
+        let cols = cols.min(max_length);
+        let rows = max_batch_size.min(max_batch_tokens / cols).max(1);
+        if !shapes.contains(&(rows, cols)) {
+            shapes.push((rows, cols));
+        }
+    }
+    shapes
+}
+
+/// Runs `model` on dummy batches of `shapes` (token id 0, full mask) and returns the seconds it
+/// took.
+pub fn warm_up(model: &mut dyn Classifier, shapes: &[(usize, usize)]) -> Result<f64, ModelError> {
+    let started = std::time::Instant::now();
+    for &(rows, cols) in shapes {
+        let row = vec![0u32; cols];
+        let batch = PaddedBatch::new(std::iter::repeat_n(row.as_slice(), rows), 1);
+        model.classify(&batch)?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Numeric precision of the weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "fp16" => Ok(Precision::Fp16),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("`{s}`: use fp32, fp16 or bf16")),
+        }
+    }
 }
 
 /// Where to run the model.
@@ -207,6 +258,21 @@ mod tests {
         assert_eq!(DeviceSpec::parse("auto"), Ok(DeviceSpec::Auto));
         assert_eq!(DeviceSpec::parse("cuda:1"), Ok(DeviceSpec::Cuda(1)));
         assert!(DeviceSpec::parse("gpu").is_err());
+    }
+
+    #[test]
+    fn warmup_shapes_stay_within_the_limits() {
+        let shapes = warmup_shapes(64, 4096, 128);
+        assert_eq!(shapes, vec![(1, 16), (64, 16), (64, 48), (32, 128)]);
+        for (r, c) in warmup_shapes(8, 100, 40) {
+            assert!(r <= 8 && c <= 40 && (r * c <= 100 || r == 1), "{r}x{c}");
+        }
+    }
+
+    #[test]
+    fn precision_parses_known_forms_only() {
+        assert_eq!(Precision::parse("bf16"), Ok(Precision::Bf16));
+        assert!(Precision::parse("half").is_err());
     }
 
     #[test]

@@ -72,10 +72,17 @@ impl ResultProducer {
             .collect::<Result<Vec<_>, _>>()?;
         let mut deliveries = Vec::with_capacity(payloads.len());
         for (row, payload) in batch.rows.iter().zip(&payloads) {
-            let headers = OwnedHeaders::new().insert(Header {
+            let mut headers = OwnedHeaders::new().insert(Header {
                 key: "vaxpulse.model_version",
                 value: Some(row.model_version.as_bytes()),
             });
+            let source_ts = row.source_timestamp_ms.map(|t| t.to_string());
+            if let Some(ts) = &source_ts {
+                headers = headers.insert(Header {
+                    key: "vaxpulse.source_timestamp_ms",
+                    value: Some(ts.as_bytes()),
+                });
+            }
             let record = FutureRecord::to(&self.topic)
                 .key(row.tweet_id.as_bytes())
                 .payload(payload.as_slice())

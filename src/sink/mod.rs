@@ -31,6 +31,10 @@ pub struct Classification {
     /// Where the tweet came from (`partition`, `offset` of the input topic).
     pub source_partition: i32,
     pub source_offset: i64,
+    /// The input record's Kafka timestamp (ms); published as the header
+    /// `vaxpulse.source_timestamp_ms` so consumers can measure end-to-end latency.
+    #[serde(skip)]
+    pub source_timestamp_ms: Option<i64>,
 }
 
 /// Results of one inference batch, with what must be acknowledged once they are stored.
@@ -38,6 +42,8 @@ pub struct Classification {
 pub struct ClassifiedBatch {
     pub rows: Vec<Classification>,
     pub acks: Vec<Ack>,
+    /// When each row's message was taken from the input topic (same order as `rows`).
+    pub received: Vec<std::time::Instant>,
 }
 
 impl ClassifiedBatch {
@@ -182,6 +188,7 @@ mod tests {
             classified_at: Utc::now(),
             source_partition: p,
             source_offset: o,
+            source_timestamp_ms: None,
         }
     }
 
@@ -191,14 +198,17 @@ mod tests {
         let a = ClassifiedBatch {
             rows: vec![row(0, 1), row(1, 5)],
             acks: vec![t.track(0, 1)],
+            received: vec![],
         };
         let b = ClassifiedBatch {
             rows: vec![row(1, 5), row(0, 1)],
             acks: vec![],
+            received: vec![],
         };
         let c = ClassifiedBatch {
             rows: vec![row(0, 1), row(1, 6)],
             acks: vec![],
+            received: vec![],
         };
         assert_eq!(a.dedup_token(), b.dedup_token());
         assert_ne!(a.dedup_token(), c.dedup_token());

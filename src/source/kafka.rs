@@ -28,6 +28,10 @@ use crate::tweet::{decode, DecodeRules, Decoded, SkipReason, Tweet};
 pub struct Work {
     pub tweet: Tweet,
     pub ack: Ack,
+    /// The input record's Kafka timestamp (ms), when it has one.
+    pub source_timestamp_ms: Option<i64>,
+    /// When the consumer took the message.
+    pub received: std::time::Instant,
 }
 
 /// Everything the consumer thread needs.
@@ -231,9 +235,9 @@ impl Source {
         round.consumed += 1;
         let (partition, offset) = (msg.partition(), msg.offset());
         let ack = self.tracker.track(partition, offset);
-        let fallback = msg
-            .timestamp()
-            .to_millis()
+        let received = std::time::Instant::now();
+        let source_timestamp_ms = msg.timestamp().to_millis();
+        let fallback = source_timestamp_ms
             .and_then(DateTime::from_timestamp_millis)
             .unwrap_or_else(Utc::now);
         let decoded = match msg.payload() {
@@ -245,10 +249,16 @@ impl Source {
         };
         match decoded {
             // Handed on at the top of the next poll round, in arrival order (see `hand_on`).
-            Decoded::Tweet(tweet) => held
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_back(Work { tweet, ack }),
+            Decoded::Tweet(tweet) => {
+                held.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back(Work {
+                        tweet,
+                        ack,
+                        source_timestamp_ms,
+                        received,
+                    })
+            }
             Decoded::Skip(reason) => {
                 match reason {
                     SkipReason::Control => round.skipped_control += 1,

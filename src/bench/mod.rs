@@ -1,0 +1,290 @@
+//! `vaxpulse bench`: measured throughput and latency of the model alone (`raw`), the in-process
+//! pipeline (`pipeline`) and the whole system through broker and ClickHouse (`e2e`). Every figure
+//! is also given as a ratio to `raw` measured in the same process, on the same machine; results
+//! print as Markdown and are written as JSON.
+
+pub mod e2e;
+pub mod pipeline;
+pub mod raw;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::config::Config;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Raw,
+    Pipeline,
+    E2e,
+    All,
+}
+
+/// Options of `vaxpulse bench` (model, batching and services come from the config).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// raw, pipeline, e2e or all.
+    #[arg(value_enum)]
+    pub mode: Mode,
+    /// Batch sizes of the raw grid (and of the synthetic-distribution raw run).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64,128")]
+    pub batch_sizes: Vec<usize>,
+    /// Sequence lengths (tokens) of the raw grid.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
+    pub seq_lens: Vec<usize>,
+    /// Time spent on each raw cell, after its warm-up.
+    #[arg(long, default_value_t = 2.0)]
+    pub cell_seconds: f64,
+    /// Tweets through the in-process pipeline at full backlog.
+    #[arg(long, default_value_t = 20_000)]
+    pub tweets: usize,
+    /// Offered loads for the paced runs, as fractions of the measured full-backlog capacity.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.9")]
+    pub loads: Vec<f64>,
+    /// Length of each paced run.
+    #[arg(long, default_value_t = 15.0)]
+    pub paced_seconds: f64,
+    /// e2e: worker processes in the consumer group.
+    #[arg(long, default_value_t = 2)]
+    pub replicas: usize,
+    /// e2e: backlogs (tweets produced before the workers start); peak RSS is reported for each.
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    pub backlogs: Vec<usize>,
+    /// e2e: partitions of the bench topics.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// e2e: the worker command (run through `sh -c` with the bench's VAXPULSE_* variables);
+    /// default: this binary's `run`. scripts/bench_torchserve.sh passes its Kafka→HTTP bridge.
+    #[arg(long)]
+    pub worker_cmd: Option<String>,
+    /// e2e: name of the system under test, for the tables.
+    #[arg(long, default_value = "vaxpulse")]
+    pub system: String,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "bench-results/bench.json")]
+    pub json: PathBuf,
+    /// The config file of this process, handed to e2e workers (set from `--config`).
+    #[arg(skip)]
+    pub config_path: Option<PathBuf>,
+}
+
+/// The machine the figures were taken on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub gpu: Option<String>,
+    pub device: String,
+    pub precision: String,
+    pub intra_op_threads: usize,
+}
+
+impl Machine {
+    pub fn detect(cfg: &Config) -> Self {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|s| s.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let gpu = if tch::Cuda::is_available() {
+            std::process::Command::new("nvidia-smi")
+                .args(["--query-gpu=name", "--format=csv,noheader"])
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .filter(|s| !s.is_empty())
+                .or_else(|| Some("CUDA device".into()))
+        } else {
+            None
+        };
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            gpu,
+            device: cfg.model.device.clone(),
+            precision: cfg.model.precision.clone(),
+            intra_op_threads: cfg.model.intra_op_threads,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({} cores){}; model.device = {}, precision = {}, intra_op_threads = {}",
+            self.cpu,
+            self.cores,
+            self.gpu
+                .as_ref()
+                .map(|g| format!(", GPU {g}"))
+                .unwrap_or_default(),
+            self.device,
+            self.precision,
+            self.intra_op_threads
+        )
+    }
+}
+
+/// Everything one `vaxpulse bench` run measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub model: String,
+    pub raw: raw::RawReport,
+    pub pipeline: Option<pipeline::PipelineReport>,
+    pub e2e: Option<e2e::E2eReport>,
+}
+
+/// A Markdown table.
+pub struct Table {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Self {
+        Table {
+            header: header.iter().map(|s| s.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = format!("| {} |\n", self.header.join(" | "));
+        out.push_str(&format!(
+            "|{}\n",
+            self.header.iter().map(|_| "---|").collect::<String>()
+        ));
+        for r in &self.rows {
+            out.push_str(&format!("| {} |\n", r.join(" | ")));
+        }
+        out
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    /// From latencies in seconds (sorted here).
+    pub fn of(mut seconds: Vec<f64>) -> Option<Self> {
+        if seconds.is_empty() {
+            return None;
+        }
+        seconds.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            let i = ((seconds.len() as f64 * q).ceil() as usize).clamp(1, seconds.len()) - 1;
+            seconds[i] * 1e3
+        };
+        Some(Percentiles {
+            p50_ms: at(0.50),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        })
+    }
+}
+
+pub(crate) fn fmt_ms(p: Option<Percentiles>) -> [String; 3] {
+    match p {
+        Some(p) => [
+            format!("{:.1}", p.p50_ms),
+            format!("{:.1}", p.p95_ms),
+            format!("{:.1}", p.p99_ms),
+        ],
+        None => ["–".into(), "–".into(), "–".into()],
+    }
+}
+
+pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} {{pos}}/{{len}} [{{elapsed_precise}}] {{per_sec}}"
+        ))
+        .expect("static template; this is a bug"),
+    );
+    bar
+}
+
+/// Runs the benchmark of `args.mode`, prints its tables and writes its JSON.
+pub async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<Report> {
+    let machine = Machine::detect(&cfg);
+    let manifest = crate::model::Manifest::load(&cfg.model.dir)?;
+    println!(
+        "## vaxpulse bench {:?}: {} on {}\n",
+        args.mode,
+        manifest.model_version(),
+        machine.describe()
+    );
+    let (cfg2, args2) = (cfg.clone(), args.clone());
+    let raw = tokio::task::spawn_blocking(move || raw::run(&cfg2, &args2)).await??;
+    print!("{}", raw.render());
+    let pipeline = if matches!(args.mode, Mode::Pipeline | Mode::All) {
+        let (cfg2, args2, best) = (cfg.clone(), args.clone(), raw.clone());
+        let p = tokio::task::spawn_blocking(move || pipeline::run(&cfg2, &args2, &best)).await??;
+        print!("{}", p.render());
+        Some(p)
+    } else {
+        None
+    };
+    let e2e = if matches!(args.mode, Mode::E2e | Mode::All) {
+        let e = e2e::run(&cfg, &args, &raw).await?;
+        print!("{}", e.render());
+        Some(e)
+    } else {
+        None
+    };
+    let report = Report {
+        machine,
+        model: manifest.model_version(),
+        raw,
+        pipeline,
+        e2e,
+    };
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&args.json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    println!("JSON written to {}", args.json.display());
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let p = Percentiles::of((1..=100).map(|i| i as f64 / 1e3).collect()).unwrap();
+        assert_eq!(
+            (p.p50_ms, p.p95_ms, p.p99_ms, p.max_ms),
+            (50.0, 95.0, 99.0, 100.0)
+        );
+        assert!(Percentiles::of(vec![]).is_none());
+    }
+
+    #[test]
+    fn tables_render_as_markdown() {
+        let mut t = Table::new(&["a", "b"]);
+        t.row(vec!["1".into(), "2".into()]);
+        assert_eq!(t.render(), "| a | b |\n|---|---|\n| 1 | 2 |\n");
+    }
+}
