@@ -27,7 +27,7 @@ export VAXPULSE_PIPELINE_QUEUE_TWEETS=32768
 export VAXPULSE_MODEL_INTRA_OP_THREADS=0
 export VAXPULSE_BATCH_MAX_WAIT_MS=${MAX_WAIT_MS:-20}
 
-VAXPULSE_MODEL_DIR=models/demo/1 VAXPULSE_MODEL_PRECISION=fp32 \
+[ -n "${SKIP_DEMO:-}" ] || VAXPULSE_MODEL_DIR=models/demo/1 VAXPULSE_MODEL_PRECISION=fp32 \
 VAXPULSE_BATCH_MAX_BATCH_SIZE=512 VAXPULSE_BATCH_MAX_BATCH_TOKENS=32768 \
   "$BIN" -c config/local.toml bench pipeline --batch-sizes 64,256,512,1024 --seq-lens 32,64,128 \
   --cell-seconds 1 --tweets 200000 --paced-seconds 5 --json "$OUT/demo-fp32.json" | tee "$OUT/demo-fp32.md"

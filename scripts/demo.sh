@@ -47,5 +47,6 @@ rate=$(python3 -c "print(f'{$N / ($end - $start):.0f}')")
 $B report
 echo
 echo "demo: $N tweets end to end in ${elapsed}s with $REPLICAS replicas (1 intra-op thread each): $rate tweets/s"
-raw=$(VAXPULSE_MODEL_INTRA_OP_THREADS=1 $B bench-raw --batch-size 64 --texts 4096 | tail -1)
-echo "demo: $raw  [one replica's ceiling on this machine]"
+echo "demo: one replica's ceiling on this machine (raw model, 1 intra-op thread):"
+VAXPULSE_MODEL_INTRA_OP_THREADS=1 $B bench raw --batch-sizes 64 --seq-lens 32,64 --cell-seconds 2 \
+  --json bench-results/demo-raw.json

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local services for development and tests: a Kafka-protocol broker (tansu, SQLite storage) and
-# ClickHouse 26.9 (chdb-core over HTTP). Usage: scripts/services.sh start|stop|status
+# ClickHouse 26.9 (chdb-core over HTTP). Usage: scripts/services.sh start|stop|status [all|broker|clickhouse]
+# (one service alone is what the fault-injection suite stops and restarts).
 # Addresses: VAXPULSE_KAFKA_BROKERS (default 127.0.0.1:9092), VAXPULSE_CLICKHOUSE_URL
 # (default http://127.0.0.1:8123). Safe to run twice.
 set -euo pipefail
@@ -28,28 +29,40 @@ wait_for() { # name check seconds
 }
 
 start() {
-  if kafka_up; then echo "services: broker already answering on $KHOST:$KPORT"; else
-    echo "services: starting tansu on $KHOST:$KPORT"
-    # `cd; cmd &` (not `cd && cmd &`): $! must be tansu itself, not a subshell, so stop works.
-    (cd "$STATE/tansu" || exit 1; nohup tansu broker --listener-url "tcp://$KHOST:$KPORT" \
-      --advertised-listener-url "tcp://$KHOST:$KPORT" --storage-engine sqlite://tansu.db \
-      >"$STATE/logs/tansu.log" 2>&1 & echo $! >"$STATE/tansu.pid")
+  local which=${1:-all}
+  if [ "$which" = all ] || [ "$which" = broker ]; then
+    if kafka_up; then echo "services: broker already answering on $KHOST:$KPORT"; else
+      echo "services: starting tansu on $KHOST:$KPORT"
+      # `cd; cmd &` (not `cd && cmd &`): $! must be tansu itself, not a subshell, so stop works.
+      (cd "$STATE/tansu" || exit 1; nohup tansu broker --listener-url "tcp://$KHOST:$KPORT" \
+        --advertised-listener-url "tcp://$KHOST:$KPORT" --storage-engine sqlite://tansu.db \
+        >>"$STATE/logs/tansu.log" 2>&1 & echo $! >"$STATE/tansu.pid")
+    fi
+    wait_for broker kafka_up 60
   fi
-  if ch_up; then echo "services: ClickHouse already answering at $CH_URL"; else
-    echo "services: starting ClickHouse (chdb-core) at $CH_URL"
-    nohup python "$ROOT/scripts/clickhouse_server.py" "$STATE/clickhouse" "$CH_PORT" "$CH_TCP_PORT" \
-      >"$STATE/logs/clickhouse.log" 2>&1 & echo $! >"$STATE/clickhouse.pid"
+  if [ "$which" = all ] || [ "$which" = clickhouse ]; then
+    if ch_up; then echo "services: ClickHouse already answering at $CH_URL"; else
+      echo "services: starting ClickHouse (chdb-core) at $CH_URL"
+      nohup python "$ROOT/scripts/clickhouse_server.py" "$STATE/clickhouse" "$CH_PORT" "$CH_TCP_PORT" \
+        >>"$STATE/logs/clickhouse.log" 2>&1 & echo $! >"$STATE/clickhouse.pid"
+    fi
+    wait_for ClickHouse ch_up 120
   fi
-  wait_for broker kafka_up 60
-  wait_for ClickHouse ch_up 120
-  echo "services: up (broker $KHOST:$KPORT, ClickHouse $CH_URL)"
+  echo "services: up ($which; broker $KHOST:$KPORT, ClickHouse $CH_URL)"
 }
 
 stop() {
+  local which=${1:-all} s pid
   for s in tansu clickhouse; do
+    case "$which:$s" in all:* | broker:tansu | clickhouse:clickhouse) ;; *) continue ;; esac
     if [ -f "$STATE/$s.pid" ]; then
       pid=$(cat "$STATE/$s.pid")
-      if kill "$pid" 2>/dev/null; then echo "services: stopped $s ($pid)"; fi
+      if kill "$pid" 2>/dev/null; then
+        # Wait for it to be gone, so a following start cannot race the old process's port.
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+        echo "services: stopped $s ($pid)"
+      fi
       rm -f "$STATE/$s.pid"
     fi
   done
@@ -61,8 +74,8 @@ status() {
 }
 
 case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
+  start) start "${2:-all}" ;;
+  stop) stop "${2:-all}" ;;
   status) status ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

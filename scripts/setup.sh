@@ -14,7 +14,11 @@ need_apt=()
 for bin_pkg in cmake:cmake pkg-config:pkg-config curl:curl; do
   command -v "${bin_pkg%%:*}" >/dev/null || need_apt+=("${bin_pkg#*:}")
 done
-dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
+# librdkafka (built by rdkafka-sys) compiles against OpenSSL, libcurl and zlib headers when their
+# libraries are present; a machine with the library but not its headers fails that build.
+for pkg in libssl-dev libcurl4-openssl-dev zlib1g-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

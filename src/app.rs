@@ -102,17 +102,18 @@ fn spawn<F: FnOnce() -> anyhow::Result<()> + Send + 'static>(
         .expect("cannot spawn a thread; the process is out of resources")
 }
 
+/// Tweets per `encode_batch` call: large enough to amortise its parallel dispatch, small enough
+/// that the batcher sees a steady stream rather than bursts.
+const TOKENIZER_CHUNK: usize = 128;
+
 fn tokenizer_stage(
     tok: TweetTokenizer,
     rx: Receiver<Work>,
     tx: Sender<Vec<Encoded>>,
 ) -> anyhow::Result<()> {
-    // Large enough to amortise `encode_batch`'s parallel dispatch, small enough that the
-    // batcher sees a steady stream rather than bursts.
-    const CHUNK: usize = 128;
     while let Ok(first) = rx.recv() {
         let mut works = vec![first];
-        while works.len() < CHUNK {
+        while works.len() < TOKENIZER_CHUNK {
             match rx.try_recv() {
                 Ok(w) => works.push(w),
                 Err(_) => break,
@@ -267,7 +268,10 @@ pub fn start_inference(
     factory: ClassifierFactory,
 ) -> Inference {
     let (work_tx, work_rx) = bounded::<Work>(cfg.pipeline.queue_tweets);
-    let (enc_tx, enc_rx) = bounded::<Vec<Encoded>>(4);
+    // Room for about four full batches of encoded tweets: the batcher picks similar lengths
+    // out of what waits here, so a window of a single batch would leave nothing to choose from.
+    let window_chunks = (4 * cfg.batch.max_batch_size).div_ceil(TOKENIZER_CHUNK).max(4);
+    let (enc_tx, enc_rx) = bounded::<Vec<Encoded>>(window_chunks);
     // Capacity 1: exactly one batch waits while the model runs the current one.
     let (batch_tx, batch_rx) = bounded::<Vec<Encoded>>(1);
     let (out_tx, out_rx) =
@@ -323,18 +327,21 @@ pub async fn run(
         &cfg.model.dir.join(&manifest.files.tokenizer.path),
         manifest.max_length,
     )?;
+    let health = Arc::new(Health::default());
+    health.sinks_ok.store(true, Ordering::Relaxed);
     let password = cfg.clickhouse_password()?;
-    let clickhouse = ClickHouseSink::new(&cfg.clickhouse, &password);
+    let clickhouse = ClickHouseSink::new(&cfg.clickhouse, &password).with_health(health.clone());
     clickhouse
         .apply_schema()
         .await
         .with_context(|| format!("cannot apply the ClickHouse schema at {} (is ClickHouse up? scripts/services.sh start)", cfg.clickhouse.url))?;
     let tracker = Arc::new(OffsetTracker::new());
-    let results = ResultProducer::new(&cfg.kafka).context("cannot create the result producer")?;
+    let results = ResultProducer::new(&cfg.kafka)
+        .context("cannot create the result producer")?
+        .with_health(health.clone());
     let dlq = DeadLetterProducer::new(&cfg.kafka, cfg.decode.max_message_bytes, tracker.clone())
-        .context("cannot create the dead-letter producer")?;
-    let health = Arc::new(Health::default());
-    health.sinks_ok.store(true, Ordering::Relaxed);
+        .context("cannot create the dead-letter producer")?
+        .with_health(health.clone());
 
     let stop = Arc::new(AtomicBool::new(false));
     let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();

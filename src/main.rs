@@ -60,6 +60,9 @@ enum Command {
     },
     /// Benchmarks: raw model, in-process pipeline, end to end (Markdown tables + JSON).
     Bench(vaxpulse::bench::BenchArgs),
+    /// Fault-injection suite: replicas killed, ClickHouse and broker restarted, hostile input,
+    /// rebalances; checks that nothing was lost or counted twice (needs scripts/services.sh).
+    Chaos(vaxpulse::bench::chaos::ChaosArgs),
     /// Tweets per day (or hour) × label from ClickHouse.
     Report {
         #[arg(long)]
@@ -164,6 +167,10 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(mut args) => {
                 args.config_path = config_path;
                 vaxpulse::bench::run(cfg, args).await?;
+            }
+            Command::Chaos(mut args) => {
+                args.config_path = config_path;
+                vaxpulse::bench::chaos::run(cfg, args).await?;
             }
             Command::Report {
                 hourly,

@@ -313,16 +313,37 @@ impl SinkRetry<'_> {
     }
 }
 
-/// Readiness as seen by `/health/ready`.
+/// Readiness as seen by `/health/ready`: consuming, no sink failed for good, and no sink write
+/// currently failing (a ClickHouse or broker outage turns the replica not-ready until the
+/// retried write goes through).
 #[derive(Default)]
 pub struct Health {
     pub consuming: AtomicBool,
     pub sinks_ok: AtomicBool,
+    failing_writes: std::sync::atomic::AtomicUsize,
 }
 
 impl Health {
     pub fn ready(&self) -> bool {
-        self.consuming.load(Ordering::Relaxed) && self.sinks_ok.load(Ordering::Relaxed)
+        self.consuming.load(Ordering::Relaxed)
+            && self.sinks_ok.load(Ordering::Relaxed)
+            && self.failing_writes.load(Ordering::Relaxed) == 0
+    }
+
+    /// Marks one sink write as failing until the returned guard is dropped (when it succeeds or
+    /// gives up).
+    pub fn write_failing(&self) -> FailingWrite<'_> {
+        self.failing_writes.fetch_add(1, Ordering::Relaxed);
+        FailingWrite(self)
+    }
+}
+
+/// See [`Health::write_failing`].
+pub struct FailingWrite<'a>(&'a Health);
+
+impl Drop for FailingWrite<'_> {
+    fn drop(&mut self) {
+        self.0.failing_writes.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

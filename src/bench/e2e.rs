@@ -103,22 +103,22 @@ impl E2eReport {
 }
 
 #[derive(Default)]
-struct Seen {
-    ids: HashSet<String>,
-    duplicates: usize,
+pub(crate) struct Seen {
+    pub(crate) ids: HashSet<String>,
+    pub(crate) duplicates: usize,
     /// (received, latency seconds) of results whose key is new.
     latencies: Vec<(Instant, f64)>,
 }
 
 /// Reads the output topic from the beginning on its own thread.
-struct OutputReader {
-    seen: Arc<Mutex<Seen>>,
+pub(crate) struct OutputReader {
+    pub(crate) seen: Arc<Mutex<Seen>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl OutputReader {
-    fn start(cfg: &Config, topic: &str) -> anyhow::Result<Self> {
+    pub(crate) fn start(cfg: &Config, topic: &str) -> anyhow::Result<Self> {
         let consumer: BaseConsumer = client_config(
             &cfg.kafka,
             &[
@@ -167,7 +167,7 @@ impl OutputReader {
         })
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -208,7 +208,7 @@ struct Workers {
     stop: Arc<AtomicBool>,
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find(|l| l.starts_with("VmRSS:"))?
@@ -305,16 +305,16 @@ impl Workers {
     }
 }
 
-struct Names {
-    input: String,
-    output: String,
-    dlq: String,
-    group: String,
-    database: String,
+pub(crate) struct Names {
+    pub(crate) input: String,
+    pub(crate) output: String,
+    pub(crate) dlq: String,
+    pub(crate) group: String,
+    pub(crate) database: String,
 }
 
 impl Names {
-    fn fresh() -> Self {
+    pub(crate) fn fresh() -> Self {
         let id = format!("{:08x}", rand::random::<u32>());
         Names {
             input: format!("bench-{id}-in"),
@@ -325,7 +325,7 @@ impl Names {
         }
     }
 
-    fn env(&self, args: &BenchArgs) -> Vec<(String, String)> {
+    pub(crate) fn env(&self, config_path: Option<&std::path::Path>) -> Vec<(String, String)> {
         let mut env = vec![
             ("VAXPULSE_KAFKA_INPUT_TOPIC".to_string(), self.input.clone()),
             ("VAXPULSE_KAFKA_OUTPUT_TOPIC".into(), self.output.clone()),
@@ -333,13 +333,13 @@ impl Names {
             ("VAXPULSE_KAFKA_GROUP_ID".into(), self.group.clone()),
             ("VAXPULSE_CLICKHOUSE_DATABASE".into(), self.database.clone()),
         ];
-        if let Some(p) = &args.config_path {
+        if let Some(p) = config_path {
             env.push(("VAXPULSE_CONFIG".into(), p.display().to_string()));
         }
         env
     }
 
-    fn config(&self, cfg: &Config) -> Config {
+    pub(crate) fn config(&self, cfg: &Config) -> Config {
         let mut c = cfg.clone();
         c.kafka.input_topic = self.input.clone();
         c.kafka.output_topic = self.output.clone();
@@ -349,7 +349,7 @@ impl Names {
     }
 }
 
-async fn create_topics(cfg: &Config, names: &Names, partitions: i32) -> anyhow::Result<()> {
+pub(crate) async fn create_topics(cfg: &Config, names: &Names, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(&cfg.kafka, &[]).create()?;
     let topics: Vec<NewTopic> = [&names.input, &names.output, &names.dlq]
         .iter()
@@ -362,7 +362,7 @@ async fn create_topics(cfg: &Config, names: &Names, partitions: i32) -> anyhow::
     Ok(())
 }
 
-async fn clickhouse_distinct(cfg: &Config) -> anyhow::Result<u64> {
+pub(crate) async fn clickhouse_distinct(cfg: &Config) -> anyhow::Result<u64> {
     let sink =
         crate::sink::clickhouse::ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
     Ok(sink
@@ -421,7 +421,7 @@ pub async fn run(cfg: &Config, args: &BenchArgs, raw: &RawReport) -> anyhow::Res
         produce(&cfg.kafka, input, &opts).await?;
         let reader = OutputReader::start(cfg, &names.output)?;
         let started = Instant::now();
-        let mut workers = Workers::start(args, &names.env(args), &logs)?;
+        let mut workers = Workers::start(args, &names.env(args.config_path.as_deref()), &logs)?;
         let bar = progress(backlog as u64, "results");
         let timeout = Duration::from_secs_f64((backlog as f64 / 20.0).max(300.0));
         let ok = {

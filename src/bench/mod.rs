@@ -3,6 +3,7 @@
 //! is also given as a ratio to `raw` measured in the same process, on the same machine; results
 //! print as Markdown and are written as JSON.
 
+pub mod chaos;
 pub mod e2e;
 pub mod pipeline;
 pub mod raw;

@@ -60,6 +60,14 @@ impl TorchClassifier {
                 opts.precision
             )));
         }
+        // TorchScript's executors re-specialise the graph for new input shapes (the profiling
+        // executor profiles and re-fuses, the optimising legacy one re-optimises per complete
+        // shape). Batches here change rows × length all the time, and that recompilation cost
+        // more than the model itself (H100, fp16, base-sized: ~300 ms per new shape). Plain
+        // execution of the scripted graph has no per-shape cost. The optimiser switch is
+        // thread-local: load and classify run on the same (inference) thread by contract.
+        tch::jit::set_profiling_mode(false);
+        tch::jit::set_graph_executor_optimize(false);
         if opts.intra_op_threads > 0 {
             tch::set_num_threads(opts.intra_op_threads as i32);
         }
@@ -118,7 +126,9 @@ impl TorchClassifier {
         let host = Tensor::from_slice(&both).view([2, batch.rows as i64, batch.cols as i64]);
         match self.device {
             Device::Cpu => host,
-            d => host.pin_memory(d).to_device_(d, Kind::Int64, true, false),
+            d => host
+                .internal_pin_memory(d)
+                .to_device_(d, Kind::Int64, true, false),
         }
     }
 }

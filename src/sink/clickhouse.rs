@@ -7,6 +7,7 @@
 //! (`uniqExact` states), so even a re-batched replay adds nothing to the hourly counts.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::Retryable;
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{retry_policy, retry_until_done, ClassifiedBatch, SinkError};
 use crate::config::{ClickHouseConfig, Secret};
-use crate::telemetry;
+use crate::telemetry::{self, Health};
 
 /// Statements creating the database, tables and views; each is idempotent.
 pub fn schema_statements(db: &str) -> Vec<String> {
@@ -87,6 +88,7 @@ pub struct ClickHouseSink {
     client: Client,
     database: String,
     timeout: Duration,
+    health: Option<Arc<Health>>,
 }
 
 impl ClickHouseSink {
@@ -102,7 +104,14 @@ impl ClickHouseSink {
             client,
             database: cfg.database.clone(),
             timeout: Duration::from_millis(cfg.insert_timeout_ms),
+            health: None,
         }
+    }
+
+    /// Reports the replica not ready while an insert is being retried.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -170,6 +179,7 @@ impl ClickHouseSink {
             "clickhouse",
             || self.insert_once(batch, &token),
             SinkError::is_retriable,
+            self.health.as_deref(),
         )
         .await?;
         telemetry::BatchStored {

@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use super::{retry_until_done, ClassifiedBatch, SinkError};
 use crate::batch::offsets::{Ack, OffsetTracker};
 use crate::config::KafkaConfig;
-use crate::telemetry;
+use crate::telemetry::{self, Health};
 
 /// librdkafka settings shared by the consumer and producers: brokers, the caller's `defaults`,
 /// then the operator's pass-through properties (security, tuning; they win over the defaults),
@@ -53,6 +53,7 @@ pub struct ResultProducer {
     producer: FutureProducer,
     topic: String,
     timeout: Duration,
+    health: Option<Arc<Health>>,
 }
 
 impl ResultProducer {
@@ -61,7 +62,14 @@ impl ResultProducer {
             producer: producer(cfg, cfg.message_timeout_ms, 1_000_000)?,
             topic: cfg.output_topic.clone(),
             timeout: Duration::from_millis(cfg.message_timeout_ms),
+            health: None,
         })
+    }
+
+    /// Reports the replica not ready while a publish is being retried.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     async fn publish_once(&self, batch: &ClassifiedBatch) -> Result<(), SinkError> {
@@ -104,6 +112,7 @@ impl ResultProducer {
             "kafka",
             || self.publish_once(batch),
             SinkError::is_retriable,
+            self.health.as_deref(),
         )
         .await?;
         telemetry::BatchStored {
@@ -122,7 +131,10 @@ impl ResultProducer {
 
 /// A message that could not be decoded, with where it came from.
 pub struct DeadLetter {
+    /// The original bytes, cut to `decode.max_message_bytes` when they were larger.
     pub payload: Vec<u8>,
+    /// The original size when `payload` was cut (header `vaxpulse.truncated_from_bytes`).
+    pub original_bytes: Option<usize>,
     pub key: Option<Vec<u8>>,
     pub reason: &'static str,
     pub detail: String,
@@ -136,7 +148,14 @@ pub struct DeadLetterProducer {
     producer: FutureProducer,
     topic: String,
     tracker: Arc<OffsetTracker>,
+    health: Option<Arc<Health>>,
+    /// Bounds dead letters in flight: a storm of bad input while the topic is unwritable
+    /// stops the consumer instead of piling payloads up in memory.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Dead letters that may be in flight at once (see `DeadLetterProducer::in_flight`).
+const DLQ_IN_FLIGHT: usize = 1024;
 
 impl DeadLetterProducer {
     pub fn new(
@@ -152,11 +171,20 @@ impl DeadLetterProducer {
             )?,
             topic: cfg.dlq_topic.clone(),
             tracker,
+            health: None,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(DLQ_IN_FLIGHT)),
         })
     }
 
+    /// Reports the replica not ready while a dead letter is being retried.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = Some(health);
+        self
+    }
+
     async fn send_once(&self, dl: &DeadLetter) -> Result<(), SinkError> {
-        let headers = OwnedHeaders::new()
+        let truncated = dl.original_bytes.map(|n| n.to_string());
+        let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: "vaxpulse.error",
                 value: Some(dl.reason.as_bytes()),
@@ -169,6 +197,12 @@ impl DeadLetterProducer {
                 key: "vaxpulse.source",
                 value: Some(dl.source.as_bytes()),
             });
+        if let Some(n) = &truncated {
+            headers = headers.insert(Header {
+                key: "vaxpulse.truncated_from_bytes",
+                value: Some(n.as_bytes()),
+            });
+        }
         let mut record = FutureRecord::to(&self.topic)
             .payload(dl.payload.as_slice())
             .headers(headers);
@@ -182,10 +216,23 @@ impl DeadLetterProducer {
             .map_err(|(e, _)| SinkError::Kafka(e))
     }
 
+    /// Sends `dl` on `runtime`; blocks the calling (consumer) thread while [`DLQ_IN_FLIGHT`]
+    /// dead letters are already in flight. Never call it from inside the runtime.
+    pub fn spawn_send(&self, runtime: &tokio::runtime::Handle, dl: DeadLetter) {
+        let permit = runtime
+            .block_on(self.in_flight.clone().acquire_owned())
+            .expect("the semaphore is never closed; this is a bug");
+        let this = self.clone();
+        runtime.spawn(async move {
+            this.send(dl).await;
+            drop(permit);
+        });
+    }
+
     /// Sends until the broker accepts, then acknowledges. Never gives up: an unwritable DLQ
     /// holds the partition's commit back instead of losing the message.
     pub async fn send(&self, dl: DeadLetter) {
-        retry_until_done("dlq", || self.send_once(&dl), |_| true)
+        retry_until_done("dlq", || self.send_once(&dl), |_| true, self.health.as_deref())
             .await
             .expect("every error is retried, so only success returns; this is a bug");
         self.tracker.done(dl.ack);

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::batch::offsets::Ack;
+use crate::telemetry::Health;
 
 /// One classified tweet, as published to the output topic (JSON) and stored in ClickHouse.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -139,20 +140,26 @@ pub fn retry_policy() -> ExponentialBuilder {
 /// Runs `op` through [`retry_policy`] until it succeeds. Failures for which `keep_trying` holds
 /// are retried without end (results are never dropped: a long outage holds the batch, and through
 /// the bounded queues, consumption); any other failure is returned at once.
+/// While it retries, `health` (when given) reports the replica not ready.
 pub(crate) async fn retry_until_done<F, Fut>(
     sink: &'static str,
     mut op: F,
     keep_trying: fn(&SinkError) -> bool,
+    health: Option<&Health>,
 ) -> Result<(), SinkError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), SinkError>>,
 {
+    let mut failing = None;
     loop {
         let res = (&mut op)
             .retry(retry_policy())
             .when(keep_trying)
             .notify(|e, after| {
+                if let (Some(h), None) = (health, &failing) {
+                    failing = Some(h.write_failing());
+                }
                 crate::telemetry::SinkRetry {
                     sink,
                     error: e,
@@ -218,5 +225,33 @@ mod tests {
             .iter_mut()
             .for_each(|r| r.model_version = "demo@2".into());
         assert_ne!(a.dedup_token(), other_model.dedup_token());
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_makes_the_replica_not_ready_until_it_succeeds() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Mutex;
+        let health = Health::default();
+        health.consuming.store(true, Ordering::Relaxed);
+        health.sinks_ok.store(true, Ordering::Relaxed);
+        let attempts = AtomicUsize::new(0);
+        let ready_at_attempt = Mutex::new(Vec::new());
+        retry_until_done(
+            "test",
+            || async {
+                ready_at_attempt.lock().unwrap().push(health.ready());
+                if attempts.fetch_add(1, Ordering::Relaxed) < 2 {
+                    Err(SinkError::ClickHouse(::clickhouse::error::Error::TimedOut))
+                } else {
+                    Ok(())
+                }
+            },
+            SinkError::is_retriable,
+            Some(&health),
+        )
+        .await
+        .unwrap();
+        assert_eq!(*ready_at_attempt.lock().unwrap(), [true, false, false]);
+        assert!(health.ready(), "ready again once the write went through");
     }
 }

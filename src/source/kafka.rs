@@ -268,16 +268,26 @@ impl Source {
             }
             Decoded::Reject { reason, detail } => {
                 round.dead_letter(reason.as_str());
+                // The original bytes, except for oversized messages: those are cut to the cap
+                // (the dead-letter topic's broker limit is usually no larger than the input's,
+                // and an unwritable dead letter would block the partition for ever).
+                let payload = msg.payload().unwrap_or_default();
+                let cap = self.rules.max_message_bytes;
+                let (kept, original_bytes) = if payload.len() > cap {
+                    (&payload[..cap], Some(payload.len()))
+                } else {
+                    (payload, None)
+                };
                 let dl = DeadLetter {
-                    payload: msg.payload().unwrap_or_default().to_vec(),
+                    payload: kept.to_vec(),
+                    original_bytes,
                     key: msg.key().map(<[u8]>::to_vec),
                     reason: reason.as_str(),
                     detail,
                     source: format!("{}/{}/{}", msg.topic(), partition, offset),
                     ack,
                 };
-                let dlq = self.dlq.clone();
-                self.runtime.spawn(async move { dlq.send(dl).await });
+                self.dlq.spawn_send(&self.runtime, dl);
             }
         }
     }

@@ -1,0 +1,756 @@
+//! `vaxpulse chaos`: the fault-injection suite. Each scenario runs real worker processes (this
+//! binary's `run`) in one consumer group on fresh topics and a fresh database, injects its fault
+//! (SIGKILL and restart, ClickHouse down, broker restart, hostile input, a replica joining and
+//! leaving), waits until every tweet is accounted for, and checks, from the outside, that none
+//! was lost and none counted twice: output-topic ids, ClickHouse rows, `opinion_hourly`
+//! aggregates, dead letters and committed offsets.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::Args;
+use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Offset;
+use serde::Serialize;
+
+use super::e2e::{create_topics, rss_kib, Names, OutputReader};
+use super::Table;
+use crate::config::Config;
+use crate::sink::clickhouse::ClickHouseSink;
+use crate::sink::kafka::client_config;
+use crate::synthetic::{hostile_payload, Generator};
+
+#[derive(Args, Debug, Clone)]
+pub struct ChaosArgs {
+    /// Scenarios to run, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kill,clickhouse,broker,hostile,rebalance"
+    )]
+    pub scenarios: Vec<Scenario>,
+    /// Tweets of the SIGKILL scenario.
+    #[arg(long, default_value_t = 100_000)]
+    pub kill_tweets: u64,
+    /// SIGKILL + restart cycles in the SIGKILL scenario.
+    #[arg(long, default_value_t = 5)]
+    pub kills: usize,
+    /// Valid tweets of every other scenario.
+    #[arg(long, default_value_t = 30_000)]
+    pub tweets: u64,
+    /// Hostile messages mixed into the hostile scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub hostile: u64,
+    /// How long ClickHouse stays down.
+    #[arg(long, default_value_t = 60)]
+    pub outage_seconds: u64,
+    /// Over how many seconds the paced scenarios offer their tweets.
+    #[arg(long, default_value_t = 100)]
+    pub paced_seconds: u64,
+    #[arg(long, default_value_t = 2)]
+    pub replicas: usize,
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Starts and stops the local services (`SCRIPT start|stop broker|clickhouse`).
+    #[arg(long, default_value = "scripts/services.sh")]
+    pub services: PathBuf,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Longest wait for a scenario to settle.
+    #[arg(long, default_value_t = 900)]
+    pub timeout_seconds: u64,
+    #[arg(long, default_value = "bench-results/chaos.json")]
+    pub json: PathBuf,
+    #[arg(skip)]
+    pub config_path: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// 2 replicas, one SIGKILLed and restarted `--kills` times at random moments.
+    Kill,
+    /// ClickHouse stopped for `--outage-seconds` mid-run, then restarted.
+    Clickhouse,
+    /// The broker stopped and restarted mid-run.
+    Broker,
+    /// `--hostile` malformed messages mixed into valid traffic.
+    Hostile,
+    /// A third replica joins, then leaves (SIGTERM), during the run.
+    Rebalance,
+}
+
+/// Figures of one scenario; `lost` and `double_counted` must be 0.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    pub scenario: Scenario,
+    pub faults: String,
+    pub input_valid: u64,
+    pub input_hostile: u64,
+    pub output_distinct: u64,
+    pub output_duplicates: u64,
+    pub clickhouse_distinct: u64,
+    /// Rows of `classified_tweets FINAL` (one per tweet × model version).
+    pub clickhouse_final_rows: u64,
+    /// Sum over hours × labels of `opinion_hourly` (what analysts read).
+    pub aggregate_total: u64,
+    pub dlq: u64,
+    /// Valid tweets missing from the output topic or from ClickHouse.
+    pub lost: u64,
+    /// Aggregate or `FINAL` rows beyond one per distinct tweet.
+    pub double_counted: u64,
+    /// Input messages after the committed offsets once the replicas stopped cleanly.
+    pub uncommitted: i64,
+    /// Whether `/health/ready` answered "not ready" on some replica during the fault.
+    pub not_ready_seen: Option<bool>,
+    pub peak_worker_rss_mib: f64,
+    pub seconds: f64,
+}
+
+impl ScenarioReport {
+    pub fn passed(&self) -> bool {
+        self.lost == 0 && self.double_counted == 0 && self.dlq == self.input_hostile
+    }
+}
+
+pub fn render(reports: &[ScenarioReport]) -> String {
+    let mut t = Table::new(&[
+        "scenario",
+        "faults",
+        "input",
+        "hostile",
+        "output ids",
+        "dup. in topic",
+        "ClickHouse ids",
+        "aggregate total",
+        "DLQ",
+        "lost",
+        "double-counted",
+        "uncommitted",
+        "not-ready seen",
+        "peak RSS MiB",
+        "s",
+    ]);
+    for r in reports {
+        t.row(vec![
+            format!("{:?}", r.scenario).to_lowercase(),
+            r.faults.clone(),
+            r.input_valid.to_string(),
+            r.input_hostile.to_string(),
+            r.output_distinct.to_string(),
+            r.output_duplicates.to_string(),
+            r.clickhouse_distinct.to_string(),
+            r.aggregate_total.to_string(),
+            r.dlq.to_string(),
+            r.lost.to_string(),
+            r.double_counted.to_string(),
+            r.uncommitted.to_string(),
+            r.not_ready_seen
+                .map_or("–".into(), |b| if b { "yes" } else { "no" }.into()),
+            format!("{:.0}", r.peak_worker_rss_mib),
+            format!("{:.0}", r.seconds),
+        ]);
+    }
+    t.render()
+}
+
+/// Worker processes by slot; each slot has its own metrics port for readiness probes.
+struct Fleet {
+    exe: PathBuf,
+    env: Vec<(String, String)>,
+    logs: PathBuf,
+    slots: Vec<Option<Child>>,
+    starts: usize,
+    peak_rss_kib: Arc<AtomicU64>,
+    pids: Arc<std::sync::Mutex<Vec<u32>>>,
+    stop: Arc<AtomicBool>,
+}
+
+const METRICS_PORT_BASE: u16 = 19_400;
+
+impl Fleet {
+    fn new(env: Vec<(String, String)>, logs: &Path) -> anyhow::Result<Self> {
+        let peak_rss_kib = Arc::new(AtomicU64::new(0));
+        let pids = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (peak, p, st) = (peak_rss_kib.clone(), pids.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let now: Vec<u32> = p.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                for pid in now {
+                    if let Some(r) = rss_kib(pid) {
+                        peak.fetch_max(r, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Ok(Fleet {
+            exe: std::env::current_exe()?,
+            env,
+            logs: logs.to_path_buf(),
+            slots: Vec::new(),
+            starts: 0,
+            peak_rss_kib,
+            pids,
+            stop,
+        })
+    }
+
+    fn refresh_pids(&self) {
+        *self.pids.lock().unwrap_or_else(|e| e.into_inner()) =
+            self.slots.iter().flatten().map(Child::id).collect();
+    }
+
+    fn spawn(&mut self, slot: usize) -> anyhow::Result<()> {
+        while self.slots.len() <= slot {
+            self.slots.push(None);
+        }
+        self.starts += 1;
+        let log = std::fs::File::create(
+            self.logs
+                .join(format!("replica-{slot}-start-{}.log", self.starts)),
+        )?;
+        let child = Command::new(&self.exe)
+            .arg("run")
+            .envs(self.env.iter().cloned())
+            .env(
+                "VAXPULSE_METRICS_LISTEN",
+                format!("127.0.0.1:{}", METRICS_PORT_BASE + slot as u16),
+            )
+            .env("VAXPULSE_MODEL_INTRA_OP_THREADS", "1")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("info".into()),
+            )
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start a worker process")?;
+        self.slots[slot] = Some(child);
+        self.refresh_pids();
+        Ok(())
+    }
+
+    fn sigkill(&mut self, slot: usize) {
+        if let Some(mut c) = self.slots[slot].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.refresh_pids();
+    }
+
+    /// SIGTERM, then up to 60 s for the clean drain; false if it had to be killed.
+    fn sigterm(&mut self, slot: usize) -> bool {
+        let Some(mut c) = self.slots[slot].take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut clean = false;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                clean = status.success();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if !clean {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.refresh_pids();
+        clean
+    }
+
+    fn exited(&mut self) -> Option<usize> {
+        self.slots.iter_mut().enumerate().find_map(|(i, c)| {
+            c.as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+                .map(|_| i)
+        })
+    }
+
+    /// Whether some running replica answers `/health/ready` with anything but 200.
+    fn any_not_ready(&self) -> bool {
+        self.slots.iter().enumerate().any(|(i, c)| {
+            c.is_some() && probe_ready(METRICS_PORT_BASE + i as u16) == Some(false)
+        })
+    }
+
+    fn stop_all(&mut self) -> bool {
+        let mut clean = true;
+        for slot in 0..self.slots.len() {
+            clean &= self.sigterm(slot);
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        clean
+    }
+
+    fn peak_mib(&self) -> f64 {
+        self.peak_rss_kib.load(Ordering::Relaxed) as f64 / 1024.0
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for c in self.slots.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `Some(true)` on HTTP 200, `Some(false)` on another status, `None` when nothing answers.
+fn probe_ready(port: u16) -> Option<bool> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(b"GET /health/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    Some(&head[9..12] == b"200")
+}
+
+fn services(args: &ChaosArgs, action: &str, which: &str) -> anyhow::Result<()> {
+    let status = Command::new(&args.services)
+        .args([action, which])
+        .status()
+        .with_context(|| format!("cannot run {}", args.services.display()))?;
+    anyhow::ensure!(
+        status.success(),
+        "`{} {action} {which}` failed",
+        args.services.display()
+    );
+    Ok(())
+}
+
+/// Valid synthetic tweets (their ids) interleaved with `hostile` hostile ones, keyed so the
+/// dead-letter topic can be counted by distinct key.
+fn traffic(seed: u64, valid: u64, hostile: u64) -> (Vec<(String, Vec<u8>)>, HashSet<String>) {
+    let mut g = Generator::new(seed, Utc::now() - chrono::Duration::days(5), 5);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut ids = HashSet::new();
+    let mut out = Vec::with_capacity((valid + hostile) as usize);
+    let (mut v, mut h) = (0, 0);
+    while v < valid || h < hostile {
+        let take_hostile = h < hostile
+            && (v >= valid || rng.random_range(0..valid + hostile) < hostile);
+        if take_hostile {
+            out.push((format!("hostile-{h}"), hostile_payload(h)));
+            h += 1;
+        } else {
+            let (t, p) = g.payload();
+            ids.insert(t.id.clone());
+            out.push((t.id, p));
+            v += 1;
+        }
+    }
+    (out, ids)
+}
+
+/// Produces `messages` (key, payload), at `rate` per second or as fast as the broker takes them;
+/// a broker outage is ridden out by the producer's own retries (5 min message timeout).
+async fn produce_all(
+    cfg: &Config,
+    topic: String,
+    messages: Vec<(String, Vec<u8>)>,
+    rate: Option<f64>,
+) -> anyhow::Result<u64> {
+    let producer: FutureProducer = client_config(
+        &cfg.kafka,
+        &[
+            ("acks", "all".into()),
+            ("linger.ms", "5".into()),
+            ("message.timeout.ms", "300000".into()),
+            ("message.max.bytes", (4 << 20).to_string()),
+        ],
+    )
+    .create()
+    .context("cannot create the chaos producer")?;
+    let started = Instant::now();
+    let deliveries = futures::stream::iter(messages.into_iter().enumerate())
+        .map(|(i, (key, payload))| {
+            let (producer, topic) = (producer.clone(), topic.clone());
+            async move {
+                if let Some(r) = rate {
+                    tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / r)).into())
+                        .await;
+                }
+                let rec = FutureRecord::to(&topic).key(key.as_bytes()).payload(&payload);
+                producer
+                    .send(rec, Duration::from_secs(300))
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e)
+            }
+        })
+        .buffered(4096);
+    futures::pin_mut!(deliveries);
+    let mut n = 0;
+    while let Some(r) = deliveries.next().await {
+        r.context("the broker refused a chaos message")?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+struct Counts {
+    clickhouse_ids: HashSet<String>,
+    final_rows: u64,
+    aggregate_total: u64,
+}
+
+async fn clickhouse_counts(cfg: &Config) -> anyhow::Result<Counts> {
+    let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
+    let db = &cfg.clickhouse.database;
+    let ids: Vec<String> = sink
+        .client()
+        .query(&format!("SELECT DISTINCT tweet_id FROM {db}.classified_tweets"))
+        .fetch_all()
+        .await?;
+    let final_rows: u64 = sink
+        .client()
+        .query(&format!("SELECT count() FROM {db}.classified_tweets FINAL"))
+        .fetch_one()
+        .await?;
+    let aggregate_total: u64 = sink
+        .client()
+        .query(&format!(
+            "SELECT toUInt64(sum(n)) FROM (SELECT uniqExactMerge(tweets) AS n FROM {db}.opinion_hourly GROUP BY hour, model_version, label)"
+        ))
+        .fetch_one()
+        .await?;
+    Ok(Counts {
+        clickhouse_ids: ids.into_iter().collect(),
+        final_rows,
+        aggregate_total,
+    })
+}
+
+/// Input messages not yet covered by the group's committed offsets.
+fn uncommitted(cfg: &Config, names: &Names, partitions: i32) -> anyhow::Result<i64> {
+    let c: BaseConsumer = client_config(&cfg.kafka, &[("group.id", names.group.clone())])
+        .create()
+        .context("cannot create the offset reader")?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(&names.input, p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(30))?;
+    let mut behind = 0;
+    for e in committed.elements() {
+        let (_, high) = c.fetch_watermarks(&names.input, e.partition(), Duration::from_secs(30))?;
+        let done = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        };
+        behind += high - done;
+    }
+    Ok(behind)
+}
+
+struct Run<'a> {
+    args: &'a ChaosArgs,
+    cfg: Config,
+    names: Names,
+    fleet: Fleet,
+    output: OutputReader,
+    dlq: OutputReader,
+    expected: HashSet<String>,
+    hostile: u64,
+    started: Instant,
+    not_ready_seen: Option<bool>,
+}
+
+impl<'a> Run<'a> {
+    async fn new(
+        cfg: &Config,
+        args: &'a ChaosArgs,
+        scenario: Scenario,
+        valid: u64,
+        hostile: u64,
+    ) -> anyhow::Result<(Self, Vec<(String, Vec<u8>)>)> {
+        let names = Names::fresh();
+        create_topics(cfg, &names, args.partitions).await?;
+        let ncfg = names.config(cfg);
+        let (messages, expected) = traffic(args.seed, valid, hostile);
+        let logs = PathBuf::from(format!("bench-results/chaos-logs/{scenario:?}").to_lowercase());
+        std::fs::create_dir_all(&logs)?;
+        let fleet = Fleet::new(names.env(args.config_path.as_deref()), &logs)?;
+        let output = OutputReader::start(cfg, &names.output)?;
+        let dlq = OutputReader::start(cfg, &names.dlq)?;
+        Ok((
+            Run {
+                args,
+                cfg: ncfg,
+                names,
+                fleet,
+                output,
+                dlq,
+                expected,
+                hostile,
+                started: Instant::now(),
+                not_ready_seen: None,
+            },
+            messages,
+        ))
+    }
+
+    fn progress(&self) -> u64 {
+        self.output.count() as u64
+    }
+
+    /// Waits (checking that no replica died on its own) until the output topic holds `n` ids.
+    async fn wait_output(&mut self, n: u64, deadline: Instant) -> anyhow::Result<()> {
+        while self.progress() < n {
+            if let Some(slot) = self.fleet.exited() {
+                anyhow::bail!(
+                    "replica {slot} exited on its own (logs in {})",
+                    self.fleet.logs.display()
+                );
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "timed out with {} of {} results (logs in {})",
+                self.progress(),
+                self.expected.len(),
+                self.fleet.logs.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Waits for every tweet to be in the output topic and ClickHouse and every hostile message
+    /// in the dead-letter topic, stops the replicas cleanly, then counts.
+    async fn settle(
+        mut self,
+        scenario: Scenario,
+        faults: String,
+    ) -> anyhow::Result<ScenarioReport> {
+        let deadline = self.started + Duration::from_secs(self.args.timeout_seconds);
+        self.wait_output(self.expected.len() as u64, deadline)
+            .await?;
+        loop {
+            let ch = clickhouse_counts(&self.cfg).await?;
+            let dlq = self.dlq.count() as u64;
+            if ch.clickhouse_ids.len() >= self.expected.len() && dlq >= self.hostile {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "timed out: ClickHouse has {} of {} tweets, the DLQ {dlq} of {}",
+                ch.clickhouse_ids.len(),
+                self.expected.len(),
+                self.hostile
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let seconds = self.started.elapsed().as_secs_f64();
+        let clean = tokio::task::block_in_place(|| self.fleet.stop_all());
+        anyhow::ensure!(
+            clean,
+            "a replica did not stop cleanly on SIGTERM (logs in {})",
+            self.fleet.logs.display()
+        );
+        // Late duplicates (replays) would arrive now; give them a moment.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let ch = clickhouse_counts(&self.cfg).await?;
+        let seen = self.output.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let lost = self
+            .expected
+            .iter()
+            .filter(|id| !seen.ids.contains(*id) || !ch.clickhouse_ids.contains(*id))
+            .count() as u64;
+        let distinct = ch.clickhouse_ids.len() as u64;
+        let double_counted = ch.aggregate_total.saturating_sub(distinct)
+            + ch.final_rows.saturating_sub(distinct);
+        let dlq = self.dlq.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let report = ScenarioReport {
+            scenario,
+            faults,
+            input_valid: self.expected.len() as u64,
+            input_hostile: self.hostile,
+            output_distinct: seen.ids.len() as u64,
+            output_duplicates: seen.duplicates as u64,
+            clickhouse_distinct: distinct,
+            clickhouse_final_rows: ch.final_rows,
+            aggregate_total: ch.aggregate_total,
+            dlq: dlq.ids.len() as u64,
+            lost,
+            double_counted,
+            uncommitted: uncommitted(&self.cfg, &self.names, self.args.partitions)?,
+            not_ready_seen: self.not_ready_seen,
+            peak_worker_rss_mib: self.fleet.peak_mib(),
+            seconds,
+        };
+        Ok(report)
+    }
+}
+
+/// Runs `ms` milliseconds of waiting while probing readiness; records whether a replica said
+/// "not ready".
+async fn watch_readiness(run: &mut Run<'_>, seconds: u64) {
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < until {
+        let not_ready = tokio::task::block_in_place(|| run.fleet.any_not_ready());
+        if not_ready {
+            run.not_ready_seen = Some(true);
+        } else if run.not_ready_seen.is_none() {
+            run.not_ready_seen = Some(false);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn scenario(
+    cfg: &Config,
+    args: &ChaosArgs,
+    which: Scenario,
+) -> anyhow::Result<ScenarioReport> {
+    let mut rng = StdRng::seed_from_u64(args.seed ^ 0x5eed);
+    let paced_rate = args.tweets as f64 / args.paced_seconds as f64;
+    match which {
+        Scenario::Kill => {
+            let (mut run, messages) = Run::new(cfg, args, which, args.kill_tweets, 0).await?;
+            println!("chaos kill: producing {} tweets", messages.len());
+            produce_all(cfg, run.names.input.clone(), messages, None).await?;
+            run.started = Instant::now();
+            for slot in 0..args.replicas {
+                run.fleet.spawn(slot)?;
+            }
+            let total = run.expected.len() as u64;
+            let mut marks: Vec<u64> = (0..args.kills)
+                .map(|_| (total as f64 * rng.random_range(0.05..0.85)) as u64)
+                .collect();
+            marks.sort_unstable();
+            let deadline = run.started + Duration::from_secs(args.timeout_seconds);
+            for (k, mark) in marks.iter().enumerate() {
+                run.wait_output(*mark, deadline).await?;
+                let slot = rng.random_range(0..args.replicas);
+                run.fleet.sigkill(slot);
+                let down_ms = rng.random_range(200..3000);
+                println!(
+                    "chaos kill: SIGKILL {}/{}: replica {slot} at {} results, restarting in {down_ms} ms",
+                    k + 1,
+                    args.kills,
+                    run.progress()
+                );
+                tokio::time::sleep(Duration::from_millis(down_ms)).await;
+                run.fleet.spawn(slot)?;
+            }
+            run.settle(which, format!("{} × SIGKILL + restart", args.kills))
+                .await
+        }
+        Scenario::Clickhouse | Scenario::Broker | Scenario::Rebalance => {
+            let (mut run, messages) = Run::new(cfg, args, which, args.tweets, 0).await?;
+            for slot in 0..args.replicas {
+                run.fleet.spawn(slot)?;
+            }
+            println!(
+                "chaos {which:?}: offering {} tweets at {paced_rate:.0}/s",
+                messages.len()
+            );
+            let producer = tokio::spawn({
+                let (cfg, topic) = (cfg.clone(), run.names.input.clone());
+                async move { produce_all(&cfg, topic, messages, Some(paced_rate)).await }
+            });
+            let lead = args.paced_seconds / 5;
+            tokio::time::sleep(Duration::from_secs(lead)).await;
+            let faults = match which {
+                Scenario::Clickhouse => {
+                    println!(
+                        "chaos clickhouse: stopping ClickHouse for {} s",
+                        args.outage_seconds
+                    );
+                    services(args, "stop", "clickhouse")?;
+                    watch_readiness(&mut run, args.outage_seconds).await;
+                    println!("chaos clickhouse: starting ClickHouse again");
+                    services(args, "start", "clickhouse")?;
+                    format!("ClickHouse down {} s", args.outage_seconds)
+                }
+                Scenario::Broker => {
+                    println!("chaos broker: restarting the broker");
+                    let t = Instant::now();
+                    services(args, "stop", "broker")?;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    services(args, "start", "broker")?;
+                    format!("broker down {:.0} s", t.elapsed().as_secs_f64())
+                }
+                _ => {
+                    let extra = args.replicas;
+                    println!("chaos rebalance: replica {extra} joins");
+                    run.fleet.spawn(extra)?;
+                    tokio::time::sleep(Duration::from_secs(args.paced_seconds / 3)).await;
+                    println!("chaos rebalance: replica {extra} leaves (SIGTERM)");
+                    let clean = tokio::task::block_in_place(|| run.fleet.sigterm(extra));
+                    anyhow::ensure!(clean, "the leaving replica did not stop cleanly");
+                    "3rd replica joined, then left".into()
+                }
+            };
+            producer.await??;
+            run.settle(which, faults).await
+        }
+        Scenario::Hostile => {
+            let (mut run, messages) = Run::new(cfg, args, which, args.tweets, args.hostile).await?;
+            for slot in 0..args.replicas {
+                run.fleet.spawn(slot)?;
+            }
+            println!(
+                "chaos hostile: {} valid + {} hostile messages",
+                args.tweets, args.hostile
+            );
+            produce_all(cfg, run.names.input.clone(), messages, None).await?;
+            run.settle(which, format!("{} hostile messages", args.hostile))
+                .await
+        }
+    }
+}
+
+pub async fn run(cfg: Config, args: ChaosArgs) -> anyhow::Result<()> {
+    let mut reports = Vec::new();
+    let mut failed = Vec::new();
+    for &which in &args.scenarios {
+        println!("\n## chaos: {which:?}");
+        match scenario(&cfg, &args, which).await {
+            Ok(r) => {
+                if !r.passed() {
+                    failed.push(format!("{which:?}: lost {} double-counted {} DLQ {}/{}", r.lost, r.double_counted, r.dlq, r.input_hostile));
+                }
+                println!("{}", render(std::slice::from_ref(&r)));
+                reports.push(r);
+            }
+            Err(e) => {
+                println!("chaos {which:?} failed: {e:#}");
+                failed.push(format!("{which:?}: {e:#}"));
+                // A stopped service must not leak into the next scenario.
+                let _ = services(&args, "start", "all");
+            }
+        }
+    }
+    println!("\n## chaos: all scenarios\n\n{}", render(&reports));
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.json, serde_json::to_vec_pretty(&reports)?)?;
+    println!("wrote {}", args.json.display());
+    anyhow::ensure!(failed.is_empty(), "chaos failed: {}", failed.join("; "));
+    Ok(())
+}
