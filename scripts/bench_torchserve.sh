@@ -21,9 +21,9 @@ command -v java >/dev/null || {
 }
 MODEL=${1:-}
 if [ -z "$MODEL" ]; then
-  MODEL=/tmp/vaxpulse-models/base/1
+  MODEL=/tmp/vaxpulse-models/camembert-base-random/1
   [ -f "$MODEL/model.pt" ] ||
-    python scripts/make_demo_model.py --base-sized --out /tmp/vaxpulse-models --name base
+    python scripts/make_demo_model.py --base-sized --out /tmp/vaxpulse-models
 fi
 MODEL=$(cd "$MODEL" && pwd)
 BACKLOG=${BACKLOG:-600} LOADS=${LOADS:-0.5} PACED_SECONDS=${PACED_SECONDS:-20}
