@@ -106,6 +106,12 @@ pub struct KafkaConfig {
     /// Consumer session timeout (librdkafka `session.timeout.ms`).
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// Static group membership (librdkafka `group.instance.id`): a stable, unique name per
+    /// replica (e.g. the compose or StatefulSet replica index). A replica restarted under the same
+    /// name gets its partitions back at once, without a group-wide rebalance; empty = dynamic
+    /// membership. Env: `VAXPULSE_KAFKA_GROUP_INSTANCE_ID`.
+    #[serde(default)]
+    pub group_instance_id: String,
     /// How long a produce may take before it fails (librdkafka `message.timeout.ms`).
     #[serde(default = "default_message_timeout_ms")]
     pub message_timeout_ms: u64,
@@ -139,6 +145,7 @@ impl fmt::Debug for KafkaConfig {
             .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
             .field("commit_interval_ms", &self.commit_interval_ms)
             .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("group_instance_id", &self.group_instance_id)
             .field("message_timeout_ms", &self.message_timeout_ms)
             .field("sasl_password", &self.sasl_password)
             .field("properties", &props)

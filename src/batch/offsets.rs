@@ -133,6 +133,24 @@ impl OffsetTracker {
         out
     }
 
+    /// A commit of `partitions` failed: their positions count as not committed, so the next
+    /// [`Self::to_commit`] sends them again even if nothing moved.
+    pub fn commit_failed(&self, partitions: &[Partition]) {
+        let mut parts = self.lock();
+        for p in partitions {
+            if let Some(st) = parts.get_mut(p) {
+                st.committed = None;
+            }
+        }
+    }
+
+    /// Partitions currently tracked.
+    pub fn partitions(&self) -> Vec<Partition> {
+        let mut out: Vec<Partition> = self.lock().keys().copied().collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Current commit positions of `partitions`, whether or not they moved.
     pub fn positions(&self, partitions: &[Partition]) -> Vec<(Partition, i64)> {
         let parts = self.lock();
@@ -271,5 +289,17 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         t.done(a);
         assert!(h.join().unwrap());
+    }
+
+    #[test]
+    fn a_failed_commit_is_sent_again_even_without_progress() {
+        let t = OffsetTracker::new();
+        let a = t.track(0, 10);
+        t.done(a);
+        assert_eq!(t.to_commit(), vec![(0, 11)]);
+        assert_eq!(t.to_commit(), vec![], "nothing moved");
+        t.commit_failed(&[0]);
+        assert_eq!(t.to_commit(), vec![(0, 11)], "the failed position goes out again");
+        assert_eq!(t.partitions(), vec![0]);
     }
 }

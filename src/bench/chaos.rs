@@ -19,7 +19,8 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::Offset;
 use serde::Serialize;
 
@@ -78,7 +79,8 @@ pub struct ChaosArgs {
 #[derive(clap::ValueEnum, Debug, Clone, Copy, Serialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Scenario {
-    /// 2 replicas, one SIGKILLed and restarted `--kills` times at random moments.
+    /// 2 replicas, one SIGKILLed and restarted `--kills` times at random moments; the broker
+    /// is rdkafka's MockCluster (the local broker cannot reassign a killed member's partitions).
     Kill,
     /// ClickHouse stopped for `--outage-seconds` mid-run, then restarted.
     Clickhouse,
@@ -291,7 +293,14 @@ impl Fleet {
         })
     }
 
+    /// SIGTERM to every replica at once (one after the other would make each departure a
+    /// rebalance that the next one's final commit runs into), then waits for each.
     fn stop_all(&mut self) -> bool {
+        for c in self.slots.iter().flatten() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
         let mut clean = true;
         for slot in 0..self.slots.len() {
             clean &= self.sigterm(slot);
@@ -467,6 +476,8 @@ fn uncommitted(cfg: &Config, names: &Names, partitions: i32) -> anyhow::Result<i
 }
 
 struct Run<'a> {
+    /// The kill scenario's broker (see [`Scenario::Kill`]); dropped last.
+    _mock: Option<MockCluster<'static, DefaultProducerContext>>,
     args: &'a ChaosArgs,
     cfg: Config,
     names: Names,
@@ -488,16 +499,39 @@ impl<'a> Run<'a> {
         hostile: u64,
     ) -> anyhow::Result<(Self, Vec<(String, Vec<u8>)>)> {
         let names = Names::fresh();
-        create_topics(cfg, &names, args.partitions).await?;
+        let mut cfg = cfg.clone();
+        // The local broker never hands a SIGKILLed member's partitions to anyone (not even to
+        // the same replica restarted: it comes back as a new member, and tansu's static
+        // membership stalls the group). rdkafka's MockCluster, a real broker on loopback TCP
+        // in this process, does expire the dead member and reassign, as Kafka does.
+        let mock = if scenario == Scenario::Kill {
+            let mock = MockCluster::new(1).context("cannot start the mock cluster")?;
+            for t in [&names.input, &names.output, &names.dlq] {
+                mock.create_topic(t, args.partitions, 1)?;
+            }
+            cfg.kafka.brokers = mock.bootstrap_servers();
+            Some(mock)
+        } else {
+            create_topics(&cfg, &names, args.partitions).await?;
+            None
+        };
+        let cfg = &cfg;
         let ncfg = names.config(cfg);
         let (messages, expected) = traffic(args.seed, valid, hostile);
         let logs = PathBuf::from(format!("bench-results/chaos-logs/{scenario:?}").to_lowercase());
         std::fs::create_dir_all(&logs)?;
-        let fleet = Fleet::new(names.env(args.config_path.as_deref()), &logs)?;
+        let mut env = names.env(args.config_path.as_deref());
+        env.push(("VAXPULSE_KAFKA_BROKERS".into(), cfg.kafka.brokers.clone()));
+        if mock.is_some() {
+            // Takeover waits out the dead member's session: keep it short.
+            env.push(("VAXPULSE_KAFKA_SESSION_TIMEOUT_MS".into(), "6000".into()));
+        }
+        let fleet = Fleet::new(env, &logs)?;
         let output = OutputReader::start(cfg, &names.output)?;
         let dlq = OutputReader::start(cfg, &names.dlq)?;
         Ok((
             Run {
+                _mock: mock,
                 args,
                 cfg: ncfg,
                 names,
@@ -631,7 +665,7 @@ async fn scenario(
         Scenario::Kill => {
             let (mut run, messages) = Run::new(cfg, args, which, args.kill_tweets, 0).await?;
             println!("chaos kill: producing {} tweets", messages.len());
-            produce_all(cfg, run.names.input.clone(), messages, None).await?;
+            produce_all(&run.cfg, run.names.input.clone(), messages, None).await?;
             run.started = Instant::now();
             for slot in 0..args.replicas {
                 run.fleet.spawn(slot)?;

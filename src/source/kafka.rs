@@ -87,6 +87,20 @@ impl ConsumerContext for Ctx {
         );
     }
 
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            let parts: Vec<Partition> = offsets
+                .elements_for_topic(&self.topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect();
+            // Async commits fail here, not at the call: without this, positions that stop
+            // moving (the end of a backlog) would never be committed again.
+            self.tracker.commit_failed(&parts);
+            tracing::warn!(error = %e, ?parts, "offset commit failed; the next commit sends these again");
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
@@ -111,26 +125,41 @@ fn commit(
     topic: &str,
     positions: &[(Partition, i64)],
     mode: CommitMode,
-) {
+) -> bool {
     if positions.is_empty() {
-        return;
+        return true;
     }
     let mut tpl = TopicPartitionList::new();
     for (p, o) in positions {
         if let Err(e) = tpl.add_partition_offset(topic, *p, Offset::Offset(*o)) {
             tracing::error!(error = %e, "cannot build commit list; this is a bug");
-            return;
+            return false;
         }
     }
-    match consumer.commit(&tpl, mode) {
-        Ok(()) => {
-            telemetry::metrics().commits.inc();
-            tracing::debug!(?positions, "offsets committed");
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "offset commit failed; will retry with the next commit")
+    // A sync commit (revocation, shutdown) is the last chance for these positions: retry the
+    // transient refusals (e.g. a rebalance in progress) a few times. Whatever stays
+    // uncommitted is read again by the next owner — duplicates in the output topic, never loss,
+    // and no double counting in ClickHouse.
+    let attempts = if matches!(mode, CommitMode::Sync) { 4 } else { 1 };
+    for attempt in 1..=attempts {
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                telemetry::metrics().commits.inc();
+                tracing::debug!(?positions, "offsets committed");
+                return true;
+            }
+            Err(e) if attempt < attempts => {
+                tracing::debug!(error = %e, attempt, "offset commit refused; retrying");
+                std::thread::sleep(Duration::from_millis(250 * attempt as u64));
+            }
+            Err(e) => {
+                let parts: Vec<Partition> = positions.iter().map(|(p, _)| *p).collect();
+                consumer.context().tracker.commit_failed(&parts);
+                tracing::warn!(error = %e, ?positions, "offset commit failed; these positions are read again by their next owner unless a later commit succeeds");
+            }
         }
     }
+    false
 }
 
 impl Source {
@@ -155,6 +184,9 @@ impl Source {
                 self.cfg.session_timeout_ms.to_string(),
             )
             .set("queued.max.messages.kbytes", "16384");
+        if !self.cfg.group_instance_id.is_empty() {
+            cc.set("group.instance.id", &self.cfg.group_instance_id);
+        }
         let consumer: BaseConsumer<Ctx> = cc.create_with_context(ctx).context(
             "cannot create the Kafka consumer (check kafka.brokers and kafka.properties)",
         )?;
@@ -215,10 +247,21 @@ impl Source {
         }
         drop(pipeline);
         let drained = self.tracker.wait_drained(None, self.drain_timeout);
-        let positions = self.tracker.to_commit();
-        commit(&consumer, &topic, &positions, CommitMode::Sync);
+        // Every position, not only those that moved: an earlier async commit may have failed.
+        let positions = self.tracker.positions(&self.tracker.partitions());
+        let mut committed = commit(&consumer, &topic, &positions, CommitMode::Sync);
+        let deadline = Instant::now() + self.drain_timeout;
+        while !committed && Instant::now() < deadline {
+            // Refused, typically because the group is rebalancing (another replica stopped at
+            // the same moment). Take part in the rebalance, then commit the same positions
+            // under the new generation. Messages polled meanwhile are not taken in: they lie
+            // beyond these positions, so their next owner reads them.
+            let _ = consumer.poll(Duration::from_millis(200));
+            committed = commit(&consumer, &topic, &positions, CommitMode::Sync);
+        }
         tracing::info!(
             drained,
+            committed,
             ?positions,
             "consumer stopped; final offsets committed"
         );
