@@ -6,7 +6,8 @@
 # Usage: scripts/bench_torchserve.sh [MODEL_DIR]    (default: a base-sized model, built if missing)
 # Env: BACKLOG (default 600), LOADS (0.5), PACED_SECONDS (20), TS_BATCH_SIZE (32),
 #      TS_MAX_BATCH_DELAY_MS (20), WORKERS (TorchServe workers = vaxpulse replicas, default 2,
-#      one intra-op thread each), OUT (bench-results/torchserve).
+#      one intra-op thread each), VAXPULSE_REPLICAS (replica counts to run, "$WORKERS 1"),
+#      OUT (bench-results/torchserve).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -66,6 +67,10 @@ export VAXPULSE_MODEL_DIR=$MODEL VAXPULSE_MODEL_INTRA_OP_THREADS=1
   --worker-cmd "python $ROOT/scripts/torchserve/bridge.py" --replicas 1 \
   --backlogs "$BACKLOG" --loads "$LOADS" --paced-seconds "$PACED_SECONDS" \
   --batch-sizes 1,8,32 --seq-lens 32,48 --cell-seconds 3 --json "$OUT/torchserve.json" | tee "$OUT/torchserve.md"
-"$BIN" bench e2e --system vaxpulse --replicas "$WORKERS" \
-  --backlogs "$BACKLOG" --loads "$LOADS" --paced-seconds "$PACED_SECONDS" \
-  --batch-sizes 1,8,32 --seq-lens 32,48 --cell-seconds 3 --json "$OUT/vaxpulse.json" | tee "$OUT/vaxpulse.md"
+# vaxpulse with as many replicas as TorchServe has workers (the comparison), and with one
+# replica (its ratio to the raw model at one thread is the e2e-vs-raw target).
+for r in ${VAXPULSE_REPLICAS:-$WORKERS 1}; do
+  "$BIN" bench e2e --system vaxpulse --replicas "$r" \
+    --backlogs "$BACKLOG" --loads "$LOADS" --paced-seconds "$PACED_SECONDS" \
+    --batch-sizes 1,8,32 --seq-lens 32,48 --cell-seconds 3 --json "$OUT/vaxpulse-$r.json" | tee "$OUT/vaxpulse-$r.md"
+done

@@ -9,6 +9,13 @@ cd "$(dirname "$0")/.."
 [ -f .state/env.sh ] || scripts/setup.sh
 # shellcheck disable=SC1091
 source .state/env.sh
+if [ "${FRESH_BROKER:-1}" = 1 ]; then
+  # tansu (SQLite) slows down as its file grows with every test topic; the suite's figures are
+  # about the worker, so it starts from an empty broker (FRESH_BROKER=0 keeps the old one).
+  echo "chaos: starting from a fresh local broker (.state/tansu is emptied)"
+  scripts/services.sh stop broker
+  rm -rf .state/tansu
+fi
 scripts/services.sh start
 cargo build --release --quiet
 mkdir -p bench-results

@@ -105,7 +105,21 @@ fn main() -> anyhow::Result<()> {
             Command::Run => {
                 tracing::info!(config = ?cfg, "starting");
                 let factory = vaxpulse::app::torch_factory(&cfg);
-                let report = vaxpulse::app::run(cfg, factory, shutdown_signal()).await?;
+                // A shutdown is bounded: draining has `drain_timeout_ms`, and if the broker is
+                // gone for good the client's own close can block for ever. Past the grace the
+                // process exits non-zero; whatever it had not committed is read again by the
+                // next owner (duplicates, never loss).
+                let grace = Duration::from_millis(cfg.pipeline.drain_timeout_ms)
+                    + Duration::from_secs(30);
+                let shutdown = async move {
+                    shutdown_signal().await;
+                    std::thread::spawn(move || {
+                        std::thread::sleep(grace);
+                        tracing::error!(grace_s = grace.as_secs(), "shutdown did not finish within its grace; exiting without a final commit");
+                        std::process::exit(3);
+                    });
+                };
+                let report = vaxpulse::app::run(cfg, factory, shutdown).await?;
                 tracing::info!(model = %report.model_version, "stopped cleanly");
             }
             Command::Schema => {

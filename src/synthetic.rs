@@ -167,50 +167,76 @@ pub fn v1_payload(t: &SyntheticTweet) -> serde_json::Value {
     }
 }
 
-/// The kinds of hostile input [`hostile_payload`] produces, in rotation, with the dead-letter
-/// reason each must get.
-pub const HOSTILE_KINDS: [(&str, DlqReason); 10] = [
-    ("malformed_json", DlqReason::InvalidJson),
-    ("invalid_utf8", DlqReason::InvalidUtf8),
-    ("oversized", DlqReason::TooLarge),
-    ("empty_text", DlqReason::MissingText),
-    ("whitespace_text", DlqReason::MissingText),
-    ("missing_id", DlqReason::MissingId),
-    ("deeply_nested", DlqReason::InvalidJson),
-    ("number_as_text", DlqReason::MissingText),
-    ("not_an_object", DlqReason::UnsupportedShape),
-    ("fractional_id", DlqReason::MissingId),
-];
-
-/// The `i`-th hostile message of the fault-injection suite: kind `i % 10` of [`HOSTILE_KINDS`].
-/// Oversized ones are 2 MB for one in a thousand messages and 80 KiB otherwise (both over the
-/// default 64 KiB cap), so a run of 10 000 moves 20 MB of giants rather than 2 GB.
-pub fn hostile_payload(i: u64) -> Vec<u8> {
+/// The `i`-th hostile message of the fault-injection suite: its kind, the dead-letter reason it
+/// must get, and its bytes. Ten kinds in rotation; the oversized slot holds a 2 MB message once
+/// per thousand and a 70 KiB one once per hundred (both over the default 64 KiB cap), otherwise
+/// a truncated payload full of NUL escapes, so 10 000 messages carry ~26 MB rather than 700 MB.
+pub fn hostile_payload(i: u64) -> (&'static str, DlqReason, Vec<u8>) {
     let text = "le vaccin arrive en pharmacie";
     match i % 10 {
-        0 => format!(r#"{{"id": "{i}", "text": "{text}"#).into_bytes(),
+        0 => (
+            "malformed_json",
+            DlqReason::InvalidJson,
+            format!(r#"{{"id": "{i}", "text": "{text}"#).into_bytes(),
+        ),
         1 => {
-            let mut b = format!(r#"{{"id": "{i}", "text": ""#).into_bytes();
-            b.extend_from_slice(b"vaccin \xff\xfe\xc3\x28 ");
+            let mut b = format!(r#"{{"id": "{i}", "text": "vaccin "#).into_bytes();
             b.extend_from_slice(&[0xff, 0xfe, 0xc3, 0x28]);
             b.extend_from_slice(b"\"}");
-            b
+            ("invalid_utf8", DlqReason::InvalidUtf8, b)
         }
-        2 => {
-            let size = if i % 1000 == 2 { 2 << 20 } else { 80 << 10 };
+        2 if i % 100 == 2 => {
+            let size = if i % 1000 == 2 { 2 << 20 } else { 70 << 10 };
             let filler = "a".repeat(size);
-            format!(r#"{{"id": "{i}", "text": "{filler}"}}"#).into_bytes()
+            (
+                "oversized",
+                DlqReason::TooLarge,
+                format!(r#"{{"id": "{i}", "text": "{filler}"}}"#).into_bytes(),
+            )
         }
-        3 => format!(r#"{{"id": "{i}", "text": ""}}"#).into_bytes(),
-        4 => format!(r#"{{"id": "{i}", "text": " \n\t  \u00a0 "}}"#).into_bytes(),
-        5 => format!(r#"{{"text": "{text}", "lang": "fr"}}"#).into_bytes(),
+        2 => (
+            "nul_garbage",
+            DlqReason::InvalidJson,
+            format!(r#"{{"id": "{i}", "text": "\u0000\u0000{}"#, r"\u0000".repeat(50)).into_bytes(),
+        ),
+        3 => (
+            "empty_text",
+            DlqReason::MissingText,
+            format!(r#"{{"id": "{i}", "text": ""}}"#).into_bytes(),
+        ),
+        4 => (
+            "whitespace_text",
+            DlqReason::MissingText,
+            format!(r#"{{"id": "{i}", "text": " \n\t  \u00a0 "}}"#).into_bytes(),
+        ),
+        5 => (
+            "missing_id",
+            DlqReason::MissingId,
+            format!(r#"{{"text": "{text}", "lang": "fr"}}"#).into_bytes(),
+        ),
         6 => {
             let depth = 10_000;
-            format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes()
+            (
+                "deeply_nested",
+                DlqReason::InvalidJson,
+                format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes(),
+            )
         }
-        7 => format!(r#"{{"id": "{i}", "text": {i}}}"#).into_bytes(),
-        8 => format!(r#"["{i}", "{text}"]"#).into_bytes(),
-        _ => format!(r#"{{"id": {i}.5, "text": "{text}"}}"#).into_bytes(),
+        7 => (
+            "number_as_text",
+            DlqReason::MissingText,
+            format!(r#"{{"id": "{i}", "text": {i}}}"#).into_bytes(),
+        ),
+        8 => (
+            "not_an_object",
+            DlqReason::UnsupportedShape,
+            format!(r#"["{i}", "{text}"]"#).into_bytes(),
+        ),
+        _ => (
+            "fractional_id",
+            DlqReason::MissingId,
+            format!(r#"{{"id": {i}.5, "text": "{text}"}}"#).into_bytes(),
+        ),
     }
 }
 
@@ -252,13 +278,16 @@ mod tests {
             langs: vec!["fr".into()],
             max_message_bytes: 64 * 1024,
         };
+        let mut kinds = std::collections::HashSet::new();
         for i in 0..2000u64 {
-            let (kind, want) = HOSTILE_KINDS[(i % 10) as usize];
-            match decode(&hostile_payload(i), &rules, Utc::now()) {
+            let (kind, want, bytes) = hostile_payload(i);
+            kinds.insert(kind);
+            match decode(&bytes, &rules, Utc::now()) {
                 Decoded::Reject { reason, .. } => assert_eq!(reason, want, "{kind} #{i}"),
                 other => panic!("{kind} #{i} was not rejected: {other:?}"),
             }
         }
-        assert!(hostile_payload(1002).len() > 2 << 20, "one in a thousand is 2 MB");
+        assert_eq!(kinds.len(), 11, "every kind occurs: {kinds:?}");
+        assert!(hostile_payload(1002).2.len() > 2 << 20, "one in a thousand is 2 MB");
     }
 }

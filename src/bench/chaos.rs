@@ -180,6 +180,9 @@ struct Fleet {
 
 const METRICS_PORT_BASE: u16 = 19_400;
 
+/// Partitions of the kill scenario's topics on the mock broker (see `Run::new`).
+const MOCK_PARTITIONS: i32 = 16;
+
 impl Fleet {
     fn new(env: Vec<(String, String)>, logs: &Path) -> anyhow::Result<Self> {
         let peak_rss_kib = Arc::new(AtomicU64::new(0));
@@ -362,7 +365,7 @@ fn traffic(seed: u64, valid: u64, hostile: u64) -> (Vec<(String, Vec<u8>)>, Hash
         let take_hostile = h < hostile
             && (v >= valid || rng.random_range(0..valid + hostile) < hostile);
         if take_hostile {
-            out.push((format!("hostile-{h}"), hostile_payload(h)));
+            out.push((format!("hostile-{h}"), hostile_payload(h).2));
             h += 1;
         } else {
             let (t, p) = g.payload();
@@ -402,12 +405,21 @@ async fn produce_all(
                     tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / r)).into())
                         .await;
                 }
-                let rec = FutureRecord::to(&topic).key(key.as_bytes()).payload(&payload);
-                producer
-                    .send(rec, Duration::from_secs(300))
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| e)
+                // Around a broker restart tansu answers some produces with errors librdkafka
+                // does not retry by itself; the harness must get every message in (a resent
+                // one may be stored twice: ids are what the checks count).
+                let mut attempt = 0;
+                loop {
+                    let rec = FutureRecord::to(&topic).key(key.as_bytes()).payload(&payload);
+                    match producer.send(rec, Duration::from_secs(300)).await {
+                        Ok(_) => return Ok(()),
+                        Err((e, _)) if attempt >= 30 => return Err(e),
+                        Err(_) => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                }
             }
         })
         .buffered(4096);
@@ -486,6 +498,7 @@ struct Run<'a> {
     dlq: OutputReader,
     expected: HashSet<String>,
     hostile: u64,
+    partitions: i32,
     started: Instant,
     not_ready_seen: Option<bool>,
 }
@@ -506,8 +519,12 @@ impl<'a> Run<'a> {
         // in this process, does expire the dead member and reassign, as Kafka does.
         let mock = if scenario == Scenario::Kill {
             let mock = MockCluster::new(1).context("cannot start the mock cluster")?;
+            // The mock keeps only the last ~5 MB of each partition (older segments are deleted,
+            // as a too-short retention would in Kafka): spread 100 000 tweets (~45 MB) over
+            // enough partitions that nothing is deleted before it is read.
+            let partitions = args.partitions.max(MOCK_PARTITIONS);
             for t in [&names.input, &names.output, &names.dlq] {
-                mock.create_topic(t, args.partitions, 1)?;
+                mock.create_topic(t, partitions, 1)?;
             }
             cfg.kafka.brokers = mock.bootstrap_servers();
             Some(mock)
@@ -527,6 +544,11 @@ impl<'a> Run<'a> {
             env.push(("VAXPULSE_KAFKA_SESSION_TIMEOUT_MS".into(), "6000".into()));
         }
         let fleet = Fleet::new(env, &logs)?;
+        let partitions = if mock.is_some() {
+            args.partitions.max(MOCK_PARTITIONS)
+        } else {
+            args.partitions
+        };
         let output = OutputReader::start(cfg, &names.output)?;
         let dlq = OutputReader::start(cfg, &names.dlq)?;
         Ok((
@@ -540,6 +562,7 @@ impl<'a> Run<'a> {
                 dlq,
                 expected,
                 hostile,
+                partitions,
                 started: Instant::now(),
                 not_ready_seen: None,
             },
@@ -630,7 +653,7 @@ impl<'a> Run<'a> {
             dlq: dlq.ids.len() as u64,
             lost,
             double_counted,
-            uncommitted: uncommitted(&self.cfg, &self.names, self.args.partitions)?,
+            uncommitted: uncommitted(&self.cfg, &self.names, self.partitions)?,
             not_ready_seen: self.not_ready_seen,
             peak_worker_rss_mib: self.fleet.peak_mib(),
             seconds,
