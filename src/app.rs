@@ -270,7 +270,9 @@ pub fn start_inference(
     let (work_tx, work_rx) = bounded::<Work>(cfg.pipeline.queue_tweets);
     // Room for about four full batches of encoded tweets: the batcher picks similar lengths
     // out of what waits here, so a window of a single batch would leave nothing to choose from.
-    let window_chunks = (4 * cfg.batch.max_batch_size).div_ceil(TOKENIZER_CHUNK).max(4);
+    let window_chunks = (4 * cfg.batch.max_batch_size)
+        .div_ceil(TOKENIZER_CHUNK)
+        .max(4);
     let (enc_tx, enc_rx) = bounded::<Vec<Encoded>>(window_chunks);
     // Capacity 1: exactly one batch waits while the model runs the current one.
     let (batch_tx, batch_rx) = bounded::<Vec<Encoded>>(1);

@@ -534,7 +534,9 @@ impl Config {
                 message,
             }
         })?;
-        if !(self.model.half_parity_max_abs_diff > 0.0) {
+        // Written so that NaN is refused too.
+        let d = self.model.half_parity_max_abs_diff;
+        if d.is_nan() || d <= 0.0 {
             return bad(
                 "model.half_parity_max_abs_diff",
                 "must be a positive probability difference, e.g. 0.02".into(),

@@ -197,7 +197,11 @@ pub fn hostile_payload(i: u64) -> (&'static str, DlqReason, Vec<u8>) {
         2 => (
             "nul_garbage",
             DlqReason::InvalidJson,
-            format!(r#"{{"id": "{i}", "text": "\u0000\u0000{}"#, r"\u0000".repeat(50)).into_bytes(),
+            format!(
+                r#"{{"id": "{i}", "text": "\u0000\u0000{}"#,
+                r"\u0000".repeat(50)
+            )
+            .into_bytes(),
         ),
         3 => (
             "empty_text",
@@ -288,6 +292,9 @@ mod tests {
             }
         }
         assert_eq!(kinds.len(), 11, "every kind occurs: {kinds:?}");
-        assert!(hostile_payload(1002).2.len() > 2 << 20, "one in a thousand is 2 MB");
+        assert!(
+            hostile_payload(1002).2.len() > 2 << 20,
+            "one in a thousand is 2 MB"
+        );
     }
 }

@@ -61,7 +61,11 @@ async fn a_killed_replicas_partitions_are_taken_over_and_nothing_is_lost_or_doub
     let mock = MockCluster::new(1).expect("mock cluster");
     let brokers = mock.bootstrap_servers();
     let names = TestNames::new();
-    for (topic, partitions) in [(&names.input, PARTITIONS), (&names.output, 1), (&names.dlq, 1)] {
+    for (topic, partitions) in [
+        (&names.input, PARTITIONS),
+        (&names.output, 1),
+        (&names.dlq, 1),
+    ] {
         mock.create_topic(topic, partitions, 1).unwrap();
     }
 
@@ -150,13 +154,18 @@ async fn a_killed_replicas_partitions_are_taken_over_and_nothing_is_lost_or_doub
 
     let db = &names.database;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ch_scalar(&format!("SELECT uniqExact(tweet_id) FROM {db}.classified_tweets"))
-        .await
-        .parse::<usize>()
-        .unwrap()
+    while ch_scalar(&format!(
+        "SELECT uniqExact(tweet_id) FROM {db}.classified_tweets"
+    ))
+    .await
+    .parse::<usize>()
+    .unwrap()
         < TWEETS
     {
-        assert!(Instant::now() < deadline, "ClickHouse did not get every tweet");
+        assert!(
+            Instant::now() < deadline,
+            "ClickHouse did not get every tweet"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let final_rows = ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets FINAL")).await;
@@ -164,8 +173,16 @@ async fn a_killed_replicas_partitions_are_taken_over_and_nothing_is_lost_or_doub
         "SELECT sum(n) FROM (SELECT uniqExactMerge(tweets) AS n FROM {db}.opinion_hourly GROUP BY hour, model_version, label)"
     ))
     .await;
-    assert_eq!(final_rows, TWEETS.to_string(), "one row per tweet after FINAL");
-    assert_eq!(aggregate, TWEETS.to_string(), "aggregates count every tweet once");
+    assert_eq!(
+        final_rows,
+        TWEETS.to_string(),
+        "one row per tweet after FINAL"
+    );
+    assert_eq!(
+        aggregate,
+        TWEETS.to_string(),
+        "aggregates count every tweet once"
+    );
 
     // A clean stop of the survivor commits everything, its own and the dead replica's.
     Command::new("kill")

@@ -299,7 +299,11 @@ mod tests {
         assert_eq!(t.to_commit(), vec![(0, 11)]);
         assert_eq!(t.to_commit(), vec![], "nothing moved");
         t.commit_failed(&[0]);
-        assert_eq!(t.to_commit(), vec![(0, 11)], "the failed position goes out again");
+        assert_eq!(
+            t.to_commit(),
+            vec![(0, 11)],
+            "the failed position goes out again"
+        );
         assert_eq!(t.partitions(), vec![0]);
     }
 }

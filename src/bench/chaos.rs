@@ -291,9 +291,10 @@ impl Fleet {
 
     /// Whether some running replica answers `/health/ready` with anything but 200.
     fn any_not_ready(&self) -> bool {
-        self.slots.iter().enumerate().any(|(i, c)| {
-            c.is_some() && probe_ready(METRICS_PORT_BASE + i as u16) == Some(false)
-        })
+        self.slots
+            .iter()
+            .enumerate()
+            .any(|(i, c)| c.is_some() && probe_ready(METRICS_PORT_BASE + i as u16) == Some(false))
     }
 
     /// SIGTERM to every replica at once (one after the other would make each departure a
@@ -362,8 +363,8 @@ fn traffic(seed: u64, valid: u64, hostile: u64) -> (Vec<(String, Vec<u8>)>, Hash
     let mut out = Vec::with_capacity((valid + hostile) as usize);
     let (mut v, mut h) = (0, 0);
     while v < valid || h < hostile {
-        let take_hostile = h < hostile
-            && (v >= valid || rng.random_range(0..valid + hostile) < hostile);
+        let take_hostile =
+            h < hostile && (v >= valid || rng.random_range(0..valid + hostile) < hostile);
         if take_hostile {
             out.push((format!("hostile-{h}"), hostile_payload(h).2));
             h += 1;
@@ -402,15 +403,19 @@ async fn produce_all(
             let (producer, topic) = (producer.clone(), topic.clone());
             async move {
                 if let Some(r) = rate {
-                    tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / r)).into())
-                        .await;
+                    tokio::time::sleep_until(
+                        (started + Duration::from_secs_f64(i as f64 / r)).into(),
+                    )
+                    .await;
                 }
                 // Around a broker restart tansu answers some produces with errors librdkafka
                 // does not retry by itself; the harness must get every message in (a resent
                 // one may be stored twice: ids are what the checks count).
                 let mut attempt = 0;
                 loop {
-                    let rec = FutureRecord::to(&topic).key(key.as_bytes()).payload(&payload);
+                    let rec = FutureRecord::to(&topic)
+                        .key(key.as_bytes())
+                        .payload(&payload);
                     match producer.send(rec, Duration::from_secs(300)).await {
                         Ok(_) => return Ok(()),
                         Err((e, _)) if attempt >= 30 => return Err(e),
@@ -443,7 +448,9 @@ async fn clickhouse_counts(cfg: &Config) -> anyhow::Result<Counts> {
     let db = &cfg.clickhouse.database;
     let ids: Vec<String> = sink
         .client()
-        .query(&format!("SELECT DISTINCT tweet_id FROM {db}.classified_tweets"))
+        .query(&format!(
+            "SELECT DISTINCT tweet_id FROM {db}.classified_tweets"
+        ))
         .fetch_all()
         .await?;
     let final_rows: u64 = sink
@@ -637,8 +644,8 @@ impl<'a> Run<'a> {
             .filter(|id| !seen.ids.contains(*id) || !ch.clickhouse_ids.contains(*id))
             .count() as u64;
         let distinct = ch.clickhouse_ids.len() as u64;
-        let double_counted = ch.aggregate_total.saturating_sub(distinct)
-            + ch.final_rows.saturating_sub(distinct);
+        let double_counted =
+            ch.aggregate_total.saturating_sub(distinct) + ch.final_rows.saturating_sub(distinct);
         let dlq = self.dlq.seen.lock().unwrap_or_else(|p| p.into_inner());
         let report = ScenarioReport {
             scenario,
@@ -789,7 +796,10 @@ pub async fn run(cfg: Config, args: ChaosArgs) -> anyhow::Result<()> {
         match scenario(&cfg, &args, which).await {
             Ok(r) => {
                 if !r.passed() {
-                    failed.push(format!("{which:?}: lost {} double-counted {} DLQ {}/{}", r.lost, r.double_counted, r.dlq, r.input_hostile));
+                    failed.push(format!(
+                        "{which:?}: lost {} double-counted {} DLQ {}/{}",
+                        r.lost, r.double_counted, r.dlq, r.input_hostile
+                    ));
                 }
                 println!("{}", render(std::slice::from_ref(&r)));
                 reports.push(r);

@@ -349,7 +349,11 @@ impl Names {
     }
 }
 
-pub(crate) async fn create_topics(cfg: &Config, names: &Names, partitions: i32) -> anyhow::Result<()> {
+pub(crate) async fn create_topics(
+    cfg: &Config,
+    names: &Names,
+    partitions: i32,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(&cfg.kafka, &[]).create()?;
     let topics: Vec<NewTopic> = [&names.input, &names.output, &names.dlq]
         .iter()

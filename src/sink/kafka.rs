@@ -232,9 +232,14 @@ impl DeadLetterProducer {
     /// Sends until the broker accepts, then acknowledges. Never gives up: an unwritable DLQ
     /// holds the partition's commit back instead of losing the message.
     pub async fn send(&self, dl: DeadLetter) {
-        retry_until_done("dlq", || self.send_once(&dl), |_| true, self.health.as_deref())
-            .await
-            .expect("every error is retried, so only success returns; this is a bug");
+        retry_until_done(
+            "dlq",
+            || self.send_once(&dl),
+            |_| true,
+            self.health.as_deref(),
+        )
+        .await
+        .expect("every error is retried, so only success returns; this is a bug");
         self.tracker.done(dl.ack);
     }
 }

@@ -87,7 +87,11 @@ impl ConsumerContext for Ctx {
         );
     }
 
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
         if let Err(e) = result {
             let parts: Vec<Partition> = offsets
                 .elements_for_topic(&self.topic)
@@ -140,7 +144,11 @@ fn commit(
     // transient refusals (e.g. a rebalance in progress) a few times. Whatever stays
     // uncommitted is read again by the next owner — duplicates in the output topic, never loss,
     // and no double counting in ClickHouse.
-    let attempts = if matches!(mode, CommitMode::Sync) { 4 } else { 1 };
+    let attempts = if matches!(mode, CommitMode::Sync) {
+        4
+    } else {
+        1
+    };
     for attempt in 1..=attempts {
         match consumer.commit(&tpl, mode) {
             Ok(()) => {
