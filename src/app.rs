@@ -176,6 +176,7 @@ fn model_stage(
     mut model: Box<dyn Classifier>,
     manifest: Manifest,
     warmup: Option<Vec<(usize, usize)>>,
+    live: Option<Arc<OffsetTracker>>,
     rx: Receiver<Vec<Encoded>>,
     tx: tokio::sync::mpsc::Sender<ClassifiedBatch>,
 ) -> anyhow::Result<()> {
@@ -185,7 +186,13 @@ fn model_stage(
     }
     let labels = model.labels().to_vec();
     let version = manifest.model_version();
-    while let Ok(batch) = rx.recv() {
+    while let Ok(mut batch) = rx.recv() {
+        if let Some(t) = &live {
+            batch.retain(|e| t.is_current(&e.work.ack));
+            if batch.is_empty() {
+                continue;
+            }
+        }
         let padded = PaddedBatch::new(batch.iter().map(|e| e.ids.as_slice()), manifest.pad_id);
         let started = Instant::now();
         let mut attempt = 0;
@@ -261,11 +268,16 @@ pub struct Inference {
 }
 
 /// Starts the inference stages of `cfg` (`pipeline`, `batch`, `model.warmup`).
+/// `live`, when given, lets the model stage drop work of partitions this replica no longer owns
+/// (revoked, or re-assigned since): their next owner reads them again, so computing them here
+/// would only produce duplicates — after a rebalance that is up to `pipeline.queue_tweets` tweets
+/// of wasted compute.
 pub fn start_inference(
     cfg: &Config,
     tokenizer: TweetTokenizer,
     manifest: &Manifest,
     factory: ClassifierFactory,
+    live: Option<Arc<OffsetTracker>>,
 ) -> Inference {
     let (work_tx, work_rx) = bounded::<Work>(cfg.pipeline.queue_tweets);
     // Room for about four full batches of encoded tweets: the batcher picks similar lengths
@@ -300,7 +312,7 @@ pub fn start_inference(
     let model_manifest = manifest.clone();
     threads.push(spawn("vaxpulse-model", move || {
         let model = factory(&model_manifest)?;
-        model_stage(model, model_manifest, warmup, batch_rx, out_tx)
+        model_stage(model, model_manifest, warmup, live, batch_rx, out_tx)
     }));
     Inference {
         input: work_tx,
@@ -370,7 +382,7 @@ pub async fn run(
         input: work_tx,
         output: mut out_rx,
         threads,
-    } = start_inference(&cfg, tokenizer, &manifest, factory);
+    } = start_inference(&cfg, tokenizer, &manifest, factory, Some(tracker.clone()));
 
     let source = Source {
         cfg: cfg.kafka.clone(),

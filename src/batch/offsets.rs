@@ -93,6 +93,14 @@ impl OffsetTracker {
         }
     }
 
+    /// Whether `ack` belongs to the current assignment of its partition (not revoked, not
+    /// re-assigned since it was taken in).
+    pub fn is_current(&self, ack: &Ack) -> bool {
+        self.lock()
+            .get(&ack.partition)
+            .is_some_and(|st| st.generation == ack.generation)
+    }
+
     /// Marks a message finished.
     pub fn done(&self, ack: Ack) {
         let mut parts = self.lock();
@@ -305,5 +313,18 @@ mod tests {
             "the failed position goes out again"
         );
         assert_eq!(t.partitions(), vec![0]);
+    }
+
+    #[test]
+    fn work_of_a_revoked_or_reassigned_partition_is_not_current() {
+        let t = OffsetTracker::new();
+        t.assign(0);
+        let old = t.track(0, 5);
+        assert!(t.is_current(&old));
+        t.revoke(&[0]);
+        assert!(!t.is_current(&old), "revoked");
+        t.assign(0);
+        assert!(!t.is_current(&old), "re-assigned since");
+        assert!(t.is_current(&t.track(0, 5)));
     }
 }

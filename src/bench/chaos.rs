@@ -86,7 +86,8 @@ pub enum Scenario {
     Clickhouse,
     /// The broker stopped and restarted mid-run.
     Broker,
-    /// `--hostile` malformed messages mixed into valid traffic.
+    /// `--hostile` malformed messages mixed into valid traffic; on the MockCluster too (tansu
+    /// stalls at 100 % CPU, its group heartbeats timing out, once 2 MB messages are in a topic).
     Hostile,
     /// A third replica joins, then leaves (SIGTERM), during the run.
     Rebalance,
@@ -180,7 +181,7 @@ struct Fleet {
 
 const METRICS_PORT_BASE: u16 = 19_400;
 
-/// Partitions of the kill scenario's topics on the mock broker (see `Run::new`).
+/// Partitions of the topics on the mock broker (see `Run::new`).
 const MOCK_PARTITIONS: i32 = 16;
 
 impl Fleet {
@@ -524,7 +525,7 @@ impl<'a> Run<'a> {
         // the same replica restarted: it comes back as a new member, and tansu's static
         // membership stalls the group). rdkafka's MockCluster, a real broker on loopback TCP
         // in this process, does expire the dead member and reassign, as Kafka does.
-        let mock = if scenario == Scenario::Kill {
+        let mock = if matches!(scenario, Scenario::Kill | Scenario::Hostile) {
             let mock = MockCluster::new(1).context("cannot start the mock cluster")?;
             // The mock keeps only the last ~5 MB of each partition (older segments are deleted,
             // as a too-short retention would in Kafka): spread 100 000 tweets (~45 MB) over
@@ -781,7 +782,10 @@ async fn scenario(
                 "chaos hostile: {} valid + {} hostile messages",
                 args.tweets, args.hostile
             );
-            produce_all(cfg, run.names.input.clone(), messages, None).await?;
+            // Paced, so that the mock broker's ~5 MB per partition never has to hold a backlog
+            // of 2 MB messages.
+            let rate = (args.tweets + args.hostile) as f64 / args.paced_seconds as f64;
+            produce_all(&run.cfg, run.names.input.clone(), messages, Some(rate)).await?;
             run.settle(which, format!("{} hostile messages", args.hostile))
                 .await
         }

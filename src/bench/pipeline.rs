@@ -110,7 +110,7 @@ fn one_run(
         &cfg.model.dir.join(&manifest.files.tokenizer.path),
         manifest.max_length,
     )?;
-    let mut inf = start_inference(cfg, tokenizer, manifest, torch_factory(cfg));
+    let mut inf = start_inference(cfg, tokenizer, manifest, torch_factory(cfg), None);
     let tracker = OffsetTracker::new();
     let work = |i: usize, t: &Tweet| Work {
         tweet: t.clone(),
