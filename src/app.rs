@@ -168,6 +168,13 @@ fn batcher_stage(
             if tx.send(b).is_err() {
                 return Ok(());
             }
+            // Top the window up before choosing the next batch: under a backlog the send above
+            // waited for the model, and a window drained to one batch leaves no lengths to pick.
+            let now = Instant::now();
+            for e in rx.try_iter().flatten() {
+                let len = e.ids.len();
+                batcher.push(e, len, now);
+            }
         }
     }
 }
@@ -280,9 +287,9 @@ pub fn start_inference(
     live: Option<Arc<OffsetTracker>>,
 ) -> Inference {
     let (work_tx, work_rx) = bounded::<Work>(cfg.pipeline.queue_tweets);
-    // Room for about four full batches of encoded tweets: the batcher picks similar lengths
+    // Room for about eight full batches of encoded tweets: the batcher picks similar lengths
     // out of what waits here, so a window of a single batch would leave nothing to choose from.
-    let window_chunks = (4 * cfg.batch.max_batch_size)
+    let window_chunks = (8 * cfg.batch.max_batch_size)
         .div_ceil(TOKENIZER_CHUNK)
         .max(4);
     let (enc_tx, enc_rx) = bounded::<Vec<Encoded>>(window_chunks);
