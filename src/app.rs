@@ -133,6 +133,14 @@ fn tokenizer_stage(
     Ok(())
 }
 
+fn push_all(batcher: &mut Batcher<Encoded>, items: impl Iterator<Item = Encoded>) {
+    let now = Instant::now();
+    for e in items {
+        let len = e.ids.len();
+        batcher.push(e, len, now);
+    }
+}
+
 fn batcher_stage(
     limits: Limits,
     rx: Receiver<Vec<Encoded>>,
@@ -147,12 +155,11 @@ fn batcher_stage(
         };
         match input {
             Ok(items) => {
-                let now = Instant::now();
                 // Take whatever else is already there before deciding: a backlog fills batches.
-                for e in items.into_iter().chain(rx.try_iter().flatten()) {
-                    let len = e.ids.len();
-                    batcher.push(e, len, now);
-                }
+                push_all(
+                    &mut batcher,
+                    items.into_iter().chain(rx.try_iter().flatten()),
+                );
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
@@ -170,11 +177,7 @@ fn batcher_stage(
             }
             // Top the window up before choosing the next batch: under a backlog the send above
             // waited for the model, and a window drained to one batch leaves no lengths to pick.
-            let now = Instant::now();
-            for e in rx.try_iter().flatten() {
-                let len = e.ids.len();
-                batcher.push(e, len, now);
-            }
+            push_all(&mut batcher, rx.try_iter().flatten());
         }
     }
 }

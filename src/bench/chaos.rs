@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::Offset;
 use serde::Serialize;
 
-use super::e2e::{create_topics, rss_kib, Names, OutputReader};
+use super::e2e::{create_topics, log_to, rss_kib, sigterm, Names, OutputReader};
 use super::Table;
 use crate::config::Config;
 use crate::sink::clickhouse::ClickHouseSink;
@@ -223,27 +223,19 @@ impl Fleet {
             self.slots.push(None);
         }
         self.starts += 1;
-        let log = std::fs::File::create(
-            self.logs
-                .join(format!("replica-{slot}-start-{}.log", self.starts)),
-        )?;
-        let child = Command::new(&self.exe)
-            .arg("run")
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("run")
             .envs(self.env.iter().cloned())
             .env(
                 "VAXPULSE_METRICS_LISTEN",
                 format!("127.0.0.1:{}", METRICS_PORT_BASE + slot as u16),
             )
-            .env("VAXPULSE_MODEL_INTRA_OP_THREADS", "1")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or("info".into()),
-            )
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .stdin(Stdio::null())
-            .spawn()
-            .context("cannot start a worker process")?;
+            .env("VAXPULSE_MODEL_INTRA_OP_THREADS", "1");
+        let log = self
+            .logs
+            .join(format!("replica-{slot}-start-{}.log", self.starts));
+        log_to(&mut cmd, &log, "info")?;
+        let child = cmd.spawn().context("cannot start a worker process")?;
         self.slots[slot] = Some(child);
         self.refresh_pids();
         Ok(())
@@ -262,9 +254,7 @@ impl Fleet {
         let Some(mut c) = self.slots[slot].take() else {
             return true;
         };
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
+        sigterm(&c);
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut clean = false;
         while Instant::now() < deadline {
@@ -301,11 +291,7 @@ impl Fleet {
     /// SIGTERM to every replica at once (one after the other would make each departure a
     /// rebalance that the next one's final commit runs into), then waits for each.
     fn stop_all(&mut self) -> bool {
-        for c in self.slots.iter().flatten() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-        }
+        self.slots.iter().flatten().for_each(sigterm);
         let mut clean = true;
         for slot in 0..self.slots.len() {
             clean &= self.sigterm(slot);

@@ -208,6 +208,30 @@ struct Workers {
     stop: Arc<AtomicBool>,
 }
 
+/// SIGTERM: the worker drains, commits and exits (`Child::kill` is SIGKILL).
+pub(crate) fn sigterm(child: &Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
+
+/// Sends a worker's stdout and stderr to `log`, with `RUST_LOG` (else `default_level`), no stdin.
+pub(crate) fn log_to(
+    cmd: &mut Command,
+    log: &std::path::Path,
+    default_level: &str,
+) -> std::io::Result<()> {
+    let file = std::fs::File::create(log)?;
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or(default_level.into()),
+    )
+    .stdout(Stdio::from(file.try_clone()?))
+    .stderr(Stdio::from(file))
+    .stdin(Stdio::null());
+    Ok(())
+}
+
 pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -238,16 +262,9 @@ impl Workers {
                     cmd
                 }
             };
-            let log = std::fs::File::create(logs.join(format!("worker-{i}.log")))?;
             cmd.envs(env.iter().cloned())
-                .env("VAXPULSE_METRICS_LISTEN", "")
-                .env(
-                    "RUST_LOG",
-                    std::env::var("RUST_LOG").unwrap_or("warn".into()),
-                )
-                .stdout(Stdio::from(log.try_clone()?))
-                .stderr(Stdio::from(log))
-                .stdin(Stdio::null());
+                .env("VAXPULSE_METRICS_LISTEN", "");
+            log_to(&mut cmd, &logs.join(format!("worker-{i}.log")), "warn")?;
             children.push(cmd.spawn().context("cannot start a worker process")?);
         }
         let peak_rss_kib = Arc::new(Mutex::new(0));
@@ -289,11 +306,7 @@ impl Workers {
     /// SIGTERM, then up to 30 s for a clean drain, then SIGKILL.
     fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for c in &self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-        }
+        self.children.iter().for_each(sigterm);
         let deadline = Instant::now() + Duration::from_secs(30);
         for c in &mut self.children {
             while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
