@@ -1,13 +1,19 @@
 # vaxpulse worker image: built against the libtorch of PyPI torch 2.11.0 (tch 0.24).
+# The build stage copies exactly what the worker crate needs; scripts/check_image_inputs.sh
+# builds from only these files (CI runs it), so a missing input fails there, not in production.
 FROM rust:1.95-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev python3-venv && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev python3-venv && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir torch==2.11.0
 ENV PATH=/opt/venv/bin:$PATH LIBTORCH_USE_PYTORCH=1
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+# build.rs links libtorch_cuda explicitly: without it a CUDA image has no CUDA backend.
+COPY Cargo.toml Cargo.lock build.rs ./
+# The harness is a workspace member (cargo needs its manifest to resolve the workspace) but is
+# not built into the image.
+COPY harness harness
 COPY src src
 COPY data data
-RUN cargo build --release --locked
+RUN cargo build --release --locked -p vaxpulse --bin vaxpulse
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update && apt-get install -y --no-install-recommends libssl3 ca-certificates curl && rm -rf /var/lib/apt/lists/*

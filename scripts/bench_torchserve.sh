@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The seed's architecture as a baseline: TorchServe serves the same TorchScript model with its own
 # batching (batch_size / max_batch_delay), a Kafka -> HTTP bridge feeds it from the same topic,
-# and `vaxpulse bench e2e` measures it and then vaxpulse itself, same machine, same run.
+# and `vaxpulse-harness bench e2e` measures it and then vaxpulse itself, same machine, same run.
 #
 # Usage: scripts/bench_torchserve.sh [MODEL_DIR]    (default: a base-sized model, built if missing)
 # Env: BACKLOG (default 600), LOADS (0.5), PACED_SECONDS (20), TS_BATCH_SIZE (32),
@@ -60,8 +60,8 @@ curl -fsS -X POST http://127.0.0.1:8085/predictions/vax -H 'Content-Type: applic
   -d '{"text": "le vaccin"}' || { echo "TorchServe did not come up; see $TS/torchserve.log" >&2; exit 1; }
 echo
 
-cargo build --release --quiet
-BIN=target/release/vaxpulse
+cargo build --release --quiet --bins --workspace
+BIN=target/release/vaxpulse-harness
 export VAXPULSE_MODEL_DIR=$MODEL VAXPULSE_MODEL_INTRA_OP_THREADS=1
 "$BIN" bench e2e --system "torchserve (batch $TS_BATCH_SIZE, delay $TS_MAX_BATCH_DELAY_MS ms, $WORKERS workers)" \
   --worker-cmd "python $ROOT/scripts/torchserve/bridge.py" --replicas 1 \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Local services for development and tests: a Kafka-protocol broker (tansu, SQLite storage) and
-# ClickHouse 26.9 (chdb-core over HTTP). Usage: scripts/services.sh start|stop|status [all|broker|clickhouse]
+# Local services for development and tests: a Kafka-protocol broker (nisshi 0.8.1, durable SQLite
+# storage in .state/nisshi, survives restarts) and ClickHouse 26.9 (chdb-core over HTTP). Usage: scripts/services.sh start|stop|status [all|broker|clickhouse]
 # (one service alone is what the fault-injection suite stops and restarts).
 # Addresses: VAXPULSE_KAFKA_BROKERS (default 127.0.0.1:9092), VAXPULSE_CLICKHOUSE_URL
 # (default http://127.0.0.1:8123). Safe to run twice.
@@ -16,7 +16,7 @@ CH_URL=${VAXPULSE_CLICKHOUSE_URL:-http://127.0.0.1:8123}
 KHOST=${BROKERS%%,*}; KPORT=${KHOST##*:}; KHOST=${KHOST%:*}
 CH_HOSTPORT=${CH_URL#http://}; CH_HOSTPORT=${CH_HOSTPORT%%/*}; CH_PORT=${CH_HOSTPORT##*:}
 CH_TCP_PORT=$((CH_PORT + 877))   # 8123 -> 9000, ClickHouse's usual pair
-mkdir -p "$STATE/tansu" "$STATE/clickhouse" "$STATE/logs"
+mkdir -p "$STATE/nisshi" "$STATE/clickhouse" "$STATE/logs"
 
 kafka_up() { (exec 3<>"/dev/tcp/$KHOST/$KPORT") 2>/dev/null; }
 ch_up() { curl -fsS "$CH_URL/ping" >/dev/null 2>&1; }
@@ -32,11 +32,12 @@ start() {
   local which=${1:-all}
   if [ "$which" = all ] || [ "$which" = broker ]; then
     if kafka_up; then echo "services: broker already answering on $KHOST:$KPORT"; else
-      echo "services: starting tansu on $KHOST:$KPORT"
-      # `cd; cmd &` (not `cd && cmd &`): $! must be tansu itself, not a subshell, so stop works.
-      (cd "$STATE/tansu" || exit 1; nohup tansu broker --listener-url "tcp://$KHOST:$KPORT" \
-        --advertised-listener-url "tcp://$KHOST:$KPORT" --storage-engine sqlite://tansu.db \
-        >>"$STATE/logs/tansu.log" 2>&1 & echo $! >"$STATE/tansu.pid")
+      echo "services: starting nisshi on $KHOST:$KPORT (storage $STATE/nisshi/nisshi.db)"
+      # `cd; cmd &` (not `cd && cmd &`): $! must be nisshi itself, not a subshell, so stop works.
+      # No initial rebalance delay: a group forms as soon as its first member joins.
+      (cd "$STATE/nisshi" || exit 1; nohup nisshi broker --listener-url "tcp://$KHOST:$KPORT" \
+        --advertised-listener-url "tcp://$KHOST:$KPORT" --storage-engine sqlite://nisshi.db \
+        --group-initial-rebalance-delay 0s >>"$STATE/logs/nisshi.log" 2>&1 & echo $! >"$STATE/nisshi.pid")
     fi
     wait_for broker kafka_up 60
   fi
@@ -53,13 +54,14 @@ start() {
 
 stop() {
   local which=${1:-all} s pid
-  for s in tansu clickhouse; do
-    case "$which:$s" in all:* | broker:tansu | clickhouse:clickhouse) ;; *) continue ;; esac
+  for s in nisshi clickhouse; do
+    case "$which:$s" in all:* | broker:nisshi | clickhouse:clickhouse) ;; *) continue ;; esac
     if [ -f "$STATE/$s.pid" ]; then
       pid=$(cat "$STATE/$s.pid")
       if kill "$pid" 2>/dev/null; then
-        # Wait for it to be gone, so a following start cannot race the old process's port.
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        # Wait for it to be gone, so a following start cannot race the old process's port
+        # (nisshi takes ~7 s to stop with clients attached).
+        for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null || true
         echo "services: stopped $s ($pid)"
       fi
@@ -77,5 +79,5 @@ case "${1:-}" in
   start) start "${2:-all}" ;;
   stop) stop "${2:-all}" ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status [all|broker|clickhouse]" >&2; exit 2 ;;
 esac

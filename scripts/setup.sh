@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what vaxpulse needs on a fresh machine (idempotent): Debian build packages, a Python
-# venv with torch 2.11.0 (libtorch for tch 0.24), tokenizers and chdb-core, and the tansu broker.
+# venv with torch 2.11.0 (libtorch for tch 0.24), tokenizers and chdb-core, the nisshi broker
+# (Kafka protocol, SQLite storage; built once with cargo, ~25 min on 2 cores, then cached) and
+# promtool (Debian's prometheus package; the metrics test lints /metrics with it).
 # Writes .state/env.sh, which the other scripts source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,14 +18,16 @@ for bin_pkg in cmake:cmake pkg-config:pkg-config curl:curl; do
 done
 # librdkafka (built by rdkafka-sys) compiles against OpenSSL, libcurl and zlib headers when their
 # libraries are present; a machine with the library but not its headers fails that build.
-for pkg in libssl-dev libcurl4-openssl-dev zlib1g-dev; do
+# libclang-dev: nisshi's build runs bindgen. prometheus: for promtool.
+for pkg in libssl-dev libcurl4-openssl-dev zlib1g-dev libclang-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 marker=$VENV/.vaxpulse-reqs
@@ -39,11 +43,13 @@ else
 fi
 
 export PATH=$HOME/.cargo/bin:$PATH
-if ! command -v tansu >/dev/null; then
-  echo "setup: building the tansu broker (cargo install, ~12 min once)"
-  cargo install tansu --locked --features dynostore,libsql
+NISSHI_VERSION=0.8.1
+if nisshi --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then
+  echo "setup: nisshi $NISSHI_VERSION present ($(command -v nisshi))"
 else
-  echo "setup: tansu present ($(command -v tansu))"
+  # A locked dependency asks for rustc 1.96; it builds on 1.95 with --ignore-rust-version.
+  echo "setup: building the nisshi $NISSHI_VERSION broker (cargo install, ~25 min once on 2 cores)"
+  cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version
 fi
 
 TORCH_LIB=$("$VENV/bin/python" -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")

@@ -10,4 +10,6 @@ source .state/env.sh
 echo "test: services"
 scripts/services.sh start
 echo "test: cargo test (release; integration tests use random topics and databases)"
-cargo test --release --all-targets -- --test-threads=2
+cargo test --release --workspace --all-targets -- --test-threads=2
+echo "test: the image's build stage builds from only the files the Dockerfile copies"
+scripts/check_image_inputs.sh

@@ -1,11 +1,18 @@
 //! The one typed configuration of the worker: TOML file + `VAXPULSE_<SECTION>_<KEY>` environment
 //! overrides, validated once at start-up so that a bad value fails fast with a clear message.
+//!
+//! Environment values are read as the type of the field they override (a string field stays a
+//! string even when it looks like a number, `VAXPULSE_KAFKA_GROUP_INSTANCE_ID=1` included); the
+//! types come from the configuration's own defaults, not from the look of the value. Layering
+//! libraries such as figment guess a value's type from its text, which is the bug this avoids.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::model::{DeviceSpec, Precision};
 
 /// Errors found while loading or validating the configuration; none is retriable.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +29,8 @@ pub enum ConfigError {
         field: &'static str,
         message: String,
     },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
 }
 
 /// A string that never shows up in logs, errors or `Debug` output.
@@ -42,6 +51,13 @@ impl Secret {
     }
 }
 
+/// Serialised as `***` (or empty): the effective configuration can be printed as it is.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "***" })
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
@@ -49,7 +65,7 @@ impl fmt::Debug for Secret {
 }
 
 /// Root of the configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Kafka source, result and dead-letter topics.
@@ -75,8 +91,26 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
+/// Where a consumer group without committed offsets starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+impl OffsetReset {
+    /// The librdkafka value of `auto.offset.reset`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
 /// Kafka settings; `properties` passes any librdkafka setting through (SASL, TLS, ...).
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated. Env: `VAXPULSE_KAFKA_BROKERS`.
@@ -96,7 +130,7 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Where a new group starts reading: `earliest` or `latest`.
     #[serde(default = "default_offset_reset")]
-    pub auto_offset_reset: String,
+    pub auto_offset_reset: OffsetReset,
     /// How long a broker may hold a fetch waiting for data (librdkafka `fetch.wait.max.ms`).
     #[serde(default = "default_fetch_wait_max_ms")]
     pub fetch_wait_max_ms: u64,
@@ -120,21 +154,38 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub sasl_password: Secret,
     /// Extra librdkafka properties for consumer and producers (e.g. `security.protocol`,
-    /// `sasl.mechanism`, `sasl.username`, `ssl.ca.location`).
-    #[serde(default)]
+    /// `sasl.mechanism`, `sasl.username`, `ssl.ca.location`). Values of keys that name a
+    /// password, secret or key are shown as `***`.
+    #[serde(default, serialize_with = "redacted_properties")]
     pub properties: BTreeMap<String, String>,
+}
+
+fn hide_property(k: &str) -> bool {
+    k.contains("password") || k.contains("secret") || k.contains("key")
+}
+
+fn redacted(props: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    props
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                if hide_property(k) { "***" } else { v.as_str() },
+            )
+        })
+        .collect()
+}
+
+fn redacted_properties<S: Serializer>(
+    props: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    redacted(props).serialize(s)
 }
 
 impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let props: BTreeMap<&str, &str> = self
-            .properties
-            .iter()
-            .map(|(k, v)| {
-                let hidden = k.contains("password") || k.contains("secret") || k.contains("key");
-                (k.as_str(), if hidden { "***" } else { v.as_str() })
-            })
-            .collect();
+        let props = redacted(&self.properties);
         f.debug_struct("KafkaConfig")
             .field("brokers", &self.brokers)
             .field("group_id", &self.group_id)
@@ -154,7 +205,7 @@ impl fmt::Debug for KafkaConfig {
 }
 
 /// ClickHouse settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClickHouseConfig {
     /// HTTP endpoint. Env: `VAXPULSE_CLICKHOUSE_URL`.
@@ -178,15 +229,15 @@ pub struct ClickHouseConfig {
 }
 
 /// Model settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Directory with `manifest.json`, `model.pt` (TorchScript) and `tokenizer.json`.
     #[serde(default = "default_model_dir")]
     pub dir: PathBuf,
-    /// `auto` (CUDA when available), `cpu`, or `cuda:N`.
+    /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// libtorch intra-op threads; 0 keeps libtorch's default.
     #[serde(default)]
     pub intra_op_threads: usize,
@@ -195,7 +246,7 @@ pub struct ModelConfig {
     pub verify_checksums: bool,
     /// `fp32`, or on CUDA `fp16` / `bf16` (weights and activations in half precision).
     #[serde(default = "default_precision")]
-    pub precision: String,
+    pub precision: Precision,
     /// With half precision: the largest |Δprobability| against fp32 accepted by the start-up
     /// parity check; above it the worker refuses to start.
     #[serde(default = "default_half_parity_max_abs_diff")]
@@ -207,7 +258,7 @@ pub struct ModelConfig {
 }
 
 /// Micro-batcher settings. A batch closes on whichever limit is reached first.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Most tweets in one batch.
@@ -225,7 +276,7 @@ pub struct BatchConfig {
 }
 
 /// Message acceptance rules.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecodeConfig {
     /// Tweet languages classified; others are counted and skipped. Empty = all.
@@ -237,7 +288,7 @@ pub struct DecodeConfig {
 }
 
 /// Queue sizes and shutdown.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Tokenizer threads (each runs `encode_batch` on chunks of the queue, overlapped with
@@ -250,13 +301,18 @@ pub struct PipelineConfig {
     /// Batches waiting for the sinks; when full, inference (and then consumption) stops.
     #[serde(default = "default_sink_queue_batches")]
     pub sink_queue_batches: usize,
-    /// Longest wait for in-flight tweets at shutdown or partition revocation.
+    /// Longest wait for in-flight tweets at shutdown.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Longest wait, inside a rebalance, for already-inferred tweets of revoked partitions to be
+    /// stored (queued ones are dropped at once and read again by the next owner). Must stay well
+    /// under `kafka.session_timeout_ms`: the whole group waits for the slowest member here.
+    #[serde(default = "default_revoke_drain_timeout_ms")]
+    pub revoke_drain_timeout_ms: u64,
 }
 
 /// Metrics/health HTTP server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Listen address of `/metrics`, `/health/live`, `/health/ready`; empty disables it.
@@ -279,8 +335,8 @@ fn default_output_topic() -> String {
 fn default_dlq_topic() -> String {
     "tweets.dlq".into()
 }
-fn default_offset_reset() -> String {
-    "earliest".into()
+fn default_offset_reset() -> OffsetReset {
+    OffsetReset::Earliest
 }
 fn default_fetch_wait_max_ms() -> u64 {
     100
@@ -309,11 +365,11 @@ fn default_insert_timeout_ms() -> u64 {
 fn default_model_dir() -> PathBuf {
     "models/demo/1".into()
 }
-fn default_device() -> String {
-    "auto".into()
+fn default_device() -> DeviceSpec {
+    DeviceSpec::Auto
 }
-fn default_precision() -> String {
-    "fp32".into()
+fn default_precision() -> Precision {
+    Precision::Fp32
 }
 fn default_half_parity_max_abs_diff() -> f32 {
     0.02
@@ -347,6 +403,9 @@ fn default_sink_queue_batches() -> usize {
 }
 fn default_drain_timeout_ms() -> u64 {
     10_000
+}
+fn default_revoke_drain_timeout_ms() -> u64 {
+    3_000
 }
 fn default_metrics_listen() -> String {
     "127.0.0.1:9464".into()
@@ -401,8 +460,8 @@ impl Config {
         Self::from_toml_with_env(&text, &origin, std::env::vars())
     }
 
-    /// Parses TOML text, then applies `VAXPULSE_<SECTION>_<KEY>=value` overrides from `env`
-    /// (values parsed as TOML when they can be, e.g. numbers, booleans, arrays; else strings).
+    /// Parses TOML text, then applies `VAXPULSE_<SECTION>_<KEY>=value` overrides from `env`,
+    /// each read as the type of the field it overrides (see the module docs).
     pub fn from_toml_with_env(
         text: &str,
         origin: &str,
@@ -413,38 +472,36 @@ impl Config {
             message,
         };
         let mut root: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
-        for (name, value) in env {
-            let Some(rest) = name.strip_prefix("VAXPULSE_") else {
-                continue;
-            };
-            let rest = rest.to_ascii_lowercase();
+        let template = match toml::Value::try_from(Config::default()) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => unreachable!("the default config serialises to a table; this is a bug"),
+        };
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("VAXPULSE_"))
+            .collect();
+        overrides.sort();
+        for (name, value) in overrides {
+            let rest = name["VAXPULSE_".len()..].to_ascii_lowercase();
             let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
                 continue;
             };
             let key = &rest[section.len() + 1..];
-            let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or(toml::Value::String(value.clone()));
+            let expected = template
+                .get(*section)
+                .and_then(toml::Value::as_table)
+                .and_then(|t| t.get(key));
+            let typed = env_value(&value, expected).map_err(|message| ConfigError::Env {
+                name: name.clone(),
+                message,
+            })?;
             let table = root
                 .entry(section.to_string())
                 .or_insert_with(|| toml::Value::Table(Default::default()));
             let toml::Value::Table(table) = table else {
                 return Err(parse_err(format!("[{section}] must be a table")));
             };
-            // Secrets and free-form strings stay strings even when they look like numbers.
-            let keep_string = matches!(
-                key,
-                "password" | "sasl_password" | "brokers" | "url" | "user" | "group_id"
-            );
-            table.insert(
-                key.to_string(),
-                if keep_string {
-                    toml::Value::String(value)
-                } else {
-                    parsed
-                },
-            );
+            table.insert(key.to_string(), typed);
         }
         let cfg: Config = toml::Value::Table(root)
             .try_into()
@@ -455,6 +512,11 @@ impl Config {
             })?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The effective configuration as TOML, secrets shown as `***`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config serialises to TOML; this is a bug")
     }
 
     /// Checks values that serde cannot: ranges, relations between fields, known enum strings.
@@ -478,12 +540,6 @@ impl Config {
             return bad(
                 "kafka.input_topic",
                 "must differ from output_topic and dlq_topic (the worker would read its own output)".into(),
-            );
-        }
-        if !matches!(self.kafka.auto_offset_reset.as_str(), "earliest" | "latest") {
-            return bad(
-                "kafka.auto_offset_reset",
-                format!("`{}`: use earliest or latest", self.kafka.auto_offset_reset),
             );
         }
         for forbidden in [
@@ -522,18 +578,6 @@ impl Config {
                 format!("`{}`: use letters, digits and _", self.clickhouse.database),
             );
         }
-        crate::model::DeviceSpec::parse(&self.model.device).map_err(|message| {
-            ConfigError::Invalid {
-                field: "model.device",
-                message,
-            }
-        })?;
-        crate::model::Precision::parse(&self.model.precision).map_err(|message| {
-            ConfigError::Invalid {
-                field: "model.precision",
-                message,
-            }
-        })?;
         // Written so that NaN is refused too.
         let d = self.model.half_parity_max_abs_diff;
         if d.is_nan() || d <= 0.0 {
@@ -557,6 +601,15 @@ impl Config {
         if self.pipeline.queue_tweets == 0 || self.pipeline.sink_queue_batches == 0 {
             return bad("pipeline", "queue sizes must be at least 1".into());
         }
+        if self.pipeline.revoke_drain_timeout_ms * 2 > self.kafka.session_timeout_ms {
+            return bad(
+                "pipeline.revoke_drain_timeout_ms",
+                format!(
+                    "{} ms is more than half of kafka.session_timeout_ms ({} ms): a rebalance would wait on it long enough for members to time out",
+                    self.pipeline.revoke_drain_timeout_ms, self.kafka.session_timeout_ms
+                ),
+            );
+        }
         if self.kafka.commit_interval_ms == 0 {
             return bad("kafka.commit_interval_ms", "must be at least 1".into());
         }
@@ -574,6 +627,53 @@ impl Config {
                 }),
             None => Ok(self.clickhouse.password.clone()),
         }
+    }
+}
+
+/// Reads an environment value as the type of the field's default (`expected`; `None` for a
+/// field without a default value, such as an unset optional path, which is read as a string).
+fn env_value(raw: &str, expected: Option<&toml::Value>) -> Result<toml::Value, String> {
+    use toml::Value as V;
+    let as_toml = || {
+        toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+    };
+    match expected {
+        None | Some(V::String(_)) => Ok(V::String(raw.to_string())),
+        Some(V::Integer(_)) => raw
+            .trim()
+            .parse::<i64>()
+            .map(V::Integer)
+            .map_err(|_| format!("`{raw}` is not a whole number")),
+        Some(V::Float(_)) => raw
+            .trim()
+            .parse::<f64>()
+            .map(V::Float)
+            .map_err(|_| format!("`{raw}` is not a number")),
+        Some(V::Boolean(_)) => match raw.trim() {
+            "true" | "1" => Ok(V::Boolean(true)),
+            "false" | "0" => Ok(V::Boolean(false)),
+            _ => Err(format!("`{raw}`: use true or false")),
+        },
+        // `["fr", "en"]`, or simply `fr,en`.
+        Some(V::Array(_)) => match as_toml() {
+            Some(v @ V::Array(_)) => Ok(v),
+            _ => Ok(V::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| V::String(s.to_string()))
+                    .collect(),
+            )),
+        },
+        Some(V::Table(_)) => match as_toml() {
+            Some(v @ V::Table(_)) => Ok(v),
+            _ => Err(format!(
+                "`{raw}` is not an inline TOML table, e.g. {{ \"security.protocol\" = \"SSL\" }}"
+            )),
+        },
+        Some(V::Datetime(_)) => as_toml().ok_or_else(|| format!("`{raw}` is not a datetime")),
     }
 }
 
@@ -613,6 +713,92 @@ mod tests {
         assert_eq!(c.kafka.brokers, "b:2");
         assert_eq!(c.batch.max_wait_ms, 7);
         assert_eq!(c.decode.langs, vec!["fr", "en"]);
+    }
+
+    #[test]
+    fn env_values_take_the_type_of_their_field() {
+        let c = Config::from_toml_with_env(
+            "",
+            "t",
+            env(&[
+                // Integer-looking values for string fields stay strings.
+                ("VAXPULSE_KAFKA_GROUP_INSTANCE_ID", "1"),
+                ("VAXPULSE_KAFKA_INPUT_TOPIC", "2024"),
+                ("VAXPULSE_KAFKA_DLQ_TOPIC", "true"),
+                ("VAXPULSE_CLICKHOUSE_DATABASE", "42"),
+                ("VAXPULSE_MODEL_DIR", "7"),
+                // An optional path without a default is a string too.
+                ("VAXPULSE_CLICKHOUSE_PASSWORD_FILE", "123"),
+                // Enums from their names.
+                ("VAXPULSE_KAFKA_AUTO_OFFSET_RESET", "latest"),
+                ("VAXPULSE_MODEL_DEVICE", "cuda:1"),
+                ("VAXPULSE_MODEL_PRECISION", "bf16"),
+                ("VAXPULSE_MODEL_WARMUP", "0"),
+                ("VAXPULSE_MODEL_HALF_PARITY_MAX_ABS_DIFF", "1"),
+                ("VAXPULSE_DECODE_LANGS", "fr, en"),
+                ("VAXPULSE_KAFKA_PROPERTIES", "{ \"security.protocol\" = \"SSL\" }"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.group_instance_id, "1");
+        assert_eq!(c.kafka.input_topic, "2024");
+        assert_eq!(c.kafka.dlq_topic, "true");
+        assert_eq!(c.clickhouse.database, "42");
+        assert_eq!(c.model.dir, PathBuf::from("7"));
+        assert_eq!(c.clickhouse.password_file, Some(PathBuf::from("123")));
+        assert_eq!(c.kafka.auto_offset_reset, OffsetReset::Latest);
+        assert_eq!(c.model.device, DeviceSpec::Cuda(1));
+        assert_eq!(c.model.precision, Precision::Bf16);
+        assert!(!c.model.warmup);
+        assert_eq!(c.model.half_parity_max_abs_diff, 1.0);
+        assert_eq!(c.decode.langs, vec!["fr", "en"]);
+        assert_eq!(c.kafka.properties["security.protocol"], "SSL");
+    }
+
+    #[test]
+    fn env_values_of_the_wrong_type_name_the_variable() {
+        let err = Config::from_toml_with_env(
+            "",
+            "t",
+            env(&[("VAXPULSE_BATCH_MAX_WAIT_MS", "soon")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("VAXPULSE_BATCH_MAX_WAIT_MS") && err.to_string().contains("soon"),
+            "{err}"
+        );
+        let err = Config::from_toml_with_env(
+            "",
+            "t",
+            env(&[("VAXPULSE_KAFKA_AUTO_OFFSET_RESET", "beginning")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("beginning"), "{err}");
+    }
+
+    #[test]
+    fn the_effective_config_prints_without_secrets() {
+        let c = Config::from_toml_with_env(
+            "[kafka.properties]\n\"ssl.key.password\" = \"hunter2\"\n",
+            "t",
+            env(&[("VAXPULSE_CLICKHOUSE_PASSWORD", "s3cr3t")]),
+        )
+        .unwrap();
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("password = \"***\""), "{shown}");
+        assert!(shown.contains("device = \"auto\""), "{shown}");
+    }
+
+    #[test]
+    fn a_revoke_drain_longer_than_half_the_session_is_refused() {
+        let err = Config::from_toml_with_env(
+            "[pipeline]\nrevoke_drain_timeout_ms = 6000\n[kafka]\nsession_timeout_ms = 10000\n",
+            "t",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("revoke_drain_timeout_ms"), "{err}");
     }
 
     #[test]

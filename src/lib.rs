@@ -10,9 +10,13 @@
 //! 3. The micro-batcher ([`batch`]) groups tweets by count, padded-token budget and waiting
 //!    time, by similar length; exactly one batch waits while the model runs.
 //! 4. The model thread runs the [`model::Classifier`] (libtorch, [`model::torch`]).
-//! 5. The sink task publishes each result to `tweets.classified` and inserts the batch into
-//!    ClickHouse ([`sink`]); only then are its offsets acknowledged ([`batch::offsets`]) and, in
-//!    order, committed.
+//! 5. The store-and-ack task ([`app::acks`]) publishes each result to `tweets.classified` and
+//!    inserts the batch into ClickHouse ([`sink`]); only then are its offsets acknowledged
+//!    ([`batch::offsets`]) and, in order, committed by the consumer thread.
+//!
+//! [`app`] wires the stages and shuts them down in order; [`validate`] checks a deployment
+//! before it starts. The end-to-end bench, the fault-injection suite and the test kit are in the
+//! `vaxpulse-harness` crate, which is not part of the worker image.
 
 pub mod app;
 pub mod batch;
@@ -26,3 +30,4 @@ pub mod source;
 pub mod synthetic;
 pub mod telemetry;
 pub mod tweet;
+pub mod validate;

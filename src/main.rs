@@ -58,11 +58,13 @@ enum Command {
         #[arg(long)]
         topic: Option<String>,
     },
-    /// Benchmarks: raw model, in-process pipeline, end to end (Markdown tables + JSON).
+    /// Checks a deployment before it starts: configuration, model directory (manifest,
+    /// checksums, one forward pass), broker and ClickHouse reachable; prints the effective
+    /// configuration (secrets as ***) and exits non-zero on the first problem.
+    Validate,
+    /// Benchmarks: raw model and in-process pipeline (Markdown tables + JSON). The end-to-end
+    /// bench and the fault-injection suite are in `vaxpulse-harness`.
     Bench(vaxpulse::bench::BenchArgs),
-    /// Fault-injection suite: replicas killed, ClickHouse and broker restarted, hostile input,
-    /// rebalances; checks that nothing was lost or counted twice (needs scripts/services.sh).
-    Chaos(vaxpulse::bench::chaos::ChaosArgs),
     /// Tweets per day (or hour) × label from ClickHouse.
     Report {
         #[arg(long)]
@@ -72,26 +74,35 @@ enum Command {
     },
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
+/// Cancels `token` on SIGTERM or SIGINT; from then on the process has `grace` to finish.
+fn cancel_on_signal(token: tokio_util::sync::CancellationToken, grace: Duration) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("cannot install the SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+        token.cancel();
+        // A shutdown is bounded: draining has `drain_timeout_ms`, and if the broker is gone for
+        // good the client's own close can block for ever. Past the grace the process exits
+        // non-zero; whatever it had not committed is read again by the next owner.
+        std::thread::spawn(move || {
+            std::thread::sleep(grace);
+            tracing::error!(
+                grace_s = grace.as_secs(),
+                "shutdown did not finish within its grace; exiting without a final commit"
+            );
+            std::process::exit(3);
+        });
+    });
 }
 
 fn main() -> anyhow::Result<()> {
     vaxpulse::telemetry::init_logging();
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref()).context("configuration")?;
-    let config_path = cli.config.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(
             std::thread::available_parallelism()
@@ -104,24 +115,15 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Run => {
                 tracing::info!(config = ?cfg, "starting");
-                let factory = vaxpulse::app::torch_factory(&cfg);
-                // A shutdown is bounded: draining has `drain_timeout_ms`, and if the broker is
-                // gone for good the client's own close can block for ever. Past the grace the
-                // process exits non-zero; whatever it had not committed is read again by the
-                // next owner (duplicates, never loss).
-                let grace = Duration::from_millis(cfg.pipeline.drain_timeout_ms)
-                    + Duration::from_secs(30);
-                let shutdown = async move {
-                    shutdown_signal().await;
-                    std::thread::spawn(move || {
-                        std::thread::sleep(grace);
-                        tracing::error!(grace_s = grace.as_secs(), "shutdown did not finish within its grace; exiting without a final commit");
-                        std::process::exit(3);
-                    });
-                };
-                let report = vaxpulse::app::run(cfg, factory, shutdown).await?;
+                let factory = vaxpulse::model::load::torch_factory(&cfg);
+                let cancel = tokio_util::sync::CancellationToken::new();
+                let grace =
+                    Duration::from_millis(cfg.pipeline.drain_timeout_ms) + Duration::from_secs(30);
+                cancel_on_signal(cancel.clone(), grace);
+                let report = vaxpulse::app::run(cfg, factory, cancel).await?;
                 tracing::info!(model = %report.model_version, "stopped cleanly");
             }
+            Command::Validate => vaxpulse::validate::validate(&cfg).await?,
             Command::Schema => {
                 let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
                 sink.apply_schema()
@@ -171,20 +173,15 @@ fn main() -> anyhow::Result<()> {
                     (None, None) => anyhow::bail!("give --file PATH or --synthetic N"),
                 };
                 let opts = ProduceOptions {
-                    topic: topic.unwrap_or_else(|| cfg.kafka.input_topic.clone()),
                     rate,
                     progress: true,
+                    ..ProduceOptions::to(topic.unwrap_or_else(|| cfg.kafka.input_topic.clone()))
                 };
                 let n = produce(&cfg.kafka, input, &opts).await?;
                 println!("produced {n} messages to {}", opts.topic);
             }
-            Command::Bench(mut args) => {
-                args.config_path = config_path;
+            Command::Bench(args) => {
                 vaxpulse::bench::run(cfg, args).await?;
-            }
-            Command::Chaos(mut args) => {
-                args.config_path = config_path;
-                vaxpulse::bench::chaos::run(cfg, args).await?;
             }
             Command::Report {
                 hourly,

@@ -1,6 +1,6 @@
 //! `vaxpulse produce`: pushes tweets into the input topic from a JSONL file or the synthetic
-//! generator, optionally at a fixed rate, with a progress bar. Returns once the broker has
-//! acknowledged every message.
+//! generator (or, for the test kit and harness, given messages), optionally at a fixed rate, with
+//! a progress bar. Returns once the broker has acknowledged every message.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,7 +18,13 @@ use crate::synthetic::Generator;
 /// What to produce.
 pub enum Input {
     Jsonl(PathBuf),
-    Synthetic { count: u64, seed: u64, days: u32 },
+    Synthetic {
+        count: u64,
+        seed: u64,
+        days: u32,
+    },
+    /// (key, payload) pairs, in order.
+    Messages(Vec<(Option<String>, Vec<u8>)>),
 }
 
 /// How to produce it.
@@ -27,6 +33,28 @@ pub struct ProduceOptions {
     /// Messages per second; `None` = as fast as the broker takes them.
     pub rate: Option<f64>,
     pub progress: bool,
+    /// How long the client itself keeps trying one message (librdkafka `message.timeout.ms`).
+    pub message_timeout_ms: u64,
+    /// Extra sends of a message the client gave up on, 500 ms apart. Around a broker restart
+    /// some refusals are not retried by librdkafka itself; a resent message may be stored
+    /// twice, so only callers that count distinct keys should ask for resends.
+    pub resends: u32,
+    /// Largest message the producer accepts (librdkafka `message.max.bytes`).
+    pub max_message_bytes: usize,
+}
+
+impl ProduceOptions {
+    /// Defaults for `topic`: as fast as possible, no progress bar, 60 s per message, no resend.
+    pub fn to(topic: impl Into<String>) -> Self {
+        ProduceOptions {
+            topic: topic.into(),
+            rate: None,
+            progress: false,
+            message_timeout_ms: 60_000,
+            resends: 0,
+            max_message_bytes: 1_000_000,
+        }
+    }
 }
 
 /// Produces all messages; returns how many were acknowledged.
@@ -38,7 +66,8 @@ pub async fn produce(
     let defaults = [
         ("acks", "all".to_string()),
         ("linger.ms", "5".to_string()),
-        ("message.timeout.ms", "60000".to_string()),
+        ("message.timeout.ms", opts.message_timeout_ms.to_string()),
+        ("message.max.bytes", opts.max_message_bytes.to_string()),
     ];
     let producer: FutureProducer = client_config(cfg, &defaults)
         .create()
@@ -62,6 +91,7 @@ pub async fn produce(
                 (Some(t.id), p)
             }))
         }
+        Input::Messages(m) => Box::new(m.into_iter()),
     };
     let (lower, _) = messages.size_hint();
     let bar = if opts.progress {
@@ -81,21 +111,28 @@ pub async fn produce(
         .map(|(i, (key, payload))| {
             let producer = producer.clone();
             let topic = opts.topic.clone();
-            let rate = opts.rate;
+            let (rate, resends) = (opts.rate, opts.resends);
+            let timeout = Duration::from_millis(opts.message_timeout_ms);
             async move {
                 if let Some(r) = rate {
                     let due = started + Duration::from_secs_f64(i as f64 / r);
                     tokio::time::sleep_until(due.into()).await;
                 }
-                let mut rec = FutureRecord::to(&topic).payload(payload.as_slice());
-                if let Some(k) = &key {
-                    rec = rec.key(k.as_bytes());
+                let mut attempt = 0;
+                loop {
+                    let mut rec = FutureRecord::to(&topic).payload(payload.as_slice());
+                    if let Some(k) = &key {
+                        rec = rec.key(k.as_bytes());
+                    }
+                    match producer.send(rec, timeout).await {
+                        Ok(_) => return Ok(()),
+                        Err((e, _)) if attempt >= resends => return Err(e),
+                        Err(_) => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
                 }
-                producer
-                    .send(rec, Duration::from_secs(60))
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| e)
             }
         })
         .buffered(2048);

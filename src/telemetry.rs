@@ -1,204 +1,159 @@
-//! Metric names, events and the HTTP exporter. Each event's `emit()` writes the log line and
-//! updates the metric in one call; events are emitted per batch or per poll round, never per
-//! message. Also serves `/health/live` and `/health/ready`.
+//! Metric names, events and the HTTP exporter, through the `metrics` facade and
+//! `metrics-exporter-prometheus`. Each event's `emit()` writes the log line and updates the
+//! metrics in one call; events are emitted per batch or per poll round, never per message.
+//! Names follow `vaxpulse_<what>_<unit>[_total]`; labels are low-cardinality (reason, label,
+//! model version, sink, kind, partition). Also serves `/health/live` and `/health/ready`.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: String,
+/// Every metric of the process: (name, kind, help). Dashboards and alert rules may only use
+/// these (a test checks the shipped dashboards against this list).
+pub const METRICS: &[(&str, &str, &str)] = &[
+    ("vaxpulse_messages_consumed_total", "counter", "Messages read from the input topic"),
+    ("vaxpulse_tweets_classified_total", "counter", "Tweets classified and stored by every sink, by predicted label and model version"),
+    ("vaxpulse_messages_skipped_total", "counter", "Messages skipped on purpose (control notices, other languages), by reason"),
+    ("vaxpulse_messages_dead_lettered_total", "counter", "Messages sent to the dead-letter topic, by reason"),
+    ("vaxpulse_batch_size_tweets", "histogram", "Tweets per inference batch"),
+    ("vaxpulse_batch_padding_ratio", "histogram", "Share of computed tokens that are padding, per batch"),
+    ("vaxpulse_inference_duration_seconds", "histogram", "Model forward time per batch, by model version"),
+    ("vaxpulse_model_tokens_total", "counter", "Token positions computed by the model: kind=real or kind=padding"),
+    ("vaxpulse_tweet_latency_seconds", "histogram", "From taking a tweet off the input topic to every sink having stored its result"),
+    ("vaxpulse_sink_write_duration_seconds", "histogram", "Time to deliver one batch to a sink, retries included"),
+    ("vaxpulse_sink_retries_total", "counter", "Retried sink writes, by sink"),
+    ("vaxpulse_offset_commits_total", "counter", "Offset commits accepted by the broker"),
+    ("vaxpulse_messages_in_flight", "gauge", "Messages taken in and not yet finished"),
+    ("vaxpulse_consumer_paused", "gauge", "1 while some partition is paused (backpressure or dead-letter outage)"),
+    ("vaxpulse_consumer_paused_partitions", "gauge", "Partitions currently paused"),
+    ("vaxpulse_consumer_lag_messages", "gauge", "Messages of an owned input partition behind this replica's commit position"),
+];
+
+fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
+    std::iter::successors(Some(start), |b| Some(b * factor))
+        .take(count)
+        .collect()
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LabelLabel {
-    pub label: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SinkLabel {
-    pub sink: String,
-}
-
-/// All metrics of the process.
-pub struct Metrics {
-    pub registry: Registry,
-    pub consumed: Counter,
-    pub classified: Family<LabelLabel, Counter>,
-    pub skipped: Family<ReasonLabel, Counter>,
-    pub dead_lettered: Family<ReasonLabel, Counter>,
-    pub batch_size: Histogram,
-    pub batch_padding: Histogram,
-    pub inference_seconds: Histogram,
-    pub model_tokens: Family<KindLabel, Counter>,
-    pub tweet_latency: Histogram,
-    pub sink_seconds: Family<SinkLabel, Histogram>,
-    pub sink_retries: Family<SinkLabel, Counter>,
-    pub commits: Counter,
-    pub in_flight: Gauge,
-    pub paused: Gauge,
-}
-
-fn new_metrics() -> Metrics {
-    let mut registry = Registry::with_prefix("vaxpulse");
-    let consumed = Counter::default();
-    registry.register(
-        "messages_consumed",
-        "Messages read from the input topic",
-        consumed.clone(),
-    );
-    let classified = Family::<LabelLabel, Counter>::default();
-    registry.register(
-        "tweets_classified",
-        "Tweets classified and stored, by predicted label",
-        classified.clone(),
-    );
-    let skipped = Family::<ReasonLabel, Counter>::default();
-    registry.register(
-        "messages_skipped",
-        "Messages skipped on purpose (control notices, other languages)",
-        skipped.clone(),
-    );
-    let dead_lettered = Family::<ReasonLabel, Counter>::default();
-    registry.register(
-        "messages_dead_lettered",
-        "Messages sent to the dead-letter topic, by reason",
-        dead_lettered.clone(),
-    );
-    let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
-    registry.register(
-        "batch_size_tweets",
-        "Tweets per inference batch",
-        batch_size.clone(),
-    );
-    let batch_padding = Histogram::new([0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]);
-    registry.register(
-        "batch_padding_ratio",
-        "Share of computed tokens that are padding, per batch",
-        batch_padding.clone(),
-    );
-    let inference_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-    registry.register(
-        "inference_duration_seconds",
-        "Model forward time per batch",
-        inference_seconds.clone(),
-    );
-    let model_tokens = Family::<KindLabel, Counter>::default();
-    registry.register(
-        "model_tokens",
-        "Token positions computed by the model: kind=real or kind=padding",
-        model_tokens.clone(),
-    );
-    let tweet_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-    registry.register(
-        "tweet_latency_seconds",
-        "From taking a tweet off the input topic to both sinks having stored its result",
-        tweet_latency.clone(),
-    );
-    let sink_seconds = Family::<SinkLabel, Histogram>::new_with_constructor(|| {
-        Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-    });
-    registry.register(
-        "sink_write_duration_seconds",
-        "Time to deliver one batch to a sink, retries included",
-        sink_seconds.clone(),
-    );
-    let sink_retries = Family::<SinkLabel, Counter>::default();
-    registry.register("sink_retries", "Retried sink writes", sink_retries.clone());
-    let commits = Counter::default();
-    registry.register(
-        "offset_commits",
-        "Offset commits sent to the broker",
-        commits.clone(),
-    );
-    let in_flight = Gauge::default();
-    registry.register(
-        "messages_in_flight",
-        "Messages taken in and not yet finished",
-        in_flight.clone(),
-    );
-    let paused = Gauge::default();
-    registry.register(
-        "consumer_paused",
-        "1 while consumption is paused by backpressure",
-        paused.clone(),
-    );
-    Metrics {
-        registry,
-        consumed,
-        classified,
-        skipped,
-        dead_lettered,
-        batch_size,
-        batch_padding,
-        inference_seconds,
-        model_tokens,
-        tweet_latency,
-        sink_seconds,
-        sink_retries,
-        commits,
-        in_flight,
-        paused,
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle).
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut installed = HANDLE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(h) = installed.as_ref() {
+        return Ok(h.clone());
     }
+    let buckets = [
+        ("vaxpulse_batch_size_tweets", exponential(1.0, 2.0, 10)),
+        (
+            "vaxpulse_batch_padding_ratio",
+            vec![0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
+        ),
+        (
+            "vaxpulse_inference_duration_seconds",
+            exponential(0.0005, 2.0, 16),
+        ),
+        ("vaxpulse_tweet_latency_seconds", exponential(0.001, 2.0, 16)),
+        (
+            "vaxpulse_sink_write_duration_seconds",
+            exponential(0.0005, 2.0, 16),
+        ),
+    ];
+    let mut builder = PrometheusBuilder::new();
+    for (name, b) in &buckets {
+        builder = builder.set_buckets_for_metric(Matcher::Full((*name).into()), b)?;
+    }
+    let handle = builder.install_recorder()?;
+    for (name, kind, help) in METRICS {
+        match *kind {
+            "counter" => describe_counter!(*name, *help),
+            "gauge" => describe_gauge!(*name, *help),
+            _ => describe_histogram!(*name, *help),
+        }
+    }
+    // Series that exist from the start, so that rates and alerts see 0 rather than nothing.
+    for sink in ["kafka", "clickhouse", "dlq"] {
+        counter!("vaxpulse_sink_retries_total", "sink" => sink).absolute(0);
+    }
+    for reason in ["control", "language"] {
+        counter!("vaxpulse_messages_skipped_total", "reason" => reason).absolute(0);
+    }
+    counter!("vaxpulse_messages_consumed_total").absolute(0);
+    counter!("vaxpulse_offset_commits_total").absolute(0);
+    gauge!("vaxpulse_consumer_paused").set(0.0);
+    gauge!("vaxpulse_consumer_paused_partitions").set(0.0);
+    gauge!("vaxpulse_messages_in_flight").set(0.0);
+    let h = handle.clone();
+    // Histogram samples are buffered until drained; without a scrape they would pile up.
+    std::thread::Builder::new()
+        .name("vaxpulse-metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(5));
+            h.run_upkeep();
+        })
+        .expect("cannot spawn a thread; the process is out of resources");
+    *installed = Some(handle.clone());
+    Ok(handle)
 }
 
-/// The process-wide metrics.
-pub fn metrics() -> &'static Metrics {
-    static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(new_metrics)
+/// Token positions computed so far (real, padding), for benchmarks in the same process.
+pub fn model_tokens() -> (u64, u64) {
+    (
+        TOKENS_REAL.load(Ordering::Relaxed),
+        TOKENS_PADDING.load(Ordering::Relaxed),
+    )
 }
+static TOKENS_REAL: AtomicU64 = AtomicU64::new(0);
+static TOKENS_PADDING: AtomicU64 = AtomicU64::new(0);
 
-/// Counts from one poll round of the consumer.
+/// Counts from the consumer's poll rounds since the last emit.
 #[derive(Debug, Default)]
 pub struct PollRound {
     pub consumed: u64,
     pub skipped_control: u64,
     pub skipped_language: u64,
     pub dead_lettered: Vec<(&'static str, u64)>,
+    /// Messages in flight now.
+    pub in_flight: usize,
+    /// (partition, messages behind the commit position) of the partitions owned now.
+    pub lag: Vec<(i32, i64)>,
+    /// Partitions whose lag was reported last time: a partition given up reports 0, so the
+    /// replica that owns it now is the only one showing its lag.
+    lag_reported: BTreeSet<i32>,
 }
 
 impl PollRound {
     pub fn emit(&mut self) {
-        if self.consumed == 0 {
-            return;
-        }
-        let m = metrics();
-        m.consumed.inc_by(self.consumed);
+        counter!("vaxpulse_messages_consumed_total").increment(self.consumed);
         for (reason, n) in [
             ("control", self.skipped_control),
             ("language", self.skipped_language),
         ] {
             if n > 0 {
-                m.skipped
-                    .get_or_create(&ReasonLabel {
-                        reason: reason.into(),
-                    })
-                    .inc_by(n);
+                counter!("vaxpulse_messages_skipped_total", "reason" => reason).increment(n);
             }
         }
         for (reason, n) in &self.dead_lettered {
-            m.dead_lettered
-                .get_or_create(&ReasonLabel {
-                    reason: (*reason).into(),
-                })
-                .inc_by(*n);
+            counter!("vaxpulse_messages_dead_lettered_total", "reason" => *reason).increment(*n);
             tracing::warn!(reason, count = n, "messages sent to the dead-letter topic");
         }
-        tracing::trace!(consumed = self.consumed, "poll round");
-        *self = PollRound::default();
+        gauge!("vaxpulse_messages_in_flight").set(self.in_flight as f64);
+        let now: BTreeSet<i32> = self.lag.iter().map(|(p, _)| *p).collect();
+        for gone in self.lag_reported.difference(&now) {
+            gauge!("vaxpulse_consumer_lag_messages", "partition" => gone.to_string()).set(0.0);
+        }
+        for (p, lag) in &self.lag {
+            gauge!("vaxpulse_consumer_lag_messages", "partition" => p.to_string())
+                .set(*lag as f64);
+        }
+        tracing::trace!(consumed = self.consumed, lag = ?self.lag, "poll rounds");
+        *self = PollRound {
+            lag_reported: now,
+            ..PollRound::default()
+        };
     }
 
     pub fn dead_letter(&mut self, reason: &'static str) {
@@ -209,32 +164,55 @@ impl PollRound {
     }
 }
 
+/// The consumer paused or resumed partitions.
+pub struct ConsumerPaused {
+    pub partitions: usize,
+}
+
+impl ConsumerPaused {
+    pub fn emit(&self) {
+        gauge!("vaxpulse_consumer_paused").set(if self.partitions > 0 { 1.0 } else { 0.0 });
+        gauge!("vaxpulse_consumer_paused_partitions").set(self.partitions as f64);
+        tracing::debug!(partitions = self.partitions, "paused partitions changed");
+    }
+}
+
+/// Offsets committed to the broker.
+pub struct OffsetsCommitted {
+    pub partitions: usize,
+}
+
+impl OffsetsCommitted {
+    pub fn emit(&self) {
+        counter!("vaxpulse_offset_commits_total").increment(1);
+        tracing::debug!(partitions = self.partitions, "offsets committed");
+    }
+}
+
 /// One batch through the model.
-pub struct BatchInferred {
+pub struct BatchInferred<'a> {
+    pub model: &'a str,
     pub rows: usize,
     pub real_tokens: usize,
     pub padded_tokens: usize,
     pub seconds: f64,
 }
 
-impl BatchInferred {
+impl BatchInferred<'_> {
     pub fn emit(&self) {
-        let m = metrics();
-        m.batch_size.observe(self.rows as f64);
-        m.inference_seconds.observe(self.seconds);
-        let padding = 1.0 - self.real_tokens as f64 / self.padded_tokens.max(1) as f64;
-        m.batch_padding.observe(padding);
-        m.model_tokens
-            .get_or_create(&KindLabel {
-                kind: "real".into(),
-            })
-            .inc_by(self.real_tokens as u64);
-        m.model_tokens
-            .get_or_create(&KindLabel {
-                kind: "padding".into(),
-            })
-            .inc_by((self.padded_tokens - self.real_tokens) as u64);
+        let padding_tokens = (self.padded_tokens - self.real_tokens) as u64;
+        let padding = padding_tokens as f64 / self.padded_tokens.max(1) as f64;
+        histogram!("vaxpulse_batch_size_tweets").record(self.rows as f64);
+        histogram!("vaxpulse_batch_padding_ratio").record(padding);
+        histogram!("vaxpulse_inference_duration_seconds", "model" => self.model.to_string())
+            .record(self.seconds);
+        counter!("vaxpulse_model_tokens_total", "kind" => "real")
+            .increment(self.real_tokens as u64);
+        counter!("vaxpulse_model_tokens_total", "kind" => "padding").increment(padding_tokens);
+        TOKENS_REAL.fetch_add(self.real_tokens as u64, Ordering::Relaxed);
+        TOKENS_PADDING.fetch_add(padding_tokens, Ordering::Relaxed);
         tracing::debug!(
+            model = self.model,
             rows = self.rows,
             padded_tokens = self.padded_tokens,
             padding,
@@ -253,12 +231,8 @@ pub struct BatchStored {
 
 impl BatchStored {
     pub fn emit(&self) {
-        let m = metrics();
-        m.sink_seconds
-            .get_or_create(&SinkLabel {
-                sink: self.sink.into(),
-            })
-            .observe(self.seconds);
+        histogram!("vaxpulse_sink_write_duration_seconds", "sink" => self.sink)
+            .record(self.seconds);
         tracing::debug!(
             sink = self.sink,
             rows = self.rows,
@@ -270,6 +244,7 @@ impl BatchStored {
 
 /// A batch stored by every sink; its offsets are acknowledged right after.
 pub struct BatchAcknowledged<'a> {
+    pub model: &'a str,
     pub labels: &'a [(String, u64)],
     /// When each tweet of the batch was taken off the input topic.
     pub received: &'a [std::time::Instant],
@@ -277,20 +252,20 @@ pub struct BatchAcknowledged<'a> {
 
 impl BatchAcknowledged<'_> {
     pub fn emit(&self) {
-        let m = metrics();
         let now = std::time::Instant::now();
+        let latency = histogram!("vaxpulse_tweet_latency_seconds");
         for r in self.received {
-            m.tweet_latency
-                .observe(now.saturating_duration_since(*r).as_secs_f64());
+            latency.record(now.saturating_duration_since(*r).as_secs_f64());
         }
         for (label, n) in self.labels {
-            m.classified
-                .get_or_create(&LabelLabel {
-                    label: label.clone(),
-                })
-                .inc_by(*n);
+            counter!(
+                "vaxpulse_tweets_classified_total",
+                "label" => label.clone(),
+                "model" => self.model.to_string()
+            )
+            .increment(*n);
         }
-        tracing::debug!(labels = ?self.labels, "batch acknowledged");
+        tracing::debug!(model = self.model, labels = ?self.labels, "batch acknowledged");
     }
 }
 
@@ -303,12 +278,7 @@ pub struct SinkRetry<'a> {
 
 impl SinkRetry<'_> {
     pub fn emit(&self) {
-        metrics()
-            .sink_retries
-            .get_or_create(&SinkLabel {
-                sink: self.sink.into(),
-            })
-            .inc();
+        counter!("vaxpulse_sink_retries_total", "sink" => self.sink).increment(1);
         tracing::warn!(sink = self.sink, error = %self.error, retry_in_ms = self.after_ms as u64, "sink write failed; retrying");
     }
 }
@@ -347,35 +317,22 @@ impl Drop for FailingWrite<'_> {
     }
 }
 
-/// Serves `/metrics`, `/health/live`, `/health/ready` until `shutdown` resolves.
+/// Serves `/metrics`, `/health/live`, `/health/ready` on `listener` until `shutdown` resolves.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    metrics: PrometheusHandle,
     health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::http::StatusCode;
     use axum::routing::get;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(|| async {
-                let mut out = String::new();
-                match prometheus_client::encoding::text::encode(&mut out, &metrics().registry) {
-                    Ok(()) => (
-                        StatusCode::OK,
-                        [(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        out,
-                    ),
-                    Err(e) => (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        [("content-type", "text/plain")],
-                        e.to_string(),
-                    ),
-                }
+            get(move || {
+                let text = metrics.render();
+                async move { ([("content-type", "text/plain; version=0.0.4")], text) }
             }),
         )
         .route("/health/live", get(|| async { "ok" }))

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset};
 use vaxpulse::synthetic::{v1_payload, Generator};
 
 struct Traffic {
@@ -83,29 +81,12 @@ fn mixed_traffic(n: usize) -> Traffic {
     t
 }
 
-fn committed_total(names: &TestNames, group: &str, partitions: i32) -> (i64, i64) {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(&names.input, p);
-    }
-    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    let mut sum_committed = 0;
-    let mut sum_high = 0;
-    for e in committed.elements() {
-        if let Offset::Offset(o) = e.offset() {
-            sum_committed += o;
-        }
-        let (_, high) = c
-            .fetch_watermarks(&names.input, e.partition(), Duration::from_secs(10))
-            .unwrap();
-        sum_high += high;
-    }
-    (sum_committed, sum_high)
+fn committed_total(names: &Names, group: &str, partitions: i32) -> (i64, i64) {
+    let cfg = names.test_config("");
+    committed_offsets(&cfg.kafka, group, &names.input, partitions)
+        .expect("committed offsets readable")
+        .into_iter()
+        .fold((0, 0), |(c, h), (_, done, high)| (c + done.unwrap_or(0), h + high))
 }
 
 async fn run_worker_until<F, Fut>(cfg: vaxpulse::config::Config, done: F)
@@ -114,33 +95,35 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     vaxpulse::telemetry::init_logging();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let factory = vaxpulse::app::torch_factory(&cfg);
-    let worker = tokio::spawn(vaxpulse::app::run(cfg, factory, async {
-        let _ = stop_rx.await;
-    }));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let factory = vaxpulse::model::load::torch_factory(&cfg);
+    let worker = tokio::spawn(vaxpulse::app::run(cfg, factory, stop.clone()));
     wait_until(
         "the worker to finish the traffic",
         Duration::from_secs(180),
         done,
     )
     .await;
-    stop_tx.send(()).unwrap();
+    stop.cancel();
     worker.await.unwrap().expect("worker stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mixed_traffic_is_classified_once_dead_lettered_with_reasons_and_committed_to_the_end() {
     const PARTITIONS: i32 = 4;
-    let names = TestNames::new();
-    names.create_topics(PARTITIONS).await;
+    let names = Names::fresh("it");
+    let cfg = names.test_config("[decode]\nmax_message_bytes = 4096\n");
+    create_topics(&cfg.kafka, &names, PARTITIONS)
+        .await
+        .expect("topics created (scripts/services.sh start)");
     let traffic = mixed_traffic(2000);
     let valid = traffic.valid_ids.len();
     assert_eq!(valid, 1400);
-    produce_all(&names.input, &traffic.messages).await;
+    produce_payloads(&names.input, &traffic.messages)
+        .await
+        .expect("traffic produced");
 
     let db = names.database.clone();
-    let cfg = names.config("[decode]\nmax_message_bytes = 4096\n");
     run_worker_until(cfg.clone(), || {
         let db = db.clone();
         async move {
@@ -253,7 +236,9 @@ async fn mixed_traffic_is_classified_once_dead_lettered_with_reasons_and_committ
         1,
     );
     let fresh: Vec<Vec<u8>> = (0..10).map(|_| later.payload().1).collect();
-    produce_all(&names.input, &fresh).await;
+    produce_payloads(&names.input, &fresh)
+        .await
+        .expect("new tweets produced");
     let total = valid + fresh.len();
     let dbt = db.clone();
     run_worker_until(cfg.clone(), || {

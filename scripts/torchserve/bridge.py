@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Kafka -> TorchServe HTTP -> Kafka bridge: the seed's architecture, for `vaxpulse bench e2e
+"""Kafka -> TorchServe HTTP -> Kafka bridge: the seed's architecture, for `vaxpulse-harness bench e2e
 --system torchserve`. Reads the same VAXPULSE_KAFKA_* variables as the worker, posts every tweet
 as its own HTTP request (TorchServe batches them server-side), publishes each result to the output
 topic (key = tweet id, header vaxpulse.source_timestamp_ms) and commits a chunk's offsets once its

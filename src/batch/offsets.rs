@@ -25,6 +25,8 @@ struct PartState {
     /// Last position handed out for commit.
     committed: Option<i64>,
     generation: u64,
+    /// Being revoked: queued work of this partition is no longer current.
+    releasing: bool,
 }
 
 impl PartState {
@@ -65,6 +67,18 @@ impl OffsetTracker {
         );
     }
 
+    /// Marks `partitions` as being revoked: from now on their work counts as not current (see
+    /// [`Self::is_current`]), so queued work is dropped instead of computed, while what is
+    /// already done can still be acknowledged and committed before they are released.
+    pub fn release(&self, partitions: &[Partition]) {
+        let mut parts = self.lock();
+        for p in partitions {
+            if let Some(st) = parts.get_mut(p) {
+                st.releasing = true;
+            }
+        }
+    }
+
     /// Forgets partitions that were revoked.
     pub fn revoke(&self, partitions: &[Partition]) {
         let mut parts = self.lock();
@@ -93,12 +107,12 @@ impl OffsetTracker {
         }
     }
 
-    /// Whether `ack` belongs to the current assignment of its partition (not revoked, not
-    /// re-assigned since it was taken in).
+    /// Whether `ack` belongs to the current assignment of its partition (not being revoked, not
+    /// revoked, not re-assigned since it was taken in).
     pub fn is_current(&self, ack: &Ack) -> bool {
         self.lock()
             .get(&ack.partition)
-            .is_some_and(|st| st.generation == ack.generation)
+            .is_some_and(|st| st.generation == ack.generation && !st.releasing)
     }
 
     /// Marks a message finished.
@@ -326,5 +340,25 @@ mod tests {
         t.assign(0);
         assert!(!t.is_current(&old), "re-assigned since");
         assert!(t.is_current(&t.track(0, 5)));
+    }
+
+    #[test]
+    fn a_releasing_partition_keeps_finished_work_and_gives_queued_work_back() {
+        let t = OffsetTracker::new();
+        t.assign(0);
+        let inferred = t.track(0, 5);
+        let queued = t.track(0, 6);
+        let other = t.track(1, 9);
+        t.release(&[0]);
+        assert!(!t.is_current(&queued), "queued work of a releasing partition is dropped");
+        assert!(t.is_current(&other), "other partitions are untouched");
+        t.untrack(queued);
+        t.done(inferred);
+        assert!(t.wait_drained(Some(&[0]), Duration::from_millis(10)));
+        assert_eq!(
+            t.positions(&[0]),
+            vec![(0, 6)],
+            "the stored message is committed, the dropped one is read again"
+        );
     }
 }

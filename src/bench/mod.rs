@@ -1,10 +1,9 @@
-//! `vaxpulse bench`: measured throughput and latency of the model alone (`raw`), the in-process
-//! pipeline (`pipeline`) and the whole system through broker and ClickHouse (`e2e`). Every figure
-//! is also given as a ratio to `raw` measured in the same process, on the same machine; results
-//! print as Markdown and are written as JSON.
+//! `vaxpulse bench`: measured throughput and latency of the model alone (`raw`) and the
+//! in-process pipeline (`pipeline`). Every figure is also given as a ratio to `raw` measured in
+//! the same process, on the same machine; results print as Markdown and are written as JSON.
+//! The end-to-end bench through broker and ClickHouse lives in the harness crate
+//! (`vaxpulse-harness bench e2e`), which reuses these tables and the raw run.
 
-pub mod chaos;
-pub mod e2e;
 pub mod pipeline;
 pub mod raw;
 
@@ -21,14 +20,14 @@ use crate::config::Config;
 pub enum Mode {
     Raw,
     Pipeline,
-    E2e,
+    /// raw and pipeline.
     All,
 }
 
 /// Options of `vaxpulse bench` (model, batching and services come from the config).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// raw, pipeline, e2e or all.
+    /// raw, pipeline or all (both).
     #[arg(value_enum)]
     pub mode: Mode,
     /// Batch sizes of the raw grid (and of the synthetic-distribution raw run).
@@ -49,28 +48,9 @@ pub struct BenchArgs {
     /// Length of each paced run.
     #[arg(long, default_value_t = 15.0)]
     pub paced_seconds: f64,
-    /// e2e: worker processes in the consumer group.
-    #[arg(long, default_value_t = 2)]
-    pub replicas: usize,
-    /// e2e: backlogs (tweets produced before the workers start); peak RSS is reported for each.
-    #[arg(long, value_delimiter = ',', default_value = "10000")]
-    pub backlogs: Vec<usize>,
-    /// e2e: partitions of the bench topics.
-    #[arg(long, default_value_t = 4)]
-    pub partitions: i32,
-    /// e2e: the worker command (run through `sh -c` with the bench's VAXPULSE_* variables);
-    /// default: this binary's `run`. scripts/bench_torchserve.sh passes its Kafka→HTTP bridge.
-    #[arg(long)]
-    pub worker_cmd: Option<String>,
-    /// e2e: name of the system under test, for the tables.
-    #[arg(long, default_value = "vaxpulse")]
-    pub system: String,
     /// Where the JSON results go.
     #[arg(long, default_value = "bench-results/bench.json")]
     pub json: PathBuf,
-    /// The config file of this process, handed to e2e workers (set from `--config`).
-    #[arg(skip)]
-    pub config_path: Option<PathBuf>,
 }
 
 /// The machine the figures were taken on.
@@ -110,8 +90,8 @@ impl Machine {
             cpu,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             gpu,
-            device: cfg.model.device.clone(),
-            precision: cfg.model.precision.clone(),
+            device: cfg.model.device.to_string(),
+            precision: cfg.model.precision.to_string(),
             intra_op_threads: cfg.model.intra_op_threads,
         }
     }
@@ -139,7 +119,6 @@ pub struct Report {
     pub model: String,
     pub raw: raw::RawReport,
     pub pipeline: Option<pipeline::PipelineReport>,
-    pub e2e: Option<e2e::E2eReport>,
 }
 
 /// A Markdown table.
@@ -202,7 +181,7 @@ impl Percentiles {
     }
 }
 
-pub(crate) fn fmt_ms(p: Option<Percentiles>) -> [String; 3] {
+pub fn fmt_ms(p: Option<Percentiles>) -> [String; 3] {
     match p {
         Some(p) => [
             format!("{:.1}", p.p50_ms),
@@ -213,7 +192,7 @@ pub(crate) fn fmt_ms(p: Option<Percentiles>) -> [String; 3] {
     }
 }
 
-pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
         indicatif::ProgressStyle::with_template(&format!(
@@ -245,19 +224,11 @@ pub async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<Report> {
     } else {
         None
     };
-    let e2e = if matches!(args.mode, Mode::E2e | Mode::All) {
-        let e = e2e::run(&cfg, &args, &raw).await?;
-        print!("{}", e.render());
-        Some(e)
-    } else {
-        None
-    };
     let report = Report {
         machine,
         model: manifest.model_version(),
         raw,
         pipeline,
-        e2e,
     };
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

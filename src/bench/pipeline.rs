@@ -9,14 +9,14 @@ use serde::Serialize;
 
 use super::raw::RawReport;
 use super::{fmt_ms, progress, BenchArgs, Percentiles, Table};
-use crate::app::{start_inference, torch_factory};
+use crate::app::start_inference;
+use crate::model::load::torch_factory;
 use crate::batch::offsets::OffsetTracker;
 use crate::config::Config;
 use crate::model::tokenizer::TweetTokenizer;
 use crate::model::Manifest;
 use crate::source::kafka::Work;
 use crate::synthetic::Generator;
-use crate::telemetry::{metrics, KindLabel};
 use crate::tweet::Tweet;
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,13 +91,6 @@ impl PipelineReport {
     }
 }
 
-fn tokens(kind: &str) -> u64 {
-    metrics()
-        .model_tokens
-        .get_or_create(&KindLabel { kind: kind.into() })
-        .get()
-}
-
 fn one_run(
     cfg: &Config,
     manifest: &Manifest,
@@ -123,7 +116,7 @@ fn one_run(
     inf.output
         .blocking_recv()
         .ok_or_else(|| anyhow::anyhow!("the pipeline stopped during start-up"))?;
-    let (real0, pad0) = (tokens("real"), tokens("padding"));
+    let (real0, pad0) = crate::telemetry::model_tokens();
     let bar = progress(tweets.len() as u64, name);
     let started = Instant::now();
     let feeder = {
@@ -183,7 +176,8 @@ fn one_run(
         tweets.len()
     );
     let secs = last.duration_since(started).as_secs_f64();
-    let (real, pad) = (tokens("real") - real0, tokens("padding") - pad0);
+    let (real1, pad1) = crate::telemetry::model_tokens();
+    let (real, pad) = (real1 - real0, pad1 - pad0);
     let texts_per_second = tweets.len() as f64 / secs;
     Ok(PipelineRun {
         name: name.into(),

@@ -1,6 +1,7 @@
 //! The model boundary: a small synchronous `Classifier` trait, the model manifest, and the
 //! inference thread that feeds it. Nothing here runs on the async runtime.
 
+pub mod load;
 pub mod tokenizer;
 pub mod torch;
 
@@ -112,8 +113,9 @@ pub fn warm_up(model: &mut dyn Classifier, shapes: &[(usize, usize)]) -> Result<
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Numeric precision of the weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Numeric precision of the weights and activations (`model.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     Fp32,
     Fp16,
@@ -131,8 +133,19 @@ impl Precision {
     }
 }
 
-/// Where to run the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Where to run the model (`model.device`): `auto`, `cpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum DeviceSpec {
     Auto,
     Cpu,
@@ -150,6 +163,29 @@ impl DeviceSpec {
                 .and_then(|n| n.parse().ok())
                 .map(DeviceSpec::Cuda)
                 .ok_or_else(|| format!("`{s}`: use auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        DeviceSpec::parse(&s)
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
         }
     }
 }

@@ -191,3 +191,15 @@ impl ClickHouseSink {
         Ok(())
     }
 }
+
+impl super::ResultSink for ClickHouseSink {
+    fn name(&self) -> &'static str {
+        "clickhouse"
+    }
+    fn store<'a>(
+        &'a self,
+        batch: &'a ClassifiedBatch,
+    ) -> futures::future::BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(self.insert(batch))
+    }
+}

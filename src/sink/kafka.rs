@@ -10,7 +10,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{retry_until_done, ClassifiedBatch, SinkError};
+use super::{retry_until_done, ClassifiedBatch, ResultSink, SinkError};
 use crate::batch::offsets::{Ack, OffsetTracker};
 use crate::config::KafkaConfig;
 use crate::telemetry::{self, Health};
@@ -124,7 +124,19 @@ impl ResultProducer {
         Ok(())
     }
 
-    pub fn flush(&self, timeout: Duration) {
+}
+
+impl ResultSink for ResultProducer {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+    fn store<'a>(
+        &'a self,
+        batch: &'a ClassifiedBatch,
+    ) -> futures::future::BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(self.publish(batch))
+    }
+    fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
     }
 }
@@ -150,12 +162,12 @@ pub struct DeadLetterProducer {
     tracker: Arc<OffsetTracker>,
     health: Option<Arc<Health>>,
     /// Bounds dead letters in flight: a storm of bad input while the topic is unwritable
-    /// stops the consumer instead of piling payloads up in memory.
+    /// pauses the partitions it comes from instead of piling payloads up in memory.
     in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Dead letters that may be in flight at once (see `DeadLetterProducer::in_flight`).
-const DLQ_IN_FLIGHT: usize = 1024;
+pub const DLQ_IN_FLIGHT: usize = 1024;
 
 impl DeadLetterProducer {
     pub fn new(
@@ -216,17 +228,29 @@ impl DeadLetterProducer {
             .map_err(|(e, _)| SinkError::Kafka(e))
     }
 
-    /// Sends `dl` on `runtime`; blocks the calling (consumer) thread while [`DLQ_IN_FLIGHT`]
-    /// dead letters are already in flight. Never call it from inside the runtime.
-    pub fn spawn_send(&self, runtime: &tokio::runtime::Handle, dl: DeadLetter) {
-        let permit = runtime
-            .block_on(self.in_flight.clone().acquire_owned())
-            .expect("the semaphore is never closed; this is a bug");
+    /// Sends `dl` on `runtime` when fewer than [`DLQ_IN_FLIGHT`] dead letters are in flight;
+    /// otherwise gives it back at once (the caller holds it and pauses its partition: a slow
+    /// or unwritable dead-letter topic must never block the consumer thread, or the group would
+    /// drop it after `max.poll.interval.ms`).
+    pub fn try_spawn_send(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        dl: DeadLetter,
+    ) -> Result<(), DeadLetter> {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            return Err(dl);
+        };
         let this = self.clone();
         runtime.spawn(async move {
             this.send(dl).await;
             drop(permit);
         });
+        Ok(())
+    }
+
+    /// Whether no dead letter is in flight (all were acknowledged).
+    pub fn idle(&self) -> bool {
+        self.in_flight.available_permits() == DLQ_IN_FLIGHT
     }
 
     /// Sends until the broker accepts, then acknowledges. Never gives up: an unwritable DLQ

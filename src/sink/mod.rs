@@ -8,6 +8,7 @@ pub mod kafka;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use futures::future::BoxFuture;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -79,6 +80,17 @@ impl ClassifiedBatch {
         }
         out
     }
+}
+
+/// A place every classified batch must reach before its offsets are acknowledged (the output
+/// topic, ClickHouse). `store` returns once the batch is stored for good: implementations retry
+/// transient failures themselves, through [`retry_until_done`]; an error is final.
+pub trait ResultSink: Send + Sync + 'static {
+    /// Short name for logs and metric labels.
+    fn name(&self) -> &'static str;
+    fn store<'a>(&'a self, batch: &'a ClassifiedBatch) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// Pushes out anything buffered; called once at shutdown.
+    fn flush(&self, _timeout: Duration) {}
 }
 
 /// Errors of the sinks; each says whether retrying can help.

@@ -2,11 +2,15 @@
 //! skips or dead-letters the rest, commits finished offsets, and handles rebalances.
 //!
 //! Guarantees: offsets are committed only up to the lowest unfinished message
-//! ([`OffsetTracker`]); on revocation and shutdown, in-flight work of the partitions given up is
-//! drained (up to `drain_timeout_ms`) and committed before they are released; when the pipeline
-//! is full, partitions are paused instead of buffering more.
+//! ([`OffsetTracker`]). On revocation, queued work of the partitions given up is dropped (the
+//! next owner reads it again) and work already inferred is drained (up to
+//! `revoke_drain_timeout_ms`, well under the session timeout) and committed before they are
+//! released; at shutdown everything in flight is drained (up to `drain_timeout_ms`) and
+//! committed, and a final commit that does not go through is an error, never a clean exit. When
+//! the pipeline is full, all partitions are paused; when dead letters cannot be written, the
+//! partitions they came from are paused. The consumer thread itself never blocks on either.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,6 +20,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
 use crate::batch::offsets::{Ack, OffsetTracker, Partition};
 use crate::config::KafkaConfig;
@@ -42,15 +47,29 @@ pub struct Source {
     pub dlq: DeadLetterProducer,
     pub runtime: tokio::runtime::Handle,
     pub health: Arc<Health>,
+    /// Shutdown: longest wait for everything in flight.
     pub drain_timeout: Duration,
+    /// Revocation: longest wait for already-inferred work of the revoked partitions.
+    pub revoke_drain_timeout: Duration,
+}
+
+/// Messages taken from Kafka that could not be handed on yet.
+#[derive(Default)]
+struct Held {
+    /// Tweets waiting for room in the full pipeline.
+    tweets: VecDeque<Work>,
+    /// Dead letters waiting for a free slot (the dead-letter topic is slow or down).
+    dead_letters: VecDeque<DeadLetter>,
 }
 
 struct Ctx {
     tracker: Arc<OffsetTracker>,
     topic: String,
-    drain_timeout: Duration,
-    /// Messages taken from Kafka but not yet accepted by the full pipeline.
-    held: Arc<Mutex<VecDeque<Work>>>,
+    revoke_drain_timeout: Duration,
+    held: Arc<Mutex<Held>>,
+    /// Set by every assignment: librdkafka resumes newly assigned partitions, so the consumer
+    /// thread must pause again whatever it still wants paused.
+    reassigned: AtomicBool,
 }
 
 impl ClientContext for Ctx {}
@@ -66,17 +85,26 @@ impl ConsumerContext for Ctx {
             .map(|e| e.partition())
             .collect();
         // Held messages were never handed on; the next owner reads them again.
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|w| {
-                let revoked = parts.contains(&w.ack.partition);
+        {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            let tracker = &self.tracker;
+            let keep = |ack: Ack| {
+                let revoked = parts.contains(&ack.partition);
                 if revoked {
-                    self.tracker.untrack(w.ack);
+                    tracker.untrack(ack);
                 }
                 !revoked
-            });
-        let drained = self.tracker.wait_drained(Some(&parts), self.drain_timeout);
+            };
+            held.tweets.retain(|w| keep(w.ack));
+            held.dead_letters.retain(|d| keep(d.ack));
+        }
+        // Queued work of these partitions is dropped before inference from now on (and given
+        // back unfinished); only batches already inferred are waited for. The whole group waits
+        // for this member here, so the wait must stay short.
+        self.tracker.release(&parts);
+        let drained = self
+            .tracker
+            .wait_drained(Some(&parts), self.revoke_drain_timeout);
         let positions = self.tracker.positions(&parts);
         commit(consumer, &self.topic, &positions, CommitMode::Sync);
         self.tracker.revoke(&parts);
@@ -116,6 +144,7 @@ impl ConsumerContext for Ctx {
                 for p in &parts {
                     self.tracker.assign(*p);
                 }
+                self.reassigned.store(true, Ordering::Relaxed);
                 tracing::info!(?parts, "partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -152,7 +181,10 @@ fn commit(
     for attempt in 1..=attempts {
         match consumer.commit(&tpl, mode) {
             Ok(()) => {
-                telemetry::metrics().commits.inc();
+                telemetry::OffsetsCommitted {
+                    partitions: positions.len(),
+                }
+                .emit();
                 tracing::debug!(?positions, "offsets committed");
                 return true;
             }
@@ -171,21 +203,23 @@ fn commit(
 }
 
 impl Source {
-    /// Consumes until `stop` is set, then drains and commits. Runs on the calling thread.
-    pub fn run(self, pipeline: Sender<Work>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    /// Consumes until `cancel` is cancelled, then drains and commits. Runs on the calling thread.
+    /// Returns an error when the final commit did not go through.
+    pub fn run(self, pipeline: Sender<Work>, cancel: CancellationToken) -> anyhow::Result<()> {
         use anyhow::Context as _;
-        let held = Arc::new(Mutex::new(VecDeque::new()));
+        let held = Arc::new(Mutex::new(Held::default()));
         let ctx = Ctx {
             tracker: self.tracker.clone(),
             topic: self.cfg.input_topic.clone(),
-            drain_timeout: self.drain_timeout,
+            revoke_drain_timeout: self.revoke_drain_timeout,
             held: held.clone(),
+            reassigned: AtomicBool::new(false),
         };
         let mut cc = client_config(&self.cfg, &[]);
         cc.set("group.id", &self.cfg.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", &self.cfg.auto_offset_reset)
+            .set("auto.offset.reset", self.cfg.auto_offset_reset.as_str())
             .set("fetch.wait.max.ms", self.cfg.fetch_wait_max_ms.to_string())
             .set(
                 "session.timeout.ms",
@@ -206,28 +240,28 @@ impl Source {
         let commit_every = Duration::from_millis(self.cfg.commit_interval_ms);
         let mut last_commit = Instant::now();
         let mut round = PollRound::default();
-        let mut paused = false;
+        let mut paused = BTreeSet::<Partition>::new();
         let topic = self.cfg.input_topic.clone();
-        while !stop.load(Ordering::Relaxed) {
-            // Hand held messages on first; resume fetching once the pipeline has room again.
+        while !cancel.is_cancelled() {
             {
                 let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
-                hand_on(&pipeline, &mut h)?;
-                let want_pause = !h.is_empty();
-                if want_pause != paused {
-                    let assignment = consumer
-                        .assignment()
-                        .context("cannot read the assignment")?;
-                    if want_pause {
-                        consumer.pause(&assignment).context("cannot pause")?;
-                    } else {
-                        consumer.resume(&assignment).context("cannot resume")?;
+                hand_on(&pipeline, &mut h.tweets)?;
+                self.retry_dead_letters(&mut h.dead_letters);
+                if consumer.context().reassigned.swap(false, Ordering::Relaxed) {
+                    paused.clear();
+                }
+                let want = wanted_paused(&consumer, &h)?;
+                if want != paused {
+                    set_paused(&consumer, &topic, &paused, &want)?;
+                    paused = want;
+                    telemetry::ConsumerPaused {
+                        partitions: paused.len(),
                     }
-                    paused = want_pause;
-                    telemetry::metrics().paused.set(i64::from(paused));
+                    .emit();
                 }
             }
-            match consumer.poll(Duration::from_millis(if paused { 10 } else { 100 })) {
+            let wait = if paused.is_empty() { 100 } else { 10 };
+            match consumer.poll(Duration::from_millis(wait)) {
                 Some(Ok(msg)) => {
                     self.health.consuming.store(true, Ordering::Relaxed);
                     self.handle(&msg, &held, &mut round);
@@ -242,16 +276,21 @@ impl Source {
                     &self.tracker.to_commit(),
                     CommitMode::Async,
                 );
-                telemetry::metrics()
-                    .in_flight
-                    .set(self.tracker.in_flight(None) as i64);
+                round.in_flight = self.tracker.in_flight(None);
+                round.lag = lag(&consumer, &topic, &self.tracker);
                 round.emit();
                 last_commit = Instant::now();
             }
         }
         round.emit();
-        for w in held.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-            self.tracker.untrack(w.ack);
+        {
+            let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
+            for w in h.tweets.drain(..) {
+                self.tracker.untrack(w.ack);
+            }
+            for d in h.dead_letters.drain(..) {
+                self.tracker.untrack(d.ack);
+            }
         }
         drop(pipeline);
         let drained = self.tracker.wait_drained(None, self.drain_timeout);
@@ -267,22 +306,31 @@ impl Source {
             let _ = consumer.poll(Duration::from_millis(200));
             committed = commit(&consumer, &topic, &positions, CommitMode::Sync);
         }
+        consumer.unsubscribe();
+        if !committed {
+            anyhow::bail!(
+                "the final offset commit failed (positions {positions:?}); the next owner of these partitions reads their finished messages again"
+            );
+        }
         tracing::info!(
             drained,
-            committed,
             ?positions,
             "consumer stopped; final offsets committed"
         );
-        consumer.unsubscribe();
         Ok(())
     }
 
-    fn handle(
-        &self,
-        msg: &BorrowedMessage<'_>,
-        held: &Mutex<VecDeque<Work>>,
-        round: &mut PollRound,
-    ) {
+    /// Sends held dead letters, oldest first, while the dead-letter producer has room.
+    fn retry_dead_letters(&self, held: &mut VecDeque<DeadLetter>) {
+        while let Some(dl) = held.pop_front() {
+            if let Err(dl) = self.dlq.try_spawn_send(&self.runtime, dl) {
+                held.push_front(dl);
+                break;
+            }
+        }
+    }
+
+    fn handle(&self, msg: &BorrowedMessage<'_>, held: &Mutex<Held>, round: &mut PollRound) {
         round.consumed += 1;
         let (partition, offset) = (msg.partition(), msg.offset());
         let ack = self.tracker.track(partition, offset);
@@ -303,6 +351,7 @@ impl Source {
             Decoded::Tweet(tweet) => {
                 held.lock()
                     .unwrap_or_else(|p| p.into_inner())
+                    .tweets
                     .push_back(Work {
                         tweet,
                         ack,
@@ -338,10 +387,71 @@ impl Source {
                     source: format!("{}/{}/{}", msg.topic(), partition, offset),
                     ack,
                 };
-                self.dlq.spawn_send(&self.runtime, dl);
+                // Behind earlier held ones (order), or held when the producer is full: the
+                // partition is paused rather than the consumer thread blocked.
+                let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
+                if !h.dead_letters.is_empty() {
+                    h.dead_letters.push_back(dl);
+                } else if let Err(dl) = self.dlq.try_spawn_send(&self.runtime, dl) {
+                    h.dead_letters.push_back(dl);
+                }
             }
         }
     }
+}
+
+/// Partitions that must not be fetched from: all of them while tweets wait for pipeline room,
+/// else those whose dead letters wait for the dead-letter producer.
+fn wanted_paused(
+    consumer: &BaseConsumer<Ctx>,
+    held: &Held,
+) -> anyhow::Result<BTreeSet<Partition>> {
+    use anyhow::Context as _;
+    if !held.tweets.is_empty() {
+        let assignment = consumer
+            .assignment()
+            .context("cannot read the assignment")?;
+        return Ok(assignment.elements().iter().map(|e| e.partition()).collect());
+    }
+    Ok(held.dead_letters.iter().map(|d| d.ack.partition).collect())
+}
+
+fn set_paused(
+    consumer: &BaseConsumer<Ctx>,
+    topic: &str,
+    now: &BTreeSet<Partition>,
+    want: &BTreeSet<Partition>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let list = |parts: &mut dyn Iterator<Item = &Partition>| {
+        let mut tpl = TopicPartitionList::new();
+        for p in parts {
+            tpl.add_partition(topic, *p);
+        }
+        tpl
+    };
+    let resume = list(&mut now.difference(want));
+    if resume.count() > 0 {
+        consumer.resume(&resume).context("cannot resume")?;
+    }
+    let pause = list(&mut want.difference(now));
+    if pause.count() > 0 {
+        consumer.pause(&pause).context("cannot pause")?;
+    }
+    Ok(())
+}
+
+/// Messages behind the commit position, per owned partition, from the client's cached high
+/// watermarks (no broker round trip).
+fn lag(consumer: &BaseConsumer<Ctx>, topic: &str, tracker: &OffsetTracker) -> Vec<(Partition, i64)> {
+    tracker
+        .positions(&tracker.partitions())
+        .into_iter()
+        .filter_map(|(p, pos)| {
+            let (_, high) = consumer.get_watermark_offsets(topic, p).ok()?;
+            (high >= 0).then_some((p, (high - pos).max(0)))
+        })
+        .collect()
 }
 
 /// Moves held tweets into the pipeline, oldest first, until it is full.

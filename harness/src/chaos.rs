@@ -1,35 +1,42 @@
-//! `vaxpulse chaos`: the fault-injection suite. Each scenario runs real worker processes (this
-//! binary's `run`) in one consumer group on fresh topics and a fresh database, injects its fault
+//! `vaxpulse-harness chaos`: the fault-injection suite. Each scenario runs real worker processes
+//! (`vaxpulse run`) in one consumer group on fresh topics and a fresh database, injects its fault
 //! (SIGKILL and restart, ClickHouse down, broker restart, hostile input, a replica joining and
 //! leaving), waits until every tweet is accounted for, and checks, from the outside, that none
 //! was lost and none counted twice: output-topic ids, ClickHouse rows, `opinion_hourly`
 //! aggregates, dead letters and committed offsets.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
 use clap::Args;
-use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
-use rdkafka::Offset;
+use rdkafka::producer::DefaultProducerContext;
 use serde::Serialize;
+use vaxpulse::bench::Table;
+use vaxpulse::config::Config;
+use vaxpulse::synthetic::{hostile_payload, Generator};
 
-use super::e2e::{create_topics, log_to, rss_kib, sigterm, Names, OutputReader};
-use super::Table;
-use crate::config::Config;
-use crate::sink::clickhouse::ClickHouseSink;
-use crate::sink::kafka::client_config;
-use crate::synthetic::{hostile_payload, Generator};
+use crate::fleet::{Fleet, WorkerCmd};
+use crate::kit::{
+    clickhouse_counts, create_topics, produce_keyed, uncommitted, Names, TopicReader,
+};
+
+/// Which broker the `kill` and `hostile` scenarios run on (the others need the local one: they
+/// stop and restart services).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Broker {
+    /// The local broker of `scripts/services.sh` (nisshi).
+    Local,
+    /// rdkafka's MockCluster in this process (real protocol over loopback TCP).
+    Mock,
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct ChaosArgs {
@@ -70,6 +77,9 @@ pub struct ChaosArgs {
     /// Longest wait for a scenario to settle.
     #[arg(long, default_value_t = 900)]
     pub timeout_seconds: u64,
+    /// Broker of the `kill` and `hostile` scenarios.
+    #[arg(long, value_enum, default_value = "local")]
+    pub broker: Broker,
     #[arg(long, default_value = "bench-results/chaos.json")]
     pub json: PathBuf,
     #[arg(skip)]
@@ -79,15 +89,13 @@ pub struct ChaosArgs {
 #[derive(clap::ValueEnum, Debug, Clone, Copy, Serialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Scenario {
-    /// 2 replicas, one SIGKILLed and restarted `--kills` times at random moments; the broker
-    /// is rdkafka's MockCluster (the local broker cannot reassign a killed member's partitions).
+    /// 2 replicas, one SIGKILLed and restarted `--kills` times at random moments.
     Kill,
     /// ClickHouse stopped for `--outage-seconds` mid-run, then restarted.
     Clickhouse,
     /// The broker stopped and restarted mid-run.
     Broker,
-    /// `--hostile` malformed messages mixed into valid traffic; on the MockCluster too (tansu
-    /// stalls at 100 % CPU, its group heartbeats timing out, once 2 MB messages are in a topic).
+    /// `--hostile` malformed messages (10 of them 2 MB) mixed into valid traffic.
     Hostile,
     /// A third replica joins, then leaves (SIGTERM), during the run.
     Rebalance,
@@ -97,6 +105,7 @@ pub enum Scenario {
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioReport {
     pub scenario: Scenario,
+    pub broker: String,
     pub faults: String,
     pub input_valid: u64,
     pub input_hostile: u64,
@@ -129,6 +138,7 @@ impl ScenarioReport {
 pub fn render(reports: &[ScenarioReport]) -> String {
     let mut t = Table::new(&[
         "scenario",
+        "broker",
         "faults",
         "input",
         "hostile",
@@ -147,6 +157,7 @@ pub fn render(reports: &[ScenarioReport]) -> String {
     for r in reports {
         t.row(vec![
             format!("{:?}", r.scenario).to_lowercase(),
+            r.broker.clone(),
             r.faults.clone(),
             r.input_valid.to_string(),
             r.input_hostile.to_string(),
@@ -167,166 +178,14 @@ pub fn render(reports: &[ScenarioReport]) -> String {
     t.render()
 }
 
-/// Worker processes by slot; each slot has its own metrics port for readiness probes.
-struct Fleet {
-    exe: PathBuf,
-    env: Vec<(String, String)>,
-    logs: PathBuf,
-    slots: Vec<Option<Child>>,
-    starts: usize,
-    peak_rss_kib: Arc<AtomicU64>,
-    pids: Arc<std::sync::Mutex<Vec<u32>>>,
-    stop: Arc<AtomicBool>,
-}
-
+/// Replica `i` serves metrics (readiness probes) on this port + `i`.
 const METRICS_PORT_BASE: u16 = 19_400;
 
 /// Partitions of the topics on the mock broker (see `Run::new`).
 const MOCK_PARTITIONS: i32 = 16;
 
-impl Fleet {
-    fn new(env: Vec<(String, String)>, logs: &Path) -> anyhow::Result<Self> {
-        let peak_rss_kib = Arc::new(AtomicU64::new(0));
-        let pids = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (peak, p, st) = (peak_rss_kib.clone(), pids.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                let now: Vec<u32> = p.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                for pid in now {
-                    if let Some(r) = rss_kib(pid) {
-                        peak.fetch_max(r, Ordering::Relaxed);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
-        Ok(Fleet {
-            exe: std::env::current_exe()?,
-            env,
-            logs: logs.to_path_buf(),
-            slots: Vec::new(),
-            starts: 0,
-            peak_rss_kib,
-            pids,
-            stop,
-        })
-    }
-
-    fn refresh_pids(&self) {
-        *self.pids.lock().unwrap_or_else(|e| e.into_inner()) =
-            self.slots.iter().flatten().map(Child::id).collect();
-    }
-
-    fn spawn(&mut self, slot: usize) -> anyhow::Result<()> {
-        while self.slots.len() <= slot {
-            self.slots.push(None);
-        }
-        self.starts += 1;
-        let mut cmd = Command::new(&self.exe);
-        cmd.arg("run")
-            .envs(self.env.iter().cloned())
-            .env(
-                "VAXPULSE_METRICS_LISTEN",
-                format!("127.0.0.1:{}", METRICS_PORT_BASE + slot as u16),
-            )
-            .env("VAXPULSE_MODEL_INTRA_OP_THREADS", "1");
-        let log = self
-            .logs
-            .join(format!("replica-{slot}-start-{}.log", self.starts));
-        log_to(&mut cmd, &log, "info")?;
-        let child = cmd.spawn().context("cannot start a worker process")?;
-        self.slots[slot] = Some(child);
-        self.refresh_pids();
-        Ok(())
-    }
-
-    fn sigkill(&mut self, slot: usize) {
-        if let Some(mut c) = self.slots[slot].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.refresh_pids();
-    }
-
-    /// SIGTERM, then up to 60 s for the clean drain; false if it had to be killed.
-    fn sigterm(&mut self, slot: usize) -> bool {
-        let Some(mut c) = self.slots[slot].take() else {
-            return true;
-        };
-        sigterm(&c);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut clean = false;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = c.try_wait() {
-                clean = status.success();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if !clean {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.refresh_pids();
-        clean
-    }
-
-    fn exited(&mut self) -> Option<usize> {
-        self.slots.iter_mut().enumerate().find_map(|(i, c)| {
-            c.as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-                .map(|_| i)
-        })
-    }
-
-    /// Whether some running replica answers `/health/ready` with anything but 200.
-    fn any_not_ready(&self) -> bool {
-        self.slots
-            .iter()
-            .enumerate()
-            .any(|(i, c)| c.is_some() && probe_ready(METRICS_PORT_BASE + i as u16) == Some(false))
-    }
-
-    /// SIGTERM to every replica at once (one after the other would make each departure a
-    /// rebalance that the next one's final commit runs into), then waits for each.
-    fn stop_all(&mut self) -> bool {
-        self.slots.iter().flatten().for_each(sigterm);
-        let mut clean = true;
-        for slot in 0..self.slots.len() {
-            clean &= self.sigterm(slot);
-        }
-        self.stop.store(true, Ordering::Relaxed);
-        clean
-    }
-
-    fn peak_mib(&self) -> f64 {
-        self.peak_rss_kib.load(Ordering::Relaxed) as f64 / 1024.0
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for c in self.slots.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// `Some(true)` on HTTP 200, `Some(false)` on another status, `None` when nothing answers.
-fn probe_ready(port: u16) -> Option<bool> {
-    use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    s.write_all(b"GET /health/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).ok()?;
-    Some(&head[9..12] == b"200")
-}
+/// How long a replica may take to drain and commit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(60);
 
 fn services(args: &ChaosArgs, action: &str, which: &str) -> anyhow::Result<()> {
     let status = Command::new(&args.services)
@@ -365,122 +224,6 @@ fn traffic(seed: u64, valid: u64, hostile: u64) -> (Vec<(String, Vec<u8>)>, Hash
     (out, ids)
 }
 
-/// Produces `messages` (key, payload), at `rate` per second or as fast as the broker takes them;
-/// a broker outage is ridden out by the producer's own retries (5 min message timeout).
-async fn produce_all(
-    cfg: &Config,
-    topic: String,
-    messages: Vec<(String, Vec<u8>)>,
-    rate: Option<f64>,
-) -> anyhow::Result<u64> {
-    let producer: FutureProducer = client_config(
-        &cfg.kafka,
-        &[
-            ("acks", "all".into()),
-            ("linger.ms", "5".into()),
-            ("message.timeout.ms", "300000".into()),
-            ("message.max.bytes", (4 << 20).to_string()),
-        ],
-    )
-    .create()
-    .context("cannot create the chaos producer")?;
-    let started = Instant::now();
-    let deliveries = futures::stream::iter(messages.into_iter().enumerate())
-        .map(|(i, (key, payload))| {
-            let (producer, topic) = (producer.clone(), topic.clone());
-            async move {
-                if let Some(r) = rate {
-                    tokio::time::sleep_until(
-                        (started + Duration::from_secs_f64(i as f64 / r)).into(),
-                    )
-                    .await;
-                }
-                // Around a broker restart tansu answers some produces with errors librdkafka
-                // does not retry by itself; the harness must get every message in (a resent
-                // one may be stored twice: ids are what the checks count).
-                let mut attempt = 0;
-                loop {
-                    let rec = FutureRecord::to(&topic)
-                        .key(key.as_bytes())
-                        .payload(&payload);
-                    match producer.send(rec, Duration::from_secs(300)).await {
-                        Ok(_) => return Ok(()),
-                        Err((e, _)) if attempt >= 30 => return Err(e),
-                        Err(_) => {
-                            attempt += 1;
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
-                    }
-                }
-            }
-        })
-        .buffered(4096);
-    futures::pin_mut!(deliveries);
-    let mut n = 0;
-    while let Some(r) = deliveries.next().await {
-        r.context("the broker refused a chaos message")?;
-        n += 1;
-    }
-    Ok(n)
-}
-
-struct Counts {
-    clickhouse_ids: HashSet<String>,
-    final_rows: u64,
-    aggregate_total: u64,
-}
-
-async fn clickhouse_counts(cfg: &Config) -> anyhow::Result<Counts> {
-    let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
-    let db = &cfg.clickhouse.database;
-    let ids: Vec<String> = sink
-        .client()
-        .query(&format!(
-            "SELECT DISTINCT tweet_id FROM {db}.classified_tweets"
-        ))
-        .fetch_all()
-        .await?;
-    let final_rows: u64 = sink
-        .client()
-        .query(&format!("SELECT count() FROM {db}.classified_tweets FINAL"))
-        .fetch_one()
-        .await?;
-    let aggregate_total: u64 = sink
-        .client()
-        .query(&format!(
-            "SELECT toUInt64(sum(n)) FROM (SELECT uniqExactMerge(tweets) AS n FROM {db}.opinion_hourly GROUP BY hour, model_version, label)"
-        ))
-        .fetch_one()
-        .await?;
-    Ok(Counts {
-        clickhouse_ids: ids.into_iter().collect(),
-        final_rows,
-        aggregate_total,
-    })
-}
-
-/// Input messages not yet covered by the group's committed offsets.
-fn uncommitted(cfg: &Config, names: &Names, partitions: i32) -> anyhow::Result<i64> {
-    let c: BaseConsumer = client_config(&cfg.kafka, &[("group.id", names.group.clone())])
-        .create()
-        .context("cannot create the offset reader")?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(&names.input, p);
-    }
-    let committed = c.committed_offsets(tpl, Duration::from_secs(30))?;
-    let mut behind = 0;
-    for e in committed.elements() {
-        let (_, high) = c.fetch_watermarks(&names.input, e.partition(), Duration::from_secs(30))?;
-        let done = match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        };
-        behind += high - done;
-    }
-    Ok(behind)
-}
-
 struct Run<'a> {
     /// The kill scenario's broker (see [`Scenario::Kill`]); dropped last.
     _mock: Option<MockCluster<'static, DefaultProducerContext>>,
@@ -488,8 +231,8 @@ struct Run<'a> {
     cfg: Config,
     names: Names,
     fleet: Fleet,
-    output: OutputReader,
-    dlq: OutputReader,
+    output: TopicReader,
+    dlq: TopicReader,
     expected: HashSet<String>,
     hostile: u64,
     partitions: i32,
@@ -505,13 +248,11 @@ impl<'a> Run<'a> {
         valid: u64,
         hostile: u64,
     ) -> anyhow::Result<(Self, Vec<(String, Vec<u8>)>)> {
-        let names = Names::fresh();
+        let names = Names::fresh("chaos");
         let mut cfg = cfg.clone();
-        // The local broker never hands a SIGKILLed member's partitions to anyone (not even to
-        // the same replica restarted: it comes back as a new member, and tansu's static
-        // membership stalls the group). rdkafka's MockCluster, a real broker on loopback TCP
-        // in this process, does expire the dead member and reassign, as Kafka does.
-        let mock = if matches!(scenario, Scenario::Kill | Scenario::Hostile) {
+        let mock = if args.broker == Broker::Mock
+            && matches!(scenario, Scenario::Kill | Scenario::Hostile)
+        {
             let mock = MockCluster::new(1).context("cannot start the mock cluster")?;
             // The mock keeps only the last ~5 MB of each partition (older segments are deleted,
             // as a too-short retention would in Kafka): spread 100 000 tweets (~45 MB) over
@@ -523,11 +264,11 @@ impl<'a> Run<'a> {
             cfg.kafka.brokers = mock.bootstrap_servers();
             Some(mock)
         } else {
-            create_topics(&cfg, &names, args.partitions).await?;
+            create_topics(&cfg.kafka, &names, args.partitions).await?;
             None
         };
         let cfg = &cfg;
-        let ncfg = names.config(cfg);
+        let ncfg = names.apply(cfg);
         let (messages, expected) = traffic(args.seed, valid, hostile);
         let logs = PathBuf::from(format!("bench-results/chaos-logs/{scenario:?}").to_lowercase());
         std::fs::create_dir_all(&logs)?;
@@ -537,14 +278,14 @@ impl<'a> Run<'a> {
             // Takeover waits out the dead member's session: keep it short.
             env.push(("VAXPULSE_KAFKA_SESSION_TIMEOUT_MS".into(), "6000".into()));
         }
-        let fleet = Fleet::new(env, &logs)?;
+        let fleet = Fleet::new(WorkerCmd::vaxpulse()?, env, &logs, Some(METRICS_PORT_BASE))?;
         let partitions = if mock.is_some() {
             args.partitions.max(MOCK_PARTITIONS)
         } else {
             args.partitions
         };
-        let output = OutputReader::start(cfg, &names.output)?;
-        let dlq = OutputReader::start(cfg, &names.dlq)?;
+        let output = TopicReader::start(&cfg.kafka, &names.output)?;
+        let dlq = TopicReader::start(&cfg.kafka, &names.dlq)?;
         Ok((
             Run {
                 _mock: mock,
@@ -615,7 +356,7 @@ impl<'a> Run<'a> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let seconds = self.started.elapsed().as_secs_f64();
-        let clean = tokio::task::block_in_place(|| self.fleet.stop_all());
+        let clean = tokio::task::block_in_place(|| self.fleet.stop_all(STOP_GRACE));
         anyhow::ensure!(
             clean,
             "a replica did not stop cleanly on SIGTERM (logs in {})",
@@ -634,8 +375,14 @@ impl<'a> Run<'a> {
         let double_counted =
             ch.aggregate_total.saturating_sub(distinct) + ch.final_rows.saturating_sub(distinct);
         let dlq = self.dlq.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let broker = if self._mock.is_some() {
+            "MockCluster"
+        } else {
+            "local (nisshi)"
+        };
         let report = ScenarioReport {
             scenario,
+            broker: format!("{broker}, {} part.", self.partitions),
             faults,
             input_valid: self.expected.len() as u64,
             input_hostile: self.hostile,
@@ -647,7 +394,12 @@ impl<'a> Run<'a> {
             dlq: dlq.ids.len() as u64,
             lost,
             double_counted,
-            uncommitted: uncommitted(&self.cfg, &self.names, self.partitions)?,
+            uncommitted: uncommitted(
+                &self.cfg.kafka,
+                &self.names.group,
+                &self.names.input,
+                self.partitions,
+            )?,
             not_ready_seen: self.not_ready_seen,
             peak_worker_rss_mib: self.fleet.peak_mib(),
             seconds,
@@ -682,7 +434,7 @@ async fn scenario(
         Scenario::Kill => {
             let (mut run, messages) = Run::new(cfg, args, which, args.kill_tweets, 0).await?;
             println!("chaos kill: producing {} tweets", messages.len());
-            produce_all(&run.cfg, run.names.input.clone(), messages, None).await?;
+            produce_keyed(&run.cfg.kafka, &run.names.input, messages, None).await?;
             run.started = Instant::now();
             for slot in 0..args.replicas {
                 run.fleet.spawn(slot)?;
@@ -721,7 +473,7 @@ async fn scenario(
             );
             let producer = tokio::spawn({
                 let (cfg, topic) = (cfg.clone(), run.names.input.clone());
-                async move { produce_all(&cfg, topic, messages, Some(paced_rate)).await }
+                async move { produce_keyed(&cfg.kafka, &topic, messages, Some(paced_rate)).await }
             });
             let lead = args.paced_seconds / 5;
             tokio::time::sleep(Duration::from_secs(lead)).await;
@@ -751,7 +503,8 @@ async fn scenario(
                     run.fleet.spawn(extra)?;
                     tokio::time::sleep(Duration::from_secs(args.paced_seconds / 3)).await;
                     println!("chaos rebalance: replica {extra} leaves (SIGTERM)");
-                    let clean = tokio::task::block_in_place(|| run.fleet.sigterm(extra));
+                    let clean =
+                        tokio::task::block_in_place(|| run.fleet.sigterm(extra, STOP_GRACE));
                     anyhow::ensure!(clean, "the leaving replica did not stop cleanly");
                     "3rd replica joined, then left".into()
                 }
@@ -771,7 +524,7 @@ async fn scenario(
             // Paced, so that the mock broker's ~5 MB per partition never has to hold a backlog
             // of 2 MB messages.
             let rate = (args.tweets + args.hostile) as f64 / args.paced_seconds as f64;
-            produce_all(&run.cfg, run.names.input.clone(), messages, Some(rate)).await?;
+            produce_keyed(&run.cfg.kafka, &run.names.input, messages, Some(rate)).await?;
             run.settle(which, format!("{} hostile messages", args.hostile))
                 .await
         }

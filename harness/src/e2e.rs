@@ -1,0 +1,382 @@
+//! `vaxpulse-harness bench e2e`: the whole system through the broker and ClickHouse. Worker
+//! processes (the `vaxpulse run` binary, or another command such as the TorchServe bridge) form
+//! one consumer group on fresh topics; a backlog measures capacity and worker RSS, then an
+//! open-loop producer offers fractions of that capacity and the output topic gives end-to-end
+//! latency (the input record's timestamp, carried in the `vaxpulse.source_timestamp_ms` header,
+//! to the moment the bench reads the result). Ratios are to the raw model measured in this
+//! process on the same machine.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use vaxpulse::bench::raw::RawReport;
+use vaxpulse::bench::{fmt_ms, progress, BenchArgs, Machine, Mode, Percentiles, Table};
+use vaxpulse::config::Config;
+use vaxpulse::produce::{produce, Input, ProduceOptions};
+
+use crate::fleet::{Fleet, WorkerCmd};
+use crate::kit::{clickhouse_distinct, create_topics, Names, TopicReader};
+
+/// Options of `vaxpulse-harness bench e2e` (model, batching and services come from the config).
+#[derive(Debug, Clone, clap::Args)]
+pub struct E2eArgs {
+    /// Batch sizes of the raw grid the ratios refer to.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64,128")]
+    pub batch_sizes: Vec<usize>,
+    /// Sequence lengths (tokens) of the raw grid.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
+    pub seq_lens: Vec<usize>,
+    /// Time spent on each raw cell, after its warm-up.
+    #[arg(long, default_value_t = 2.0)]
+    pub cell_seconds: f64,
+    /// Offered loads for the paced runs, as fractions of the measured full-backlog capacity.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.9")]
+    pub loads: Vec<f64>,
+    /// Length of each paced run.
+    #[arg(long, default_value_t = 15.0)]
+    pub paced_seconds: f64,
+    /// Worker processes in the consumer group.
+    #[arg(long, default_value_t = 2)]
+    pub replicas: usize,
+    /// Backlogs (tweets produced before the workers start); peak RSS is reported for each.
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    pub backlogs: Vec<usize>,
+    /// Partitions of the bench topics.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// The worker command (run through `sh -c` with the bench's VAXPULSE_* variables);
+    /// default: `vaxpulse run`. scripts/bench_torchserve.sh passes its Kafka→HTTP bridge.
+    #[arg(long)]
+    pub worker_cmd: Option<String>,
+    /// Name of the system under test, for the tables.
+    #[arg(long, default_value = "vaxpulse")]
+    pub system: String,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "bench-results/e2e.json")]
+    pub json: PathBuf,
+    /// The config file of this process, handed to the workers (set from `--config`).
+    #[arg(skip)]
+    pub config_path: Option<PathBuf>,
+}
+
+impl E2eArgs {
+    /// The raw run's options.
+    pub fn raw_args(&self) -> BenchArgs {
+        BenchArgs {
+            mode: Mode::Raw,
+            batch_sizes: self.batch_sizes.clone(),
+            seq_lens: self.seq_lens.clone(),
+            cell_seconds: self.cell_seconds,
+            tweets: 0,
+            loads: self.loads.clone(),
+            paced_seconds: self.paced_seconds,
+            json: self.json.clone(),
+        }
+    }
+}
+
+/// Everything one e2e bench measured.
+#[derive(Debug, Serialize)]
+pub struct E2eBench {
+    pub machine: Machine,
+    pub model: String,
+    pub raw: RawReport,
+    pub e2e: E2eReport,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct E2eRun {
+    pub name: String,
+    pub backlog: Option<usize>,
+    pub offered_per_second: Option<f64>,
+    pub tweets: usize,
+    /// Steady state: tweets between the first and the last result, over that time.
+    pub tweets_per_second: f64,
+    /// Including worker start-up (model load, group join) for backlog runs.
+    pub tweets_per_second_from_start: Option<f64>,
+    pub ratio_to_raw: f64,
+    pub latency: Option<Percentiles>,
+    /// Largest resident set of any worker process during the run.
+    pub peak_worker_rss_mib: Option<f64>,
+    pub output_distinct: usize,
+    pub output_duplicates: usize,
+    pub clickhouse_distinct: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct E2eReport {
+    pub system: String,
+    pub replicas: usize,
+    pub partitions: i32,
+    pub raw_best_texts_per_second: f64,
+    pub runs: Vec<E2eRun>,
+}
+
+impl E2eReport {
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "### e2e: {} × {} replica(s), broker + ClickHouse, {} partitions\n\n",
+            self.system, self.replicas, self.partitions
+        );
+        let mut t = Table::new(&[
+            "run",
+            "tweets",
+            "offered/s",
+            "tweets/s",
+            "× raw best",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "peak RSS MiB",
+            "dup. in topic",
+            "ClickHouse ids",
+        ]);
+        for r in &self.runs {
+            let [p50, p95, p99] = fmt_ms(r.latency);
+            t.row(vec![
+                r.name.clone(),
+                r.tweets.to_string(),
+                r.offered_per_second
+                    .map_or("backlog".into(), |o| format!("{o:.0}")),
+                match r.tweets_per_second_from_start {
+                    Some(s) => format!("{:.0} ({:.0} from start)", r.tweets_per_second, s),
+                    None => format!("{:.0}", r.tweets_per_second),
+                },
+                format!("{:.2}", r.ratio_to_raw),
+                p50,
+                p95,
+                p99,
+                r.peak_worker_rss_mib
+                    .map_or("–".into(), |m| format!("{m:.0}")),
+                r.output_duplicates.to_string(),
+                r.clickhouse_distinct.map_or("–".into(), |n| n.to_string()),
+            ]);
+        }
+        out.push_str(&t.render());
+        out.push_str(&format!(
+            "\nratios: tweets/s over raw best ({:.0} texts/s, this process, same intra-op threads as one replica).\n\n",
+            self.raw_best_texts_per_second
+        ));
+        out
+    }
+}
+
+fn latencies_since(
+    reader: &TopicReader,
+    since: Instant,
+) -> (Vec<f64>, Option<(Instant, Instant)>) {
+    let seen = reader.seen.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lat = Vec::new();
+    let mut span: Option<(Instant, Instant)> = None;
+    for &(at, l) in &seen.latencies {
+        if at >= since {
+            lat.push(l);
+            span = Some(match span {
+                None => (at, at),
+                Some((a, b)) => (a.min(at), b.max(at)),
+            });
+        }
+    }
+    (lat, span)
+}
+
+pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Result<E2eReport> {
+    let raw_best = raw.best_texts_per_second();
+    let logs = PathBuf::from("bench-results/logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut runs = Vec::new();
+    let last = args.backlogs.len().saturating_sub(1);
+    for (i, &backlog) in args.backlogs.iter().enumerate() {
+        let names = Names::fresh("bench");
+        let ncfg = names.apply(cfg);
+        create_topics(&cfg.kafka, &names, args.partitions).await?;
+        println!(
+            "e2e: producing a backlog of {backlog} tweets into {}",
+            names.input
+        );
+        let opts = ProduceOptions {
+            progress: true,
+            ..ProduceOptions::to(names.input.clone())
+        };
+        let input = Input::Synthetic {
+            count: backlog as u64,
+            seed: 10 + i as u64,
+            days: 5,
+        };
+        produce(&cfg.kafka, input, &opts).await?;
+        let reader = TopicReader::start(&cfg.kafka, &names.output)?;
+        let started = Instant::now();
+        let cmd = match &args.worker_cmd {
+            Some(c) => WorkerCmd::Shell(c.clone()),
+            None => WorkerCmd::vaxpulse()?,
+        };
+        let mut workers = Fleet::new(cmd, names.env(args.config_path.as_deref()), &logs, None)?;
+        for slot in 0..args.replicas {
+            workers.spawn(slot)?;
+        }
+        let bar = progress(backlog as u64, "results");
+        let timeout = Duration::from_secs_f64((backlog as f64 / 20.0).max(300.0));
+        let ok = {
+            let (reader, bar) = (&reader, bar.clone());
+            tokio::task::block_in_place(|| {
+                reader.wait_for(backlog, timeout, |n| bar.set_position(n as u64))
+            })
+        };
+        bar.finish_and_clear();
+        if !ok || workers.exited().is_some() {
+            workers.stop_all(Duration::from_secs(30));
+            anyhow::bail!(
+                "only {} of {backlog} results arrived within {timeout:?} (worker logs: {})",
+                reader.count(),
+                logs.display()
+            );
+        }
+        let (lat, span) = latencies_since(&reader, started);
+        let (first, end) = span.expect("results arrived");
+        let steady = backlog as f64 / end.duration_since(first).as_secs_f64().max(1e-3);
+        let from_start = backlog as f64 / end.duration_since(started).as_secs_f64();
+        let capacity = steady;
+        let peak = workers.take_peak_mib();
+        let ch = if args.worker_cmd.is_none() {
+            Some(wait_clickhouse(&ncfg, backlog as u64).await?)
+        } else {
+            None
+        };
+        let dup = reader
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .duplicates;
+        runs.push(E2eRun {
+            name: format!("backlog {backlog}"),
+            backlog: Some(backlog),
+            offered_per_second: None,
+            tweets: backlog,
+            tweets_per_second: steady,
+            tweets_per_second_from_start: Some(from_start),
+            ratio_to_raw: steady / raw_best,
+            latency: Percentiles::of(lat),
+            peak_worker_rss_mib: Some(peak),
+            output_distinct: reader.count(),
+            output_duplicates: dup,
+            clickhouse_distinct: ch,
+        });
+        if i != last {
+            workers.stop_all(Duration::from_secs(30));
+            continue;
+        }
+        let mut total = backlog;
+        for (j, &load) in args.loads.iter().enumerate() {
+            let rate = capacity * load;
+            let n = ((rate * args.paced_seconds) as usize).max(50);
+            println!("e2e: {:.0} % load: {n} tweets at {rate:.0}/s", load * 100.0);
+            let since = Instant::now();
+            let opts = ProduceOptions {
+                rate: Some(rate),
+                ..ProduceOptions::to(names.input.clone())
+            };
+            let input = Input::Synthetic {
+                count: n as u64,
+                seed: 100 + j as u64,
+                days: 5,
+            };
+            produce(&cfg.kafka, input, &opts).await?;
+            total += n;
+            let bar = progress(total as u64, "results");
+            let ok = {
+                let (reader, bar) = (&reader, bar.clone());
+                tokio::task::block_in_place(|| {
+                    reader.wait_for(total, Duration::from_secs(300), |n| {
+                        bar.set_position(n as u64)
+                    })
+                })
+            };
+            bar.finish_and_clear();
+            anyhow::ensure!(
+                ok,
+                "paced run at {rate:.0}/s: results missing (worker logs: {})",
+                logs.display()
+            );
+            let (lat, span) = latencies_since(&reader, since);
+            let (first, end) = span.expect("results arrived");
+            let tps = n as f64 / end.duration_since(first).as_secs_f64().max(1e-3);
+            let ch = if args.worker_cmd.is_none() {
+                Some(wait_clickhouse(&ncfg, total as u64).await?)
+            } else {
+                None
+            };
+            let dup = reader
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .duplicates;
+            runs.push(E2eRun {
+                name: format!("{:.0} % load", load * 100.0),
+                backlog: None,
+                offered_per_second: Some(rate),
+                tweets: n,
+                tweets_per_second: tps,
+                tweets_per_second_from_start: None,
+                ratio_to_raw: tps / raw_best,
+                latency: Percentiles::of(lat),
+                peak_worker_rss_mib: Some(workers.take_peak_mib()),
+                output_distinct: reader.count(),
+                output_duplicates: dup,
+                clickhouse_distinct: ch,
+            });
+        }
+        workers.stop_all(Duration::from_secs(30));
+    }
+    Ok(E2eReport {
+        system: args.system.clone(),
+        replicas: args.replicas,
+        partitions: args.partitions,
+        raw_best_texts_per_second: raw_best,
+        runs,
+    })
+}
+
+/// ClickHouse distinct ids, once it reached `expected` (inserts are acknowledged before the
+/// output topic is read, but the bench may look first), or after 30 s whatever it holds.
+async fn wait_clickhouse(cfg: &Config, expected: u64) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = clickhouse_distinct(cfg).await?;
+        if n >= expected || Instant::now() > deadline {
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Measures raw in this process, then the e2e runs; prints the tables and writes the JSON.
+pub async fn bench(cfg: Config, args: E2eArgs) -> anyhow::Result<E2eBench> {
+    use anyhow::Context;
+    let machine = Machine::detect(&cfg);
+    let manifest = vaxpulse::model::Manifest::load(&cfg.model.dir)?;
+    println!(
+        "## vaxpulse-harness bench e2e: {} on {}\n",
+        manifest.model_version(),
+        machine.describe()
+    );
+    let (cfg2, raw_args) = (cfg.clone(), args.raw_args());
+    let raw =
+        tokio::task::spawn_blocking(move || vaxpulse::bench::raw::run(&cfg2, &raw_args)).await??;
+    print!("{}", raw.render());
+    let e2e = run(&cfg, &args, &raw).await?;
+    print!("{}", e2e.render());
+    let out = E2eBench {
+        machine,
+        model: manifest.model_version(),
+        raw,
+        e2e,
+    };
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&args.json, serde_json::to_vec_pretty(&out)?)
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    println!("JSON written to {}", args.json.display());
+    Ok(out)
+}

@@ -1,0 +1,490 @@
+//! The test kit shared by `tests/` and the harness: service addresses (env, loopback defaults),
+//! fresh random names per test or run, topics, producing, reading topics back, committed
+//! offsets, and ClickHouse counts. Every caller gets its own topics, group and database, so
+//! tests and runs never see each other's data.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::Offset;
+use vaxpulse::config::{Config, KafkaConfig};
+use vaxpulse::produce::{produce, Input, ProduceOptions};
+use vaxpulse::sink::clickhouse::ClickHouseSink;
+use vaxpulse::sink::kafka::client_config;
+
+/// `VAXPULSE_KAFKA_BROKERS`, default the local broker of `scripts/services.sh`.
+pub fn brokers() -> String {
+    std::env::var("VAXPULSE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// `VAXPULSE_CLICKHOUSE_URL`, default the local ClickHouse of `scripts/services.sh`.
+pub fn clickhouse_url() -> String {
+    std::env::var("VAXPULSE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+}
+
+/// `prefix_` + 8 random hex digits.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{:08x}", rand::random::<u32>())
+}
+
+/// The repository root (models, scripts, config).
+pub fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// One test's or run's topics, group and database.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub input: String,
+    pub output: String,
+    pub dlq: String,
+    pub group: String,
+    pub database: String,
+}
+
+impl Names {
+    pub fn fresh(prefix: &str) -> Self {
+        let id = unique(prefix);
+        Names {
+            input: format!("{id}.raw"),
+            output: format!("{id}.classified"),
+            dlq: format!("{id}.dlq"),
+            group: format!("{id}-group"),
+            database: id,
+        }
+    }
+
+    /// `cfg` with these names.
+    pub fn apply(&self, cfg: &Config) -> Config {
+        let mut c = cfg.clone();
+        c.kafka.input_topic = self.input.clone();
+        c.kafka.output_topic = self.output.clone();
+        c.kafka.dlq_topic = self.dlq.clone();
+        c.kafka.group_id = self.group.clone();
+        c.clickhouse.database = self.database.clone();
+        c
+    }
+
+    /// The environment that points a worker process at these names (on top of `config_path`).
+    pub fn env(&self, config_path: Option<&Path>) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("VAXPULSE_KAFKA_INPUT_TOPIC".to_string(), self.input.clone()),
+            ("VAXPULSE_KAFKA_OUTPUT_TOPIC".into(), self.output.clone()),
+            ("VAXPULSE_KAFKA_DLQ_TOPIC".into(), self.dlq.clone()),
+            ("VAXPULSE_KAFKA_GROUP_ID".into(), self.group.clone()),
+            ("VAXPULSE_CLICKHOUSE_DATABASE".into(), self.database.clone()),
+        ];
+        if let Some(p) = config_path {
+            env.push(("VAXPULSE_CONFIG".into(), p.display().to_string()));
+        }
+        env
+    }
+
+    /// A worker config for tests: these names, the services from the environment, the demo
+    /// model on one CPU thread, metrics off, short timings; `extra` is TOML appended.
+    pub fn test_config(&self, extra: &str) -> Config {
+        let toml = format!(
+            r#"
+[kafka]
+brokers = "{}"
+group_id = "{}"
+input_topic = "{}"
+output_topic = "{}"
+dlq_topic = "{}"
+fetch_wait_max_ms = 10
+commit_interval_ms = 200
+[clickhouse]
+url = "{}"
+database = "{}"
+[model]
+dir = "{}/models/demo/1"
+device = "cpu"
+intra_op_threads = 1
+[metrics]
+listen = ""
+{extra}
+"#,
+            brokers(),
+            self.group,
+            self.input,
+            self.output,
+            self.dlq,
+            clickhouse_url(),
+            self.database,
+            repo_root().display(),
+        );
+        Config::from_toml_with_env(&toml, "test", std::iter::empty()).expect("test config is valid")
+    }
+
+    /// Environment for a worker process of the tests: [`Self::test_config`]'s settings.
+    pub fn test_env(&self) -> Vec<(String, String)> {
+        let mut env = self.env(None);
+        env.extend(
+            [
+                ("VAXPULSE_KAFKA_BROKERS", brokers()),
+                ("VAXPULSE_KAFKA_FETCH_WAIT_MAX_MS", "10".into()),
+                ("VAXPULSE_KAFKA_COMMIT_INTERVAL_MS", "200".into()),
+                ("VAXPULSE_CLICKHOUSE_URL", clickhouse_url()),
+                (
+                    "VAXPULSE_MODEL_DIR",
+                    repo_root().join("models/demo/1").display().to_string(),
+                ),
+                ("VAXPULSE_MODEL_DEVICE", "cpu".into()),
+                ("VAXPULSE_MODEL_INTRA_OP_THREADS", "1".into()),
+                ("VAXPULSE_METRICS_LISTEN", String::new()),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        env
+    }
+}
+
+/// Largest input message the harness produces (hostile 2 MB payloads and some room).
+pub const MAX_INPUT_MESSAGE_BYTES: usize = 4 << 20;
+
+/// Creates the input (`partitions`, messages up to [`MAX_INPUT_MESSAGE_BYTES`]), output and
+/// dead-letter topics of `names`.
+pub async fn create_topics(cfg: &KafkaConfig, names: &Names, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg, &[])
+        .create()
+        .context("cannot create the admin client")?;
+    let max = MAX_INPUT_MESSAGE_BYTES.to_string();
+    let topics: Vec<NewTopic> = [&names.input, &names.output, &names.dlq]
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let topics: Vec<NewTopic> = topics
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| if i == 0 { t.set("max.message.bytes", &max) } else { t })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin
+        .create_topics(&topics, &opts)
+        .await
+        .context("the broker does not answer (scripts/services.sh start)")?
+    {
+        r.map_err(|(t, e)| anyhow::anyhow!("cannot create topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Produces keyed messages (as fast as the broker takes them, or at `rate` per second), riding
+/// out a broker restart: 5 min per message and 30 resends. A resent message may be stored
+/// twice; the checks count distinct keys.
+pub async fn produce_keyed(
+    cfg: &KafkaConfig,
+    topic: &str,
+    messages: Vec<(String, Vec<u8>)>,
+    rate: Option<f64>,
+) -> anyhow::Result<u64> {
+    let opts = ProduceOptions {
+        rate,
+        message_timeout_ms: 300_000,
+        resends: 30,
+        max_message_bytes: MAX_INPUT_MESSAGE_BYTES,
+        ..ProduceOptions::to(topic)
+    };
+    let input = Input::Messages(messages.into_iter().map(|(k, p)| (Some(k), p)).collect());
+    produce(cfg, input, &opts).await
+}
+
+/// Produces unkeyed payloads as fast as possible, with the local broker's defaults.
+pub async fn produce_payloads(topic: &str, payloads: &[Vec<u8>]) -> anyhow::Result<u64> {
+    let cfg = KafkaConfig {
+        brokers: brokers(),
+        ..Default::default()
+    };
+    let opts = ProduceOptions {
+        max_message_bytes: 10_000_000,
+        ..ProduceOptions::to(topic)
+    };
+    let input = Input::Messages(payloads.iter().map(|p| (None, p.clone())).collect());
+    produce(&cfg, input, &opts).await
+}
+
+/// What a [`TopicReader`] saw.
+#[derive(Default)]
+pub struct Seen {
+    pub ids: HashSet<String>,
+    /// Messages whose key was already seen.
+    pub duplicates: usize,
+    /// (when read, seconds since the `vaxpulse.source_timestamp_ms` header) of new keys.
+    pub latencies: Vec<(Instant, f64)>,
+}
+
+/// Reads a topic from the beginning on its own thread, counting distinct keys.
+pub struct TopicReader {
+    pub seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TopicReader {
+    pub fn start(cfg: &KafkaConfig, topic: &str) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = client_config(
+            cfg,
+            &[
+                ("group.id", unique("reader")),
+                ("auto.offset.reset", "earliest".into()),
+                ("enable.auto.commit", "false".into()),
+                ("fetch.wait.max.ms", "10".into()),
+            ],
+        )
+        .create()
+        .context("cannot create a topic reader")?;
+        consumer.subscribe(&[topic])?;
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else {
+                    continue;
+                };
+                let now = Instant::now();
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let source_ms = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|x| x.key == "vaxpulse.source_timestamp_ms")
+                        .and_then(|x| std::str::from_utf8(x.value?).ok()?.parse::<i64>().ok())
+                });
+                let mut seen = s.lock().unwrap_or_else(|p| p.into_inner());
+                if seen.ids.insert(key) {
+                    if let Some(src) = source_ms {
+                        seen.latencies.push((now, (now_ms - src) as f64 / 1e3));
+                    }
+                } else {
+                    seen.duplicates += 1;
+                }
+            }
+        });
+        Ok(TopicReader {
+            seen,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Distinct keys read so far.
+    pub fn count(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ids
+            .len()
+    }
+
+    /// Waits until `n` distinct keys arrived (calling `tick` with the count); false on timeout.
+    pub fn wait_for(&self, n: usize, timeout: Duration, tick: impl Fn(usize)) -> bool {
+        let started = Instant::now();
+        loop {
+            let c = self.count();
+            tick(c);
+            if c >= n {
+                return true;
+            }
+            if started.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for TopicReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A message read back whole.
+pub struct Read {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads `topic` from the beginning until `expected` messages arrived and nothing more came for
+/// `quiet`, or `timeout` passed.
+pub fn read_topic(topic: &str, expected: usize, quiet: Duration, timeout: Duration) -> Vec<Read> {
+    let cfg = KafkaConfig {
+        brokers: brokers(),
+        ..Default::default()
+    };
+    let consumer: BaseConsumer = client_config(
+        &cfg,
+        &[
+            ("group.id", unique("reader")),
+            ("auto.offset.reset", "earliest".into()),
+            ("enable.auto.commit", "false".into()),
+            ("fetch.wait.max.ms", "10".into()),
+        ],
+    )
+    .create()
+    .expect("a consumer can be created");
+    consumer.subscribe(&[topic]).expect("subscribed");
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let mut out = Vec::new();
+    while started.elapsed() < timeout && (out.len() < expected || last.elapsed() < quiet) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_string(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Read {
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+            last = Instant::now();
+        }
+    }
+    out
+}
+
+/// Per partition of `topic`: (partition, committed offset of `group` or `None`, high watermark).
+pub fn committed_offsets(
+    cfg: &KafkaConfig,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<Vec<(i32, Option<i64>, i64)>> {
+    let c: BaseConsumer = client_config(cfg, &[("group.id", group.to_string())])
+        .create()
+        .context("cannot create the offset reader")?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(30))?;
+    let mut out = Vec::new();
+    for e in committed.elements() {
+        let (_, high) = c.fetch_watermarks(topic, e.partition(), Duration::from_secs(30))?;
+        let done = match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        };
+        out.push((e.partition(), done, high));
+    }
+    Ok(out)
+}
+
+/// Input messages not yet covered by `group`'s committed offsets.
+pub fn uncommitted(
+    cfg: &KafkaConfig,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<i64> {
+    Ok(committed_offsets(cfg, group, topic, partitions)?
+        .into_iter()
+        .map(|(_, done, high)| high - done.unwrap_or(0))
+        .sum())
+}
+
+/// What ClickHouse holds for one database.
+pub struct Counts {
+    pub clickhouse_ids: HashSet<String>,
+    /// Rows of `classified_tweets FINAL` (one per tweet × model version).
+    pub final_rows: u64,
+    /// Sum over hours × labels of `opinion_hourly` (what analysts read).
+    pub aggregate_total: u64,
+}
+
+pub async fn clickhouse_counts(cfg: &Config) -> anyhow::Result<Counts> {
+    let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
+    let db = &cfg.clickhouse.database;
+    let ids: Vec<String> = sink
+        .client()
+        .query(&format!(
+            "SELECT DISTINCT tweet_id FROM {db}.classified_tweets"
+        ))
+        .fetch_all()
+        .await?;
+    let final_rows: u64 = sink
+        .client()
+        .query(&format!("SELECT count() FROM {db}.classified_tweets FINAL"))
+        .fetch_one()
+        .await?;
+    let aggregate_total: u64 = sink
+        .client()
+        .query(&format!(
+            "SELECT toUInt64(sum(n)) FROM (SELECT uniqExactMerge(tweets) AS n FROM {db}.opinion_hourly GROUP BY hour, model_version, label)"
+        ))
+        .fetch_one()
+        .await?;
+    Ok(Counts {
+        clickhouse_ids: ids.into_iter().collect(),
+        final_rows,
+        aggregate_total,
+    })
+}
+
+/// Distinct tweet ids in `classified_tweets`.
+pub async fn clickhouse_distinct(cfg: &Config) -> anyhow::Result<u64> {
+    let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
+    Ok(sink
+        .client()
+        .query(&format!(
+            "SELECT uniqExact(tweet_id) FROM {}.classified_tweets",
+            cfg.clickhouse.database
+        ))
+        .fetch_one::<u64>()
+        .await?)
+}
+
+/// Runs a scalar query against the ClickHouse of [`clickhouse_url`]; the trimmed text answer.
+pub async fn ch_scalar(sql: &str) -> String {
+    ch_try(sql)
+        .await
+        .expect("ClickHouse reachable and the query valid")
+}
+
+/// Like [`ch_scalar`], but an error (e.g. the database does not exist yet) is returned.
+pub async fn ch_try(sql: &str) -> Result<String, clickhouse::error::Error> {
+    let client = clickhouse::Client::default().with_url(clickhouse_url());
+    let rows: Vec<String> = client
+        .query(&format!("SELECT ifNull(toString(({sql})), '')"))
+        .fetch_all()
+        .await?;
+    Ok(rows.into_iter().next().unwrap_or_default())
+}
+
+/// Polls `check` every 250 ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,65 @@
+//! Loading the production model: the TorchScript file of `model.dir` on the configured device
+//! and precision. Guarantee: a half-precision model is only returned after it passed the parity
+//! check against fp32 on real tweets (else loading fails and the worker does not start).
+
+use anyhow::Context;
+use chrono::Utc;
+
+use super::tokenizer::TweetTokenizer;
+use super::torch::{TorchClassifier, TorchOptions};
+use super::{Classifier, Manifest, PaddedBatch, Precision};
+use crate::config::Config;
+
+/// Builds the classifier on the model thread (libtorch state stays on that thread).
+pub type ClassifierFactory =
+    Box<dyn FnOnce(&Manifest) -> anyhow::Result<Box<dyn Classifier>> + Send>;
+
+/// Real tweets for the half-precision parity check: synthetic ones, tokenised like traffic.
+fn parity_batch(cfg: &Config, manifest: &Manifest) -> anyhow::Result<PaddedBatch> {
+    let tok = TweetTokenizer::load(
+        &cfg.model.dir.join(&manifest.files.tokenizer.path),
+        manifest.max_length,
+    )?;
+    let mut g = crate::synthetic::Generator::new(4242, Utc::now(), 1);
+    let texts: Vec<String> = (0..64).map(|_| g.tweet().text).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ids = tok.encode_batch(&refs)?;
+    Ok(PaddedBatch::new(
+        ids.iter().map(Vec::as_slice),
+        manifest.pad_id,
+    ))
+}
+
+/// Loads the TorchScript model of `cfg.model` (device, threads, precision + parity check).
+pub fn load_torch(cfg: &Config, manifest: &Manifest) -> anyhow::Result<TorchClassifier> {
+    let precision = cfg.model.precision;
+    let opts = TorchOptions {
+        device: cfg.model.device,
+        intra_op_threads: cfg.model.intra_op_threads,
+        precision,
+        half_parity_max_abs_diff: cfg.model.half_parity_max_abs_diff,
+        parity_batch: match precision {
+            Precision::Fp32 => None,
+            _ => Some(parity_batch(cfg, manifest)?),
+        },
+    };
+    let c = TorchClassifier::load(&cfg.model.dir, manifest, opts)
+        .with_context(|| format!("loading the model in {}", cfg.model.dir.display()))?;
+    match c.parity() {
+        Some(p) => tracing::info!(
+            device = ?c.device(), %precision, model = %manifest.model_version(),
+            parity_max_abs_diff = p.max_abs_diff, parity_rows = p.rows, parity_same_label = p.label_agreement,
+            "model loaded; half precision passed the parity check against fp32"
+        ),
+        None => {
+            tracing::info!(device = ?c.device(), %precision, model = %manifest.model_version(), "model loaded")
+        }
+    }
+    Ok(c)
+}
+
+/// The production classifier: the TorchScript model of `cfg.model`.
+pub fn torch_factory(cfg: &Config) -> ClassifierFactory {
+    let cfg = cfg.clone();
+    Box::new(move |m: &Manifest| Ok(Box::new(load_torch(&cfg, m)?) as Box<dyn Classifier>))
+}

@@ -1,0 +1,104 @@
+//! `/metrics` of a running worker process (real broker and ClickHouse, demo model) passes
+//! `promtool check metrics` without a lint problem, and carries what operators scale and alert
+//! on: consumer lag per partition and the model version on classified counts.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use vaxpulse::synthetic::Generator;
+use vaxpulse_harness::fleet::{Fleet, WorkerCmd};
+
+use common::*;
+
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_version() {
+    let names = Names::fresh("metrics");
+    let cfg = names.test_config("");
+    create_topics(&cfg.kafka, &names, 2).await.expect("topics created");
+    let mut g = Generator::new(5, Utc::now(), 1);
+    let tweets: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|_| {
+            let (t, p) = g.payload();
+            (t.id, p)
+        })
+        .collect();
+    produce_keyed(&cfg.kafka, &names.input, tweets, None).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let logs = std::env::temp_dir().join(unique("metrics"));
+    let mut fleet = Fleet::new(
+        WorkerCmd::Vaxpulse(env!("CARGO_BIN_EXE_vaxpulse").into()),
+        names.test_env(),
+        &logs,
+        Some(port),
+    )
+    .unwrap();
+    let log = fleet.spawn(0).unwrap();
+    let output = TopicReader::start(&cfg.kafka, &names.output).unwrap();
+    let started = Instant::now();
+    // Lag gauges are written on the commit timer, after the results.
+    let mut text = String::new();
+    while output.count() < 300 || !text.contains("vaxpulse_consumer_lag_messages{") {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "worker did not finish 300 tweets with metrics on :{port} (log: {})",
+            log.display()
+        );
+        assert_eq!(fleet.exited(), None, "worker exited (log: {})", log.display());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        text = get(port, "/metrics").unwrap_or_default();
+    }
+    assert_eq!(get(port, "/health/ready").as_deref(), Some("ready"));
+
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool on PATH (Debian package prometheus; scripts/setup.sh installs it)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\n{text}");
+
+    // Every metric but the dead-letter count (no bad input here) is present.
+    for (name, _, _) in vaxpulse::telemetry::METRICS {
+        if *name == "vaxpulse_messages_dead_lettered_total" {
+            continue;
+        }
+        assert!(text.contains(&format!("# HELP {name} ")), "{name} missing:\n{text}");
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with("vaxpulse_tweets_classified_total{")
+            && l.contains("model=\"demo@1\"")),
+        "classified counts carry the model version:\n{text}"
+    );
+    let clean = tokio::task::block_in_place(|| fleet.sigterm(0, Duration::from_secs(60)));
+    assert!(clean, "worker stops cleanly (log: {})", log.display());
+    let _ = std::fs::remove_dir_all(&logs);
+}
