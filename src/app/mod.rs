@@ -73,7 +73,7 @@ pub async fn run(
     let metrics_task = if cfg.metrics.listen.is_empty() {
         None
     } else {
-        let addr =
+        let addr: std::net::SocketAddr =
             cfg.metrics.listen.parse().with_context(|| {
                 format!("metrics.listen `{}` is not host:port", cfg.metrics.listen)
             })?;

@@ -242,6 +242,8 @@ impl Source {
         let mut round = PollRound::default();
         let mut paused = BTreeSet::<Partition>::new();
         let topic = self.cfg.input_topic.clone();
+        let topic_c = std::ffi::CString::new(topic.clone())
+            .context("kafka.input_topic contains a NUL byte")?;
         while !cancel.is_cancelled() {
             {
                 let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
@@ -277,7 +279,7 @@ impl Source {
                     CommitMode::Async,
                 );
                 round.in_flight = self.tracker.in_flight(None);
-                round.lag = lag(&consumer, &topic, &self.tracker);
+                round.lag = lag(&consumer, &topic_c, &self.tracker);
                 round.emit();
                 last_commit = Instant::now();
             }
@@ -441,15 +443,41 @@ fn set_paused(
     Ok(())
 }
 
-/// Messages behind the commit position, per owned partition, from the client's cached high
-/// watermarks (no broker round trip).
-fn lag(consumer: &BaseConsumer<Ctx>, topic: &str, tracker: &OffsetTracker) -> Vec<(Partition, i64)> {
+/// The high watermark of `partition` as last seen by the client's fetcher (librdkafka
+/// `rd_kafka_get_watermark_offsets`: a local read, no broker round trip, so the poll loop never
+/// waits on it); `None` until the first fetch response.
+fn cached_high_watermark(
+    consumer: &BaseConsumer<Ctx>,
+    topic: &std::ffi::CStr,
+    partition: Partition,
+) -> Option<i64> {
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives; the out-pointers are ours.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
+}
+
+/// Messages behind the commit position, per owned partition.
+fn lag(
+    consumer: &BaseConsumer<Ctx>,
+    topic: &std::ffi::CStr,
+    tracker: &OffsetTracker,
+) -> Vec<(Partition, i64)> {
     tracker
         .positions(&tracker.partitions())
         .into_iter()
         .filter_map(|(p, pos)| {
-            let (_, high) = consumer.get_watermark_offsets(topic, p).ok()?;
-            (high >= 0).then_some((p, (high - pos).max(0)))
+            let high = cached_high_watermark(consumer, topic, p)?;
+            Some((p, (high - pos).max(0)))
         })
         .collect()
 }
