@@ -736,7 +736,10 @@ mod tests {
                 ("VAXPULSE_MODEL_WARMUP", "0"),
                 ("VAXPULSE_MODEL_HALF_PARITY_MAX_ABS_DIFF", "1"),
                 ("VAXPULSE_DECODE_LANGS", "fr, en"),
-                ("VAXPULSE_KAFKA_PROPERTIES", "{ \"security.protocol\" = \"SSL\" }"),
+                (
+                    "VAXPULSE_KAFKA_PROPERTIES",
+                    "{ \"security.protocol\" = \"SSL\" }",
+                ),
             ]),
         )
         .unwrap();
@@ -757,14 +760,12 @@ mod tests {
 
     #[test]
     fn env_values_of_the_wrong_type_name_the_variable() {
-        let err = Config::from_toml_with_env(
-            "",
-            "t",
-            env(&[("VAXPULSE_BATCH_MAX_WAIT_MS", "soon")]),
-        )
-        .unwrap_err();
+        let err =
+            Config::from_toml_with_env("", "t", env(&[("VAXPULSE_BATCH_MAX_WAIT_MS", "soon")]))
+                .unwrap_err();
         assert!(
-            err.to_string().contains("VAXPULSE_BATCH_MAX_WAIT_MS") && err.to_string().contains("soon"),
+            err.to_string().contains("VAXPULSE_BATCH_MAX_WAIT_MS")
+                && err.to_string().contains("soon"),
             "{err}"
         );
         let err = Config::from_toml_with_env(
@@ -785,7 +786,10 @@ mod tests {
         )
         .unwrap();
         let shown = c.to_redacted_toml();
-        assert!(!shown.contains("hunter2") && !shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
         assert!(shown.contains("password = \"***\""), "{shown}");
         assert!(shown.contains("device = \"auto\""), "{shown}");
     }

@@ -15,22 +15,86 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 /// Every metric of the process: (name, kind, help). Dashboards and alert rules may only use
 /// these (a test checks the shipped dashboards against this list).
 pub const METRICS: &[(&str, &str, &str)] = &[
-    ("vaxpulse_messages_consumed_total", "counter", "Messages read from the input topic"),
-    ("vaxpulse_tweets_classified_total", "counter", "Tweets classified and stored by every sink, by predicted label and model version"),
-    ("vaxpulse_messages_skipped_total", "counter", "Messages skipped on purpose (control notices, other languages), by reason"),
-    ("vaxpulse_messages_dead_lettered_total", "counter", "Messages sent to the dead-letter topic, by reason"),
-    ("vaxpulse_batch_size_tweets", "histogram", "Tweets per inference batch"),
-    ("vaxpulse_batch_padding_ratio", "histogram", "Share of computed tokens that are padding, per batch"),
-    ("vaxpulse_inference_duration_seconds", "histogram", "Model forward time per batch, by model version"),
-    ("vaxpulse_model_tokens_total", "counter", "Token positions computed by the model: kind=real or kind=padding"),
-    ("vaxpulse_tweet_latency_seconds", "histogram", "From taking a tweet off the input topic to every sink having stored its result"),
-    ("vaxpulse_sink_write_duration_seconds", "histogram", "Time to deliver one batch to a sink, retries included"),
-    ("vaxpulse_sink_retries_total", "counter", "Retried sink writes, by sink"),
-    ("vaxpulse_offset_commits_total", "counter", "Offset commits accepted by the broker"),
-    ("vaxpulse_messages_in_flight", "gauge", "Messages taken in and not yet finished"),
-    ("vaxpulse_consumer_paused", "gauge", "1 while some partition is paused (backpressure or dead-letter outage)"),
-    ("vaxpulse_consumer_paused_partitions", "gauge", "Partitions currently paused"),
-    ("vaxpulse_consumer_lag_messages", "gauge", "Messages of an owned input partition behind this replica's commit position"),
+    (
+        "vaxpulse_messages_consumed_total",
+        "counter",
+        "Messages read from the input topic",
+    ),
+    (
+        "vaxpulse_tweets_classified_total",
+        "counter",
+        "Tweets classified and stored by every sink, by predicted label and model version",
+    ),
+    (
+        "vaxpulse_messages_skipped_total",
+        "counter",
+        "Messages skipped on purpose (control notices, other languages), by reason",
+    ),
+    (
+        "vaxpulse_messages_dead_lettered_total",
+        "counter",
+        "Messages sent to the dead-letter topic, by reason",
+    ),
+    (
+        "vaxpulse_batch_size_tweets",
+        "histogram",
+        "Tweets per inference batch",
+    ),
+    (
+        "vaxpulse_batch_padding_ratio",
+        "histogram",
+        "Share of computed tokens that are padding, per batch",
+    ),
+    (
+        "vaxpulse_inference_duration_seconds",
+        "histogram",
+        "Model forward time per batch, by model version",
+    ),
+    (
+        "vaxpulse_model_tokens_total",
+        "counter",
+        "Token positions computed by the model: kind=real or kind=padding",
+    ),
+    (
+        "vaxpulse_tweet_latency_seconds",
+        "histogram",
+        "From taking a tweet off the input topic to every sink having stored its result",
+    ),
+    (
+        "vaxpulse_sink_write_duration_seconds",
+        "histogram",
+        "Time to deliver one batch to a sink, retries included",
+    ),
+    (
+        "vaxpulse_sink_retries_total",
+        "counter",
+        "Retried sink writes, by sink",
+    ),
+    (
+        "vaxpulse_offset_commits_total",
+        "counter",
+        "Offset commits accepted by the broker",
+    ),
+    (
+        "vaxpulse_messages_in_flight",
+        "gauge",
+        "Messages taken in and not yet finished",
+    ),
+    (
+        "vaxpulse_consumer_paused",
+        "gauge",
+        "1 while some partition is paused (backpressure or dead-letter outage)",
+    ),
+    (
+        "vaxpulse_consumer_paused_partitions",
+        "gauge",
+        "Partitions currently paused",
+    ),
+    (
+        "vaxpulse_consumer_lag_messages",
+        "gauge",
+        "Messages of an owned input partition behind this replica's commit position",
+    ),
 ];
 
 fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
@@ -56,7 +120,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
             "vaxpulse_inference_duration_seconds",
             exponential(0.0005, 2.0, 16),
         ),
-        ("vaxpulse_tweet_latency_seconds", exponential(0.001, 2.0, 16)),
+        (
+            "vaxpulse_tweet_latency_seconds",
+            exponential(0.001, 2.0, 16),
+        ),
         (
             "vaxpulse_sink_write_duration_seconds",
             exponential(0.0005, 2.0, 16),
@@ -146,8 +213,7 @@ impl PollRound {
             gauge!("vaxpulse_consumer_lag_messages", "partition" => gone.to_string()).set(0.0);
         }
         for (p, lag) in &self.lag {
-            gauge!("vaxpulse_consumer_lag_messages", "partition" => p.to_string())
-                .set(*lag as f64);
+            gauge!("vaxpulse_consumer_lag_messages", "partition" => p.to_string()).set(*lag as f64);
         }
         tracing::trace!(consumed = self.consumed, lag = ?self.lag, "poll rounds");
         *self = PollRound {

@@ -64,7 +64,12 @@ async fn a_killed_replicas_partitions_are_taken_over_and_nothing_is_lost_or_doub
             "replicas did not both join (logs in {})",
             logs.display()
         );
-        assert_eq!(fleet.exited(), None, "a replica exited (logs in {})", logs.display());
+        assert_eq!(
+            fleet.exited(),
+            None,
+            "a replica exited (logs in {})",
+            logs.display()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let output = TopicReader::start(&cfg.kafka, &names.output).unwrap();
@@ -94,19 +99,30 @@ async fn a_killed_replicas_partitions_are_taken_over_and_nothing_is_lost_or_doub
             output.count(),
             log_b.display()
         );
-        assert_eq!(fleet.exited(), None, "the survivor exited ({})", log_b.display());
+        assert_eq!(
+            fleet.exited(),
+            None,
+            "the survivor exited ({})",
+            log_b.display()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let seen = output.seen.lock().unwrap().ids.clone();
     assert_eq!(seen, expected, "every tweet has a result, and only those");
 
     let db = &names.database;
-    wait_until("ClickHouse to hold every tweet", Duration::from_secs(60), || async {
-        ch_try(&format!("SELECT uniqExact(tweet_id) FROM {db}.classified_tweets"))
+    wait_until(
+        "ClickHouse to hold every tweet",
+        Duration::from_secs(60),
+        || async {
+            ch_try(&format!(
+                "SELECT uniqExact(tweet_id) FROM {db}.classified_tweets"
+            ))
             .await
             .ok()
-            == Some(TWEETS.to_string())
-    })
+                == Some(TWEETS.to_string())
+        },
+    )
     .await;
     assert_eq!(
         ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets FINAL")).await,
@@ -114,7 +130,10 @@ async fn a_killed_replicas_partitions_are_taken_over_and_nothing_is_lost_or_doub
         "one row per tweet after FINAL"
     );
     assert_eq!(
-        ch_scalar(&format!("SELECT sum(tweets) FROM {db}.opinion_hourly_counts")).await,
+        ch_scalar(&format!(
+            "SELECT sum(tweets) FROM {db}.opinion_hourly_counts"
+        ))
+        .await,
         TWEETS.to_string(),
         "aggregates count every tweet once"
     );

@@ -26,7 +26,9 @@ fn get(port: u16, path: &str) -> Option<String> {
 async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_version() {
     let names = Names::fresh("metrics");
     let cfg = names.test_config("");
-    create_topics(&cfg.kafka, &names, 2).await.expect("topics created");
+    create_topics(&cfg.kafka, &names, 2)
+        .await
+        .expect("topics created");
     let mut g = Generator::new(5, Utc::now(), 1);
     let tweets: Vec<(String, Vec<u8>)> = (0..300)
         .map(|_| {
@@ -34,7 +36,9 @@ async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_versi
             (t.id, p)
         })
         .collect();
-    produce_keyed(&cfg.kafka, &names.input, tweets, None).await.unwrap();
+    produce_keyed(&cfg.kafka, &names.input, tweets, None)
+        .await
+        .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -59,7 +63,12 @@ async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_versi
             "worker did not finish 300 tweets with metrics on :{port} (log: {})",
             log.display()
         );
-        assert_eq!(fleet.exited(), None, "worker exited (log: {})", log.display());
+        assert_eq!(
+            fleet.exited(),
+            None,
+            "worker exited (log: {})",
+            log.display()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
         text = get(port, "/metrics").unwrap_or_default();
     }
@@ -84,18 +93,25 @@ async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_versi
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\n{text}");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
 
     // Every metric but the dead-letter count (no bad input here) is present.
     for (name, _, _) in vaxpulse::telemetry::METRICS {
         if *name == "vaxpulse_messages_dead_lettered_total" {
             continue;
         }
-        assert!(text.contains(&format!("# HELP {name} ")), "{name} missing:\n{text}");
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} missing:\n{text}"
+        );
     }
     assert!(
-        text.lines().any(|l| l.starts_with("vaxpulse_tweets_classified_total{")
-            && l.contains("model=\"demo@1\"")),
+        text.lines()
+            .any(|l| l.starts_with("vaxpulse_tweets_classified_total{")
+                && l.contains("model=\"demo@1\"")),
         "classified counts carry the model version:\n{text}"
     );
     let clean = tokio::task::block_in_place(|| fleet.sigterm(0, Duration::from_secs(60)));

@@ -86,7 +86,9 @@ fn committed_total(names: &Names, group: &str, partitions: i32) -> (i64, i64) {
     committed_offsets(&cfg.kafka, group, &names.input, partitions)
         .expect("committed offsets readable")
         .into_iter()
-        .fold((0, 0), |(c, h), (_, done, high)| (c + done.unwrap_or(0), h + high))
+        .fold((0, 0), |(c, h), (_, done, high)| {
+            (c + done.unwrap_or(0), h + high)
+        })
 }
 
 async fn run_worker_until<F, Fut>(cfg: vaxpulse::config::Config, done: F)

@@ -162,10 +162,7 @@ impl E2eReport {
     }
 }
 
-fn latencies_since(
-    reader: &TopicReader,
-    since: Instant,
-) -> (Vec<f64>, Option<(Instant, Instant)>) {
+fn latencies_since(reader: &TopicReader, since: Instant) -> (Vec<f64>, Option<(Instant, Instant)>) {
     let seen = reader.seen.lock().unwrap_or_else(|p| p.into_inner());
     let mut lat = Vec::new();
     let mut span: Option<(Instant, Instant)> = None;

@@ -228,8 +228,8 @@ impl Fleet {
         anyhow::ensure!(self.slots[slot].is_none(), "slot {slot} is running");
         self.starts += 1;
         let log = self.log_path(slot, self.starts);
-        let file =
-            std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
         let mut cmd = self.cmd.command();
         cmd.envs(self.env.iter().cloned())
             .env(

@@ -152,7 +152,11 @@ pub const MAX_INPUT_MESSAGE_BYTES: usize = 4 << 20;
 
 /// Creates the input (`partitions`, messages up to [`MAX_INPUT_MESSAGE_BYTES`]), output and
 /// dead-letter topics of `names`.
-pub async fn create_topics(cfg: &KafkaConfig, names: &Names, partitions: i32) -> anyhow::Result<()> {
+pub async fn create_topics(
+    cfg: &KafkaConfig,
+    names: &Names,
+    partitions: i32,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(cfg, &[])
         .create()
         .context("cannot create the admin client")?;
@@ -164,7 +168,13 @@ pub async fn create_topics(cfg: &KafkaConfig, names: &Names, partitions: i32) ->
     let topics: Vec<NewTopic> = topics
         .into_iter()
         .enumerate()
-        .map(|(i, t)| if i == 0 { t.set("max.message.bytes", &max) } else { t })
+        .map(|(i, t)| {
+            if i == 0 {
+                t.set("max.message.bytes", &max)
+            } else {
+                t
+            }
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for r in admin

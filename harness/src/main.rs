@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use vaxpulse::config::Config;
 
 #[derive(Parser)]
-#[command(name = "vaxpulse-harness", version, about = "vaxpulse end-to-end bench and fault injection")]
+#[command(
+    name = "vaxpulse-harness",
+    version,
+    about = "vaxpulse end-to-end bench and fault injection"
+)]
 struct Cli {
     /// Config file (TOML) of the workers; `VAXPULSE_<SECTION>_<KEY>` variables override it.
     #[arg(long, short, global = true, env = "VAXPULSE_CONFIG")]

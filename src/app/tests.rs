@@ -120,13 +120,21 @@ fn work_of_revoked_partitions_is_dropped_before_inference_and_read_again() {
         .iter()
         .flat_map(|b| b.rows.iter().map(|r| r.source_partition))
         .collect();
-    assert_eq!(rows, vec![0; 10], "only the kept partition's tweets come out");
+    assert_eq!(
+        rows,
+        vec![0; 10],
+        "only the kept partition's tweets come out"
+    );
     assert_eq!(
         calls.lock().unwrap().iter().sum::<usize>(),
         10,
         "the model never saw a tweet of the revoked partition"
     );
-    assert_eq!(tracker.in_flight(Some(&[1])), 0, "nothing left to drain there");
+    assert_eq!(
+        tracker.in_flight(Some(&[1])),
+        0,
+        "nothing left to drain there"
+    );
     assert_eq!(
         tracker.positions(&[1]),
         vec![(1, 0)],
@@ -278,12 +286,26 @@ async fn a_sink_failing_for_good_stops_the_worker_without_acknowledging() {
     let cancel = CancellationToken::new();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(classified(&tracker, 0..3)).await.unwrap();
-    let err = store_and_ack(rx, vec![ok, broken], tracker.clone(), health.clone(), 4, cancel.clone())
-        .await
-        .unwrap_err();
+    let err = store_and_ack(
+        rx,
+        vec![ok, broken],
+        tracker.clone(),
+        health.clone(),
+        4,
+        cancel.clone(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("broken"), "{err}");
     assert!(cancel.is_cancelled(), "the whole worker is told to stop");
-    assert!(!health.sinks_ok.load(Ordering::Relaxed), "and reports not ready");
+    assert!(
+        !health.sinks_ok.load(Ordering::Relaxed),
+        "and reports not ready"
+    );
     assert_eq!(tracker.in_flight(None), 3, "nothing acknowledged");
-    assert_eq!(tracker.positions(&[0]), vec![(0, 0)], "so nothing is committed");
+    assert_eq!(
+        tracker.positions(&[0]),
+        vec![(0, 0)],
+        "so nothing is committed"
+    );
 }

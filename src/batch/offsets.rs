@@ -350,7 +350,10 @@ mod tests {
         let queued = t.track(0, 6);
         let other = t.track(1, 9);
         t.release(&[0]);
-        assert!(!t.is_current(&queued), "queued work of a releasing partition is dropped");
+        assert!(
+            !t.is_current(&queued),
+            "queued work of a releasing partition is dropped"
+        );
         assert!(t.is_current(&other), "other partitions are untouched");
         t.untrack(queued);
         t.done(inferred);

@@ -123,7 +123,6 @@ impl ResultProducer {
         .emit();
         Ok(())
     }
-
 }
 
 impl ResultSink for ResultProducer {
@@ -229,23 +228,24 @@ impl DeadLetterProducer {
     }
 
     /// Sends `dl` on `runtime` when fewer than [`DLQ_IN_FLIGHT`] dead letters are in flight;
-    /// otherwise gives it back at once (the caller holds it and pauses its partition: a slow
+    /// otherwise gives it back at once (`Some`) (the caller holds it and pauses its partition: a slow
     /// or unwritable dead-letter topic must never block the consumer thread, or the group would
     /// drop it after `max.poll.interval.ms`).
+    #[must_use = "a dead letter given back must be held and sent again"]
     pub fn try_spawn_send(
         &self,
         runtime: &tokio::runtime::Handle,
         dl: DeadLetter,
-    ) -> Result<(), DeadLetter> {
+    ) -> Option<DeadLetter> {
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            return Err(dl);
+            return Some(dl);
         };
         let this = self.clone();
         runtime.spawn(async move {
             this.send(dl).await;
             drop(permit);
         });
-        Ok(())
+        None
     }
 
     /// Whether no dead letter is in flight (all were acknowledged).

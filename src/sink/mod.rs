@@ -8,8 +8,8 @@ pub mod kafka;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use futures::future::BoxFuture;
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

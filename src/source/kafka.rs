@@ -325,7 +325,7 @@ impl Source {
     /// Sends held dead letters, oldest first, while the dead-letter producer has room.
     fn retry_dead_letters(&self, held: &mut VecDeque<DeadLetter>) {
         while let Some(dl) = held.pop_front() {
-            if let Err(dl) = self.dlq.try_spawn_send(&self.runtime, dl) {
+            if let Some(dl) = self.dlq.try_spawn_send(&self.runtime, dl) {
                 held.push_front(dl);
                 break;
             }
@@ -350,17 +350,16 @@ impl Source {
         };
         match decoded {
             // Handed on at the top of the next poll round, in arrival order (see `hand_on`).
-            Decoded::Tweet(tweet) => {
-                held.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .tweets
-                    .push_back(Work {
-                        tweet,
-                        ack,
-                        source_timestamp_ms,
-                        received,
-                    })
-            }
+            Decoded::Tweet(tweet) => held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .tweets
+                .push_back(Work {
+                    tweet,
+                    ack,
+                    source_timestamp_ms,
+                    received,
+                }),
             Decoded::Skip(reason) => {
                 match reason {
                     SkipReason::Control => round.skipped_control += 1,
@@ -394,7 +393,7 @@ impl Source {
                 let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
                 if !h.dead_letters.is_empty() {
                     h.dead_letters.push_back(dl);
-                } else if let Err(dl) = self.dlq.try_spawn_send(&self.runtime, dl) {
+                } else if let Some(dl) = self.dlq.try_spawn_send(&self.runtime, dl) {
                     h.dead_letters.push_back(dl);
                 }
             }
@@ -404,16 +403,17 @@ impl Source {
 
 /// Partitions that must not be fetched from: all of them while tweets wait for pipeline room,
 /// else those whose dead letters wait for the dead-letter producer.
-fn wanted_paused(
-    consumer: &BaseConsumer<Ctx>,
-    held: &Held,
-) -> anyhow::Result<BTreeSet<Partition>> {
+fn wanted_paused(consumer: &BaseConsumer<Ctx>, held: &Held) -> anyhow::Result<BTreeSet<Partition>> {
     use anyhow::Context as _;
     if !held.tweets.is_empty() {
         let assignment = consumer
             .assignment()
             .context("cannot read the assignment")?;
-        return Ok(assignment.elements().iter().map(|e| e.partition()).collect());
+        return Ok(assignment
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect());
     }
     Ok(held.dead_letters.iter().map(|d| d.ack.partition).collect())
 }
