@@ -27,6 +27,16 @@ fn log_says(path: &std::path::Path, what: &str) -> bool {
     std::fs::read_to_string(path).is_ok_and(|s| s.contains(what))
 }
 
+/// The "partitions assigned" lines of a worker log.
+fn assignments(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("partitions assigned"))
+        .map(str::to_string)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replicas_partitions_are_taken_over_and_nothing_is_lost_or_double_counted() {
     let names = Names::fresh("failover");
@@ -85,6 +95,7 @@ async fn a_killed_replicas_partitions_are_taken_over_and_nothing_is_lost_or_doub
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let assigned_before_kill = assignments(&log_b).len();
     fleet.sigkill(0);
     let at_kill = output.count();
     assert!(
@@ -107,6 +118,11 @@ async fn a_killed_replicas_partitions_are_taken_over_and_nothing_is_lost_or_doub
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let after = assignments(&log_b);
+    assert!(
+        after.len() > assigned_before_kill && after.last().unwrap().contains("[0, 1, 2, 3]"),
+        "the survivor took over every partition after the kill: {after:?}"
+    );
     let seen = output.seen.lock().unwrap().ids.clone();
     assert_eq!(seen, expected, "every tweet has a result, and only those");
 
