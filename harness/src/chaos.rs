@@ -556,11 +556,7 @@ pub async fn run(cfg: Config, args: ChaosArgs) -> anyhow::Result<()> {
         }
     }
     println!("\n## chaos: all scenarios\n\n{}", render(&reports));
-    if let Some(dir) = args.json.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.json, serde_json::to_vec_pretty(&reports)?)?;
-    println!("wrote {}", args.json.display());
+    vaxpulse::bench::write_json(&args.json, &reports)?;
     anyhow::ensure!(failed.is_empty(), "chaos failed: {}", failed.join("; "));
     Ok(())
 }

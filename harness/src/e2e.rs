@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use vaxpulse::bench::raw::RawReport;
-use vaxpulse::bench::{fmt_ms, progress, BenchArgs, Machine, Mode, Percentiles, Table};
+use vaxpulse::bench::{fmt_ms, progress, write_json, BenchArgs, Machine, Mode, Percentiles, Table};
 use vaxpulse::config::Config;
 use vaxpulse::produce::{produce, Input, ProduceOptions};
 
@@ -187,6 +187,8 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
     for (i, &backlog) in args.backlogs.iter().enumerate() {
         let names = Names::fresh("bench");
         let ncfg = names.apply(cfg);
+        // A foreign worker command (the TorchServe bridge) does not write ClickHouse.
+        let clickhouse_cfg = args.worker_cmd.is_none().then_some(&ncfg);
         create_topics(&cfg.kafka, &names, args.partitions).await?;
         println!(
             "e2e: producing a backlog of {backlog} tweets into {}",
@@ -229,35 +231,22 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
                 logs.display()
             );
         }
-        let (lat, span) = latencies_since(&reader, started);
-        let (first, end) = span.expect("results arrived");
-        let steady = backlog as f64 / end.duration_since(first).as_secs_f64().max(1e-3);
-        let from_start = backlog as f64 / end.duration_since(started).as_secs_f64();
-        let capacity = steady;
-        let peak = workers.take_peak_mib();
-        let ch = if args.worker_cmd.is_none() {
-            Some(wait_clickhouse(&ncfg, backlog as u64).await?)
-        } else {
-            None
-        };
-        let dup = reader
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .duplicates;
+        let o = observe(&reader, started, backlog, clickhouse_cfg).await?;
+        let from_start = backlog as f64 / o.end.duration_since(started).as_secs_f64();
+        let capacity = o.tweets_per_second;
         runs.push(E2eRun {
             name: format!("backlog {backlog}"),
             backlog: Some(backlog),
             offered_per_second: None,
             tweets: backlog,
-            tweets_per_second: steady,
+            tweets_per_second: o.tweets_per_second,
             tweets_per_second_from_start: Some(from_start),
-            ratio_to_raw: steady / raw_best,
-            latency: Percentiles::of(lat),
-            peak_worker_rss_mib: Some(peak),
+            ratio_to_raw: o.tweets_per_second / raw_best,
+            latency: o.latency,
+            peak_worker_rss_mib: Some(workers.take_peak_mib()),
             output_distinct: reader.count(),
-            output_duplicates: dup,
-            clickhouse_distinct: ch,
+            output_duplicates: o.duplicates,
+            clickhouse_distinct: o.clickhouse,
         });
         if i != last {
             workers.stop_all(Duration::from_secs(30));
@@ -295,32 +284,20 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
                 "paced run at {rate:.0}/s: results missing (worker logs: {})",
                 logs.display()
             );
-            let (lat, span) = latencies_since(&reader, since);
-            let (first, end) = span.expect("results arrived");
-            let tps = n as f64 / end.duration_since(first).as_secs_f64().max(1e-3);
-            let ch = if args.worker_cmd.is_none() {
-                Some(wait_clickhouse(&ncfg, total as u64).await?)
-            } else {
-                None
-            };
-            let dup = reader
-                .seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .duplicates;
+            let o = observe(&reader, since, n, clickhouse_cfg).await?;
             runs.push(E2eRun {
                 name: format!("{:.0} % load", load * 100.0),
                 backlog: None,
                 offered_per_second: Some(rate),
                 tweets: n,
-                tweets_per_second: tps,
+                tweets_per_second: o.tweets_per_second,
                 tweets_per_second_from_start: None,
-                ratio_to_raw: tps / raw_best,
-                latency: Percentiles::of(lat),
+                ratio_to_raw: o.tweets_per_second / raw_best,
+                latency: o.latency,
                 peak_worker_rss_mib: Some(workers.take_peak_mib()),
                 output_distinct: reader.count(),
-                output_duplicates: dup,
-                clickhouse_distinct: ch,
+                output_duplicates: o.duplicates,
+                clickhouse_distinct: o.clickhouse,
             });
         }
         workers.stop_all(Duration::from_secs(30));
@@ -331,6 +308,45 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
         partitions: args.partitions,
         raw_best_texts_per_second: raw_best,
         runs,
+    })
+}
+
+/// What the results read since a run started show.
+struct Observed {
+    /// When the last result arrived.
+    end: Instant,
+    /// Results between the first and the last one, over that time.
+    tweets_per_second: f64,
+    latency: Option<Percentiles>,
+    /// Distinct ids in ClickHouse, once it holds every result so far (`None`: not asked).
+    clickhouse: Option<u64>,
+    duplicates: usize,
+}
+
+async fn observe(
+    reader: &TopicReader,
+    since: Instant,
+    tweets: usize,
+    clickhouse: Option<&Config>,
+) -> anyhow::Result<Observed> {
+    let (lat, span) = latencies_since(reader, since);
+    let (first, end) = span.expect("results arrived");
+    let total = reader.count() as u64;
+    let clickhouse = match clickhouse {
+        Some(cfg) => Some(wait_clickhouse(cfg, total).await?),
+        None => None,
+    };
+    let duplicates = reader
+        .seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .duplicates;
+    Ok(Observed {
+        end,
+        tweets_per_second: tweets as f64 / end.duration_since(first).as_secs_f64().max(1e-3),
+        latency: Percentiles::of(lat),
+        clickhouse,
+        duplicates,
     })
 }
 
@@ -349,7 +365,6 @@ async fn wait_clickhouse(cfg: &Config, expected: u64) -> anyhow::Result<u64> {
 
 /// Measures raw in this process, then the e2e runs; prints the tables and writes the JSON.
 pub async fn bench(cfg: Config, args: E2eArgs) -> anyhow::Result<E2eBench> {
-    use anyhow::Context;
     let machine = Machine::detect(&cfg);
     let manifest = vaxpulse::model::Manifest::load(&cfg.model.dir)?;
     println!(
@@ -369,11 +384,6 @@ pub async fn bench(cfg: Config, args: E2eArgs) -> anyhow::Result<E2eBench> {
         raw,
         e2e,
     };
-    if let Some(dir) = args.json.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&args.json, serde_json::to_vec_pretty(&out)?)
-        .with_context(|| format!("writing {}", args.json.display()))?;
-    println!("JSON written to {}", args.json.display());
+    write_json(&args.json, &out)?;
     Ok(out)
 }

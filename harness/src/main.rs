@@ -48,6 +48,14 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        // Ctrl-C ends the harness at once (also where a non-interactive shell started it with
+        // SIGINT ignored); its worker processes go with it (see `fleet`).
+        tokio::spawn(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("vaxpulse-harness: interrupted");
+                std::process::exit(130);
+            }
+        });
         match cli.command {
             Command::Bench {
                 which: BenchKind::E2e(mut args),

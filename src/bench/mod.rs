@@ -230,13 +230,19 @@ pub async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<Report> {
         raw,
         pipeline,
     };
-    if let Some(dir) = args.json.parent() {
+    write_json(&args.json, &report)?;
+    Ok(report)
+}
+
+/// Writes `value` as pretty JSON to `path` (creating its directory) and says so.
+pub fn write_json(path: &std::path::Path, value: &impl Serialize) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(&args.json, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("writing {}", args.json.display()))?;
-    println!("JSON written to {}", args.json.display());
-    Ok(report)
+    std::fs::write(path, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("JSON written to {}", path.display());
+    Ok(())
 }
 
 #[cfg(test)]
