@@ -41,6 +41,8 @@ pub struct ProduceOptions {
     pub resends: u32,
     /// Largest message the producer accepts (librdkafka `message.max.bytes`).
     pub max_message_bytes: usize,
+    /// Every message to this partition (default: by key, or the client's partitioner).
+    pub partition: Option<i32>,
 }
 
 impl ProduceOptions {
@@ -53,6 +55,7 @@ impl ProduceOptions {
             message_timeout_ms: 60_000,
             resends: 0,
             max_message_bytes: 1_000_000,
+            partition: None,
         }
     }
 }
@@ -111,7 +114,7 @@ pub async fn produce(
         .map(|(i, (key, payload))| {
             let producer = producer.clone();
             let topic = opts.topic.clone();
-            let (rate, resends) = (opts.rate, opts.resends);
+            let (rate, resends, partition) = (opts.rate, opts.resends, opts.partition);
             let timeout = Duration::from_millis(opts.message_timeout_ms);
             async move {
                 if let Some(r) = rate {
@@ -123,6 +126,9 @@ pub async fn produce(
                     let mut rec = FutureRecord::to(&topic).payload(payload.as_slice());
                     if let Some(k) = &key {
                         rec = rec.key(k.as_bytes());
+                    }
+                    if let Some(p) = partition {
+                        rec = rec.partition(p);
                     }
                     match producer.send(rec, timeout).await {
                         Ok(_) => return Ok(()),

@@ -121,7 +121,7 @@ async fn mixed_traffic_is_classified_once_dead_lettered_with_reasons_and_committ
     let traffic = mixed_traffic(2000);
     let valid = traffic.valid_ids.len();
     assert_eq!(valid, 1400);
-    produce_payloads(&names.input, &traffic.messages)
+    produce_payloads(&names.input, None, &traffic.messages)
         .await
         .expect("traffic produced");
 
@@ -238,7 +238,7 @@ async fn mixed_traffic_is_classified_once_dead_lettered_with_reasons_and_committ
         1,
     );
     let fresh: Vec<Vec<u8>> = (0..10).map(|_| later.payload().1).collect();
-    produce_payloads(&names.input, &fresh)
+    produce_payloads(&names.input, None, &fresh)
         .await
         .expect("new tweets produced");
     let total = valid + fresh.len();

@@ -150,6 +150,31 @@ listen = ""
 /// Largest input message the harness produces (hostile 2 MB payloads and some room).
 pub const MAX_INPUT_MESSAGE_BYTES: usize = 4 << 20;
 
+/// Creates `topic` with `partitions` and topic-level `configs` (e.g. `max.message.bytes`).
+pub async fn create_topic(
+    cfg: &KafkaConfig,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg, &[])
+        .create()
+        .context("cannot create the admin client")?;
+    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        t = t.set(k, v);
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin
+        .create_topics([&t], &opts)
+        .await
+        .context("the broker does not answer (scripts/services.sh start)")?
+    {
+        r.map_err(|(t, e)| anyhow::anyhow!("cannot create topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Creates the input (`partitions`, messages up to [`MAX_INPUT_MESSAGE_BYTES`]), output and
 /// dead-letter topics of `names`.
 pub async fn create_topics(
@@ -157,34 +182,16 @@ pub async fn create_topics(
     names: &Names,
     partitions: i32,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(cfg, &[])
-        .create()
-        .context("cannot create the admin client")?;
     let max = MAX_INPUT_MESSAGE_BYTES.to_string();
-    let topics: Vec<NewTopic> = [&names.input, &names.output, &names.dlq]
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let topics: Vec<NewTopic> = topics
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            if i == 0 {
-                t.set("max.message.bytes", &max)
-            } else {
-                t
-            }
-        })
-        .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin
-        .create_topics(&topics, &opts)
-        .await
-        .context("the broker does not answer (scripts/services.sh start)")?
-    {
-        r.map_err(|(t, e)| anyhow::anyhow!("cannot create topic {t}: {e}"))?;
-    }
-    Ok(())
+    create_topic(
+        cfg,
+        &names.input,
+        partitions,
+        &[("max.message.bytes", &max)],
+    )
+    .await?;
+    create_topic(cfg, &names.output, partitions, &[]).await?;
+    create_topic(cfg, &names.dlq, partitions, &[]).await
 }
 
 /// Produces keyed messages (as fast as the broker takes them, or at `rate` per second), riding
@@ -207,14 +214,20 @@ pub async fn produce_keyed(
     produce(cfg, input, &opts).await
 }
 
-/// Produces unkeyed payloads as fast as possible, with the local broker's defaults.
-pub async fn produce_payloads(topic: &str, payloads: &[Vec<u8>]) -> anyhow::Result<u64> {
+/// Produces unkeyed payloads as fast as possible (to `partition` when given), with the local
+/// broker's defaults.
+pub async fn produce_payloads(
+    topic: &str,
+    partition: Option<i32>,
+    payloads: &[Vec<u8>],
+) -> anyhow::Result<u64> {
     let cfg = KafkaConfig {
         brokers: brokers(),
         ..Default::default()
     };
     let opts = ProduceOptions {
         max_message_bytes: 10_000_000,
+        partition,
         ..ProduceOptions::to(topic)
     };
     let input = Input::Messages(payloads.iter().map(|p| (None, p.clone())).collect());

@@ -1,0 +1,112 @@
+//! A dead-letter outage pauses only the partitions whose dead letters cannot be written; the
+//! consumer thread never blocks, so the other partitions keep flowing and the replica keeps its
+//! group membership; nothing past an unwritten dead letter is committed. The outage is real: the
+//! dead-letter topic's `max.message.bytes` is smaller than any dead letter, so the broker
+//! refuses every one (and the worker retries them without end).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use vaxpulse::sink::kafka::DLQ_IN_FLIGHT;
+use vaxpulse::synthetic::Generator;
+use vaxpulse_harness::fleet::{Fleet, WorkerCmd};
+
+use common::*;
+
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
+}
+
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_outage_pauses_its_partition_while_the_others_flow() {
+    let names = Names::fresh("dlqout");
+    let cfg = names.test_config("");
+    let k = &cfg.kafka;
+    create_topic(k, &names.input, 2, &[]).await.unwrap();
+    create_topic(k, &names.output, 1, &[]).await.unwrap();
+    create_topic(k, &names.dlq, 1, &[("max.message.bytes", "100")])
+        .await
+        .unwrap();
+    // More bad messages than may be in flight, all on partition 0; good tweets on partition 1.
+    let bad: Vec<Vec<u8>> = (0..DLQ_IN_FLIGHT + 100)
+        .map(|i| format!("{{\"id\": \"{i}\", \"text\": \"{}", "x".repeat(300)).into_bytes())
+        .collect();
+    produce_payloads(&names.input, Some(0), &bad).await.unwrap();
+    let mut g = Generator::new(3, Utc::now(), 1);
+    let good: Vec<Vec<u8>> = (0..300).map(|_| g.payload().1).collect();
+    produce_payloads(&names.input, Some(1), &good)
+        .await
+        .unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let logs = std::env::temp_dir().join(unique("dlqout"));
+    let mut env = names.test_env();
+    env.push(("VAXPULSE_PIPELINE_DRAIN_TIMEOUT_MS".into(), "2000".into()));
+    let mut fleet = Fleet::new(
+        WorkerCmd::Vaxpulse(env!("CARGO_BIN_EXE_vaxpulse").into()),
+        env,
+        &logs,
+        Some(port),
+    )
+    .unwrap();
+    let log = fleet.spawn(0).unwrap();
+    let output = TopicReader::start(k, &names.output).unwrap();
+    let started = Instant::now();
+    let mut text = String::new();
+    while output.count() < good.len()
+        || gauge(&text, "vaxpulse_consumer_paused_partitions") != Some(1.0)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "{} of {} results, paused partitions {:?} (log: {})",
+            output.count(),
+            good.len(),
+            gauge(&text, "vaxpulse_consumer_paused_partitions"),
+            log.display()
+        );
+        assert_eq!(
+            fleet.exited(),
+            None,
+            "worker exited (log: {})",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        text = get(port, "/metrics").unwrap_or_default();
+    }
+    assert_eq!(
+        get(port, "/health/ready").as_deref(),
+        Some("not ready"),
+        "dead letters being retried make the replica not ready"
+    );
+    let clean = tokio::task::block_in_place(|| fleet.sigterm(0, Duration::from_secs(60)));
+    assert!(clean, "the worker stops cleanly (log: {})", log.display());
+    let committed = committed_offsets(k, &names.group, &names.input, 2).unwrap();
+    assert!(
+        matches!(committed[0], (0, None | Some(0), _)),
+        "nothing committed past an unwritten dead letter: {committed:?}"
+    );
+    assert_eq!(
+        committed[1],
+        (1, Some(good.len() as i64), good.len() as i64),
+        "the healthy partition is committed to its end"
+    );
+    let _ = std::fs::remove_dir_all(&logs);
+}
