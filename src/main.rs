@@ -62,6 +62,11 @@ enum Command {
     /// checksums, one forward pass), broker and ClickHouse reachable; prints the effective
     /// configuration (secrets as ***) and exits non-zero on the first problem.
     Validate,
+    /// Model directories.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Benchmarks: raw model and in-process pipeline (Markdown tables + JSON). The end-to-end
     /// bench and the fault-injection suite are in `vaxpulse-harness`.
     Bench(vaxpulse::bench::BenchArgs),
@@ -71,6 +76,17 @@ enum Command {
         hourly: bool,
         #[arg(long)]
         model_version: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Runs DIR's parity.json through the worker's serving path (CPU, fp32): token ids must be
+    /// equal and probabilities within --max-abs-diff of the reference; exits non-zero otherwise.
+    Check {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1e-4)]
+        max_abs_diff: f64,
     },
 }
 
@@ -124,6 +140,18 @@ fn main() -> anyhow::Result<()> {
                 tracing::info!(model = %report.model_version, "stopped cleanly");
             }
             Command::Validate => vaxpulse::validate::validate(&cfg).await?,
+            Command::Models {
+                command: ModelsCommand::Check { dir, max_abs_diff },
+            } => {
+                let r = tokio::task::spawn_blocking(move || {
+                    vaxpulse::model::check::check_dir(&dir, max_abs_diff)
+                })
+                .await??;
+                println!(
+                    "models check: {} — {} texts through the Rust serving path, max |Δp| vs reference = {:.2e} (bound {max_abs_diff:.0e}), same label {}/{}",
+                    r.model, r.cases, r.max_abs_diff, r.same_label, r.cases
+                );
+            }
             Command::Schema => {
                 let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
                 sink.apply_schema()

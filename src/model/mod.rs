@@ -1,6 +1,7 @@
 //! The model boundary: a small synchronous `Classifier` trait, the model manifest, and the
 //! inference thread that feeds it. Nothing here runs on the async runtime.
 
+pub mod check;
 pub mod load;
 pub mod tokenizer;
 pub mod torch;

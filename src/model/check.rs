@@ -1,0 +1,105 @@
+//! `vaxpulse models check DIR`: an exported model directory, run through the worker's own serving
+//! path (normalisation, `tokenizer.json`, TorchScript on the CPU in fp32, softmax), must give the
+//! token ids and probabilities recorded in its `parity.json` (written by the export from the
+//! reference implementation, e.g. transformers) within a bound. The export script runs it and
+//! fails when it does not hold.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::tokenizer::TweetTokenizer;
+use super::torch::{TorchClassifier, TorchOptions};
+use super::{argmax, Classifier, DeviceSpec, Manifest, PaddedBatch, Precision};
+
+/// What the check found.
+#[derive(Debug)]
+pub struct ParityCheck {
+    pub model: String,
+    pub cases: usize,
+    pub max_abs_diff: f64,
+    pub same_label: usize,
+}
+
+/// Runs the check; an error when the directory is unusable, ids differ, or a probability
+/// differs by more than `max_abs_diff`.
+pub fn check_dir(dir: &Path, max_abs_diff: f64) -> anyhow::Result<ParityCheck> {
+    let manifest = Manifest::load(dir)?;
+    manifest.verify(dir)?;
+    let path = dir.join("parity.json");
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", path.display()))?;
+    let cases = fixture["cases"]
+        .as_array()
+        .filter(|c| !c.is_empty())
+        .with_context(|| format!("{} has no cases", path.display()))?;
+    let tok = TweetTokenizer::load(
+        &dir.join(&manifest.files.tokenizer.path),
+        manifest.max_length,
+    )?;
+    let texts: Vec<&str> = cases
+        .iter()
+        .map(|c| c["text"].as_str().context("a case without text"))
+        .collect::<anyhow::Result<_>>()?;
+    let ids = tok.encode_batch(&texts)?;
+    for (c, got) in cases.iter().zip(&ids) {
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .context("a case without ids")?
+            .iter()
+            .map(|v| v.as_u64().map(|x| x as u32).context("a token id"))
+            .collect::<anyhow::Result<_>>()?;
+        anyhow::ensure!(
+            *got == want,
+            "token ids differ for {:?}: reference {want:?}, vaxpulse {got:?} (is tokenizer.json the checkpoint's fast tokenizer?)",
+            c["text"]
+        );
+    }
+    let opts = TorchOptions {
+        device: DeviceSpec::Cpu,
+        intra_op_threads: 1,
+        precision: Precision::Fp32,
+        half_parity_max_abs_diff: 0.02,
+        parity_batch: None,
+    };
+    let mut model = TorchClassifier::load(dir, &manifest, opts)?;
+    let batch = PaddedBatch::new(ids.iter().map(Vec::as_slice), manifest.pad_id);
+    let probs = model.classify(&batch)?;
+    let mut worst = 0f64;
+    let mut same_label = 0;
+    for (c, got) in cases.iter().zip(&probs) {
+        let want: Vec<f64> = c["probabilities"]
+            .as_array()
+            .context("a case without probabilities")?
+            .iter()
+            .map(|v| v.as_f64().context("a probability"))
+            .collect::<anyhow::Result<_>>()?;
+        anyhow::ensure!(
+            want.len() == got.len(),
+            "the reference has {} classes, the model {}",
+            want.len(),
+            got.len()
+        );
+        for (w, g) in want.iter().zip(got) {
+            worst = worst.max((w - f64::from(*g)).abs());
+        }
+        let want32: Vec<f32> = want.iter().map(|&x| x as f32).collect();
+        same_label += usize::from(argmax(&want32) == argmax(got));
+    }
+    let report = ParityCheck {
+        model: manifest.model_version(),
+        cases: cases.len(),
+        max_abs_diff: worst,
+        same_label,
+    };
+    anyhow::ensure!(
+        worst <= max_abs_diff,
+        "{}: max |Δp| = {worst:.2e} over {} texts exceeds {max_abs_diff:.0e}",
+        report.model,
+        report.cases
+    );
+    Ok(report)
+}
