@@ -57,6 +57,14 @@ fn variant(
     v
 }
 
+/// (name, edit of config.json, file left out, expected message).
+type Case = (
+    &'static str,
+    Box<dyn Fn(&mut serde_json::Value)>,
+    Option<&'static str>,
+    &'static str,
+);
+
 #[test]
 fn a_users_checkpoint_is_exported_checked_and_bad_ones_are_refused() {
     let dir = std::env::temp_dir().join(format!("vaxpulse-export-{:08x}", rand::random::<u32>()));
@@ -101,12 +109,7 @@ fn a_users_checkpoint_is_exported_checked_and_bad_ones_are_refused() {
     m.verify(&out).unwrap();
     assert_eq!(m.model_version(), "mine@2");
 
-    let cases: [(
-        &str,
-        Box<dyn Fn(&mut serde_json::Value)>,
-        Option<&str>,
-        &str,
-    ); 4] = [
+    let cases: [Case; 4] = [
         (
             "no-tokenizer",
             Box::new(|_| {}),
