@@ -98,13 +98,20 @@ impl ConsumerContext for Ctx {
             held.tweets.retain(|w| keep(w.ack));
             held.dead_letters.retain(|d| keep(d.ack));
         }
-        // Queued work of these partitions is dropped before inference from now on (and given
-        // back unfinished); only batches already inferred are waited for. The whole group waits
-        // for this member here, so the wait must stay short.
-        self.tracker.release(&parts);
-        let drained = self
-            .tracker
-            .wait_drained(Some(&parts), self.revoke_drain_timeout);
+        // First let in-flight work finish in order for half the budget: whatever completes now
+        // is committed and never redone. Then, if work remains, drop the queued part before
+        // inference (it is given back unfinished and the next owner reads it; work that had
+        // finished out of order past it — length bucketing reorders — is redone there) and wait
+        // the other half for what is already inferred. The whole group waits for this member
+        // here, so the budget stays well under the session timeout.
+        let half = self.revoke_drain_timeout / 2;
+        let mut drained = self.tracker.wait_drained(Some(&parts), half);
+        if !drained {
+            self.tracker.release(&parts);
+            drained = self
+                .tracker
+                .wait_drained(Some(&parts), self.revoke_drain_timeout - half);
+        }
         let positions = self.tracker.positions(&parts);
         commit(consumer, &self.topic, &positions, CommitMode::Sync);
         self.tracker.revoke(&parts);
