@@ -15,7 +15,6 @@ path and compares its probabilities with transformers' within 1e-4; the export f
 (and the half-written directory is removed). No download: everything comes from CHECKPOINT_DIR.
 """
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from vaxmodel import sha256  # noqa: E402  (the same file hashes as the demo model's manifest)
 
 CANONICAL = ("against", "neutral", "favour")
 # Names a checkpoint may give each class, lower-cased.
@@ -51,14 +51,6 @@ SAMPLES = [
 
 class ExportError(Exception):
     """A problem with the checkpoint or the arguments; the message says what to do."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_config(ckpt: Path) -> dict:

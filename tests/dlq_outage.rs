@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -15,15 +14,6 @@ use vaxpulse::synthetic::Generator;
 use vaxpulse_harness::fleet::{Fleet, WorkerCmd};
 
 use common::*;
-
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_string())
-}
 
 fn gauge(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -52,11 +42,7 @@ async fn a_dead_letter_outage_pauses_its_partition_while_the_others_flow() {
         .await
         .unwrap();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let logs = std::env::temp_dir().join(unique("dlqout"));
     let mut env = names.test_env();
     env.push(("VAXPULSE_PIPELINE_DRAIN_TIMEOUT_MS".into(), "2000".into()));
@@ -89,10 +75,10 @@ async fn a_dead_letter_outage_pauses_its_partition_while_the_others_flow() {
             log.display()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
-        text = get(port, "/metrics").unwrap_or_default();
+        text = http_get(port, "/metrics").unwrap_or_default();
     }
     assert_eq!(
-        get(port, "/health/ready").as_deref(),
+        http_get(port, "/health/ready").as_deref(),
         Some("not ready"),
         "dead letters being retried make the replica not ready"
     );

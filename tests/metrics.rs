@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -12,15 +12,6 @@ use vaxpulse::synthetic::Generator;
 use vaxpulse_harness::fleet::{Fleet, WorkerCmd};
 
 use common::*;
-
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_string())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_version() {
@@ -39,11 +30,7 @@ async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_versi
     produce_keyed(&cfg.kafka, &names.input, tweets, None)
         .await
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let logs = std::env::temp_dir().join(unique("metrics"));
     let mut fleet = Fleet::new(
         WorkerCmd::Vaxpulse(env!("CARGO_BIN_EXE_vaxpulse").into()),
@@ -70,9 +57,9 @@ async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_versi
             log.display()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
-        text = get(port, "/metrics").unwrap_or_default();
+        text = http_get(port, "/metrics").unwrap_or_default();
     }
-    assert_eq!(get(port, "/health/ready").as_deref(), Some("ready"));
+    assert_eq!(http_get(port, "/health/ready").as_deref(), Some("ready"));
 
     let mut promtool = std::process::Command::new("promtool")
         .args(["check", "metrics"])

@@ -496,6 +496,25 @@ pub async fn ch_try(sql: &str) -> Result<String, clickhouse::error::Error> {
     Ok(rows.into_iter().next().unwrap_or_default())
 }
 
+/// A TCP port free on loopback right now (for a worker's metrics endpoint).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("loopback has a free port")
+        .port()
+}
+
+/// The body of `GET path` on `127.0.0.1:port` (HTTP/1.0), or `None` when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
+}
+
 /// Polls `check` every 250 ms until it holds; panics with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
