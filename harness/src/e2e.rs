@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use vaxpulse::bench::raw::RawReport;
-use vaxpulse::bench::{fmt_ms, progress, write_json, BenchArgs, Machine, Mode, Percentiles, Table};
+use vaxpulse::bench::{fmt_ms, progress, write_json, Machine, Paced, Percentiles, RawGrid, Table};
 use vaxpulse::config::Config;
 use vaxpulse::produce::{produce, Input, ProduceOptions};
 
@@ -21,21 +21,10 @@ use crate::kit::{clickhouse_distinct, create_topics, Names, TopicReader};
 /// Options of `vaxpulse-harness bench e2e` (model, batching and services come from the config).
 #[derive(Debug, Clone, clap::Args)]
 pub struct E2eArgs {
-    /// Batch sizes of the raw grid the ratios refer to.
-    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64,128")]
-    pub batch_sizes: Vec<usize>,
-    /// Sequence lengths (tokens) of the raw grid.
-    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
-    pub seq_lens: Vec<usize>,
-    /// Time spent on each raw cell, after its warm-up.
-    #[arg(long, default_value_t = 2.0)]
-    pub cell_seconds: f64,
-    /// Offered loads for the paced runs, as fractions of the measured full-backlog capacity.
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.9")]
-    pub loads: Vec<f64>,
-    /// Length of each paced run.
-    #[arg(long, default_value_t = 15.0)]
-    pub paced_seconds: f64,
+    #[command(flatten)]
+    pub grid: RawGrid,
+    #[command(flatten)]
+    pub paced: Paced,
     /// Worker processes in the consumer group.
     #[arg(long, default_value_t = 2)]
     pub replicas: usize,
@@ -58,22 +47,6 @@ pub struct E2eArgs {
     /// The config file of this process, handed to the workers (set from `--config`).
     #[arg(skip)]
     pub config_path: Option<PathBuf>,
-}
-
-impl E2eArgs {
-    /// The raw run's options.
-    pub fn raw_args(&self) -> BenchArgs {
-        BenchArgs {
-            mode: Mode::Raw,
-            batch_sizes: self.batch_sizes.clone(),
-            seq_lens: self.seq_lens.clone(),
-            cell_seconds: self.cell_seconds,
-            tweets: 0,
-            loads: self.loads.clone(),
-            paced_seconds: self.paced_seconds,
-            json: self.json.clone(),
-        }
-    }
 }
 
 /// Everything one e2e bench measured.
@@ -253,9 +226,9 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
             continue;
         }
         let mut total = backlog;
-        for (j, &load) in args.loads.iter().enumerate() {
+        for (j, &load) in args.paced.loads.iter().enumerate() {
             let rate = capacity * load;
-            let n = ((rate * args.paced_seconds) as usize).max(50);
+            let n = ((rate * args.paced.paced_seconds) as usize).max(50);
             println!("e2e: {:.0} % load: {n} tweets at {rate:.0}/s", load * 100.0);
             let since = Instant::now();
             let opts = ProduceOptions {
@@ -372,9 +345,9 @@ pub async fn bench(cfg: Config, args: E2eArgs) -> anyhow::Result<E2eBench> {
         manifest.model_version(),
         machine.describe()
     );
-    let (cfg2, raw_args) = (cfg.clone(), args.raw_args());
+    let (cfg2, grid) = (cfg.clone(), args.grid.clone());
     let raw =
-        tokio::task::spawn_blocking(move || vaxpulse::bench::raw::run(&cfg2, &raw_args)).await??;
+        tokio::task::spawn_blocking(move || vaxpulse::bench::raw::run(&cfg2, &grid)).await??;
     print!("{}", raw.render());
     let e2e = run(&cfg, &args, &raw).await?;
     print!("{}", e2e.render());

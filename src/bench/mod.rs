@@ -24,12 +24,9 @@ pub enum Mode {
     All,
 }
 
-/// Options of `vaxpulse bench` (model, batching and services come from the config).
+/// The raw model run every ratio refers to (also used by the harness's e2e bench).
 #[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
-    /// raw, pipeline or all (both).
-    #[arg(value_enum)]
-    pub mode: Mode,
+pub struct RawGrid {
     /// Batch sizes of the raw grid (and of the synthetic-distribution raw run).
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64,128")]
     pub batch_sizes: Vec<usize>,
@@ -39,15 +36,32 @@ pub struct BenchArgs {
     /// Time spent on each raw cell, after its warm-up.
     #[arg(long, default_value_t = 2.0)]
     pub cell_seconds: f64,
-    /// Tweets through the in-process pipeline at full backlog.
-    #[arg(long, default_value_t = 20_000)]
-    pub tweets: usize,
+}
+
+/// Offered loads of the paced runs (in-process and e2e).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Paced {
     /// Offered loads for the paced runs, as fractions of the measured full-backlog capacity.
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.9")]
     pub loads: Vec<f64>,
     /// Length of each paced run.
     #[arg(long, default_value_t = 15.0)]
     pub paced_seconds: f64,
+}
+
+/// Options of `vaxpulse bench` (model, batching and services come from the config).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// raw, pipeline or all (both).
+    #[arg(value_enum)]
+    pub mode: Mode,
+    #[command(flatten)]
+    pub grid: RawGrid,
+    /// Tweets through the in-process pipeline at full backlog.
+    #[arg(long, default_value_t = 20_000)]
+    pub tweets: usize,
+    #[command(flatten)]
+    pub paced: Paced,
     /// Where the JSON results go.
     #[arg(long, default_value = "bench-results/bench.json")]
     pub json: PathBuf,
@@ -213,8 +227,8 @@ pub async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<Report> {
         manifest.model_version(),
         machine.describe()
     );
-    let (cfg2, args2) = (cfg.clone(), args.clone());
-    let raw = tokio::task::spawn_blocking(move || raw::run(&cfg2, &args2)).await??;
+    let (cfg2, grid) = (cfg.clone(), args.grid.clone());
+    let raw = tokio::task::spawn_blocking(move || raw::run(&cfg2, &grid)).await??;
     print!("{}", raw.render());
     let pipeline = if matches!(args.mode, Mode::Pipeline | Mode::All) {
         let (cfg2, args2, best) = (cfg.clone(), args.clone(), raw.clone());

@@ -218,9 +218,9 @@ pub fn run(cfg: &Config, args: &BenchArgs, raw: &RawReport) -> anyhow::Result<Pi
         runs.push(one_run(&c, &manifest, &tweets, None, &name, raw_best)?);
     }
     let capacity = runs[0].texts_per_second;
-    for &load in &args.loads {
+    for &load in &args.paced.loads {
         let rate = capacity * load;
-        let n = ((rate * args.paced_seconds) as usize).clamp(100, tweets.len());
+        let n = ((rate * args.paced.paced_seconds) as usize).clamp(100, tweets.len());
         let name = format!("{:.0} % load", load * 100.0);
         runs.push(one_run(
             cfg,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use chrono::Utc;
 use serde::Serialize;
 
-use super::{progress, BenchArgs, Table};
+use super::{progress, RawGrid, Table};
 use crate::config::Config;
 use crate::model::tokenizer::TweetTokenizer;
 use crate::model::{warm_up, Classifier, Manifest, PaddedBatch};
@@ -123,7 +123,7 @@ fn time_batches(
     Ok((n, started.elapsed().as_secs_f64()))
 }
 
-pub fn run(cfg: &Config, args: &BenchArgs) -> anyhow::Result<RawReport> {
+pub fn run(cfg: &Config, args: &RawGrid) -> anyhow::Result<RawReport> {
     let manifest = Manifest::load(&cfg.model.dir)?;
     let mut model = crate::model::load::load_torch(cfg, &manifest)?;
     let max_b = args.batch_sizes.iter().copied().max().unwrap_or(64);
