@@ -6,7 +6,9 @@
 //! acknowledged) → consumer thread commits.
 //!
 //! One [`CancellationToken`] stops everything: the caller cancels it (a signal), the sinks cancel
-//! it when one fails for good, and this module cancels it when any stage ends early.
+//! it when one fails for good, and this module cancels it when any stage ends early. The
+//! metrics and health endpoints have a token of their own, cancelled last, so that they answer
+//! (not ready, metrics) throughout the drain.
 
 pub mod acks;
 pub mod inference;
@@ -70,6 +72,8 @@ pub async fn run(
         .context("cannot create the dead-letter producer")?
         .with_health(health.clone());
     let metrics = telemetry::install().context("cannot install the metrics recorder")?;
+    // The endpoints outlive the drain (probes and the last scrape see it); they stop last.
+    let metrics_stop = CancellationToken::new();
     let metrics_task = if cfg.metrics.listen.is_empty() {
         None
     } else {
@@ -80,11 +84,9 @@ pub async fn run(
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} for metrics (port in use? set metrics.listen)")
         })?;
-        let (h, c) = (health.clone(), cancel.clone());
+        let (h, stop) = (health.clone(), metrics_stop.clone());
         Some(tokio::spawn(async move {
-            if let Err(e) =
-                telemetry::serve(listener, metrics, h, async move { c.cancelled().await }).await
-            {
+            if let Err(e) = telemetry::serve(listener, metrics, h, stop.cancelled_owned()).await {
                 tracing::error!(error = %e, "metrics endpoint failed");
             }
         }))
@@ -152,6 +154,7 @@ pub async fn run(
     if let Err(e) = acks_result? {
         first_error = first_error.or(Some(e));
     }
+    metrics_stop.cancel();
     if let Some(t) = metrics_task {
         let _ = t.await;
     }

@@ -291,6 +291,8 @@ impl Source {
                 last_commit = Instant::now();
             }
         }
+        // Draining from here on: not ready (the endpoints keep answering until the end).
+        self.health.consuming.store(false, Ordering::Relaxed);
         round.emit();
         {
             let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
