@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use vaxpulse::sink::kafka::DLQ_IN_FLIGHT;
@@ -55,28 +55,26 @@ async fn a_dead_letter_outage_pauses_its_partition_while_the_others_flow() {
     .unwrap();
     let log = fleet.spawn(0).unwrap();
     let output = TopicReader::start(k, &names.output).unwrap();
-    let started = Instant::now();
     let mut text = String::new();
-    while output.count() < good.len()
-        || gauge(&text, "vaxpulse_consumer_paused_partitions") != Some(1.0)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "{} of {} results, paused partitions {:?} (log: {})",
-            output.count(),
-            good.len(),
-            gauge(&text, "vaxpulse_consumer_paused_partitions"),
-            log.display()
-        );
-        assert_eq!(
-            fleet.exited(),
-            None,
-            "worker exited (log: {})",
-            log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        text = http_get(port, "/metrics").unwrap_or_default();
-    }
+    let paused = |text: &str| gauge(text, "vaxpulse_consumer_paused_partitions");
+    fleet
+        .wait_while_running(
+            Duration::from_secs(180),
+            || {
+                text = http_get(port, "/metrics").unwrap_or_default();
+                output.count() >= good.len() && paused(&text) == Some(1.0)
+            },
+            || {
+                format!(
+                    "{} of {} results, paused partitions {:?}",
+                    output.count(),
+                    good.len(),
+                    paused(&http_get(port, "/metrics").unwrap_or_default())
+                )
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(
         http_get(port, "/health/ready").as_deref(),
         Some("not ready"),

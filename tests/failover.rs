@@ -68,20 +68,14 @@ async fn a_killed_replicas_partitions_are_taken_over_and_nothing_is_lost_or_doub
     let log_b = fleet.spawn(1).unwrap();
     let started = Instant::now();
     // B's assignment comes from the rebalance its join caused, in which A took part too.
-    while !(log_says(&log_a, "partitions assigned") && log_says(&log_b, "partitions assigned")) {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "replicas did not both join (logs in {})",
-            logs.display()
-        );
-        assert_eq!(
-            fleet.exited(),
-            None,
-            "a replica exited (logs in {})",
-            logs.display()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    fleet
+        .wait_while_running(
+            Duration::from_secs(180),
+            || log_says(&log_a, "partitions assigned") && log_says(&log_b, "partitions assigned"),
+            || "replicas did not both join".into(),
+        )
+        .await
+        .unwrap();
     let output = TopicReader::start(&cfg.kafka, &names.output).unwrap();
     produce_keyed(&cfg.kafka, &names.input, tweets, None)
         .await
@@ -103,21 +97,14 @@ async fn a_killed_replicas_partitions_are_taken_over_and_nothing_is_lost_or_doub
         "the run was nearly over at the kill ({at_kill}); the test would prove nothing"
     );
 
-    while output.count() < TWEETS {
-        assert!(
-            started.elapsed() < Duration::from_secs(420),
-            "only {} of {TWEETS} results after the kill (survivor log: {})",
-            output.count(),
-            log_b.display()
-        );
-        assert_eq!(
-            fleet.exited(),
-            None,
-            "the survivor exited ({})",
-            log_b.display()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    fleet
+        .wait_while_running(
+            Duration::from_secs(420).saturating_sub(started.elapsed()),
+            || output.count() >= TWEETS,
+            || format!("{} of {TWEETS} results after the kill", output.count()),
+        )
+        .await
+        .unwrap();
     let after = assignments(&log_b);
     assert!(
         after.len() > assigned_before_kill && after.last().unwrap().contains("[0, 1, 2, 3]"),

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use vaxpulse::synthetic::Generator;
@@ -41,24 +41,19 @@ async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_versi
     .unwrap();
     let log = fleet.spawn(0).unwrap();
     let output = TopicReader::start(&cfg.kafka, &names.output).unwrap();
-    let started = Instant::now();
     // Lag gauges are written on the commit timer, after the results.
     let mut text = String::new();
-    while output.count() < 300 || !text.contains("vaxpulse_consumer_lag_messages{") {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "worker did not finish 300 tweets with metrics on :{port} (log: {})",
-            log.display()
-        );
-        assert_eq!(
-            fleet.exited(),
-            None,
-            "worker exited (log: {})",
-            log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        text = http_get(port, "/metrics").unwrap_or_default();
-    }
+    fleet
+        .wait_while_running(
+            Duration::from_secs(180),
+            || {
+                text = http_get(port, "/metrics").unwrap_or_default();
+                output.count() >= 300 && text.contains("vaxpulse_consumer_lag_messages{")
+            },
+            || format!("{} of 300 tweets, metrics on :{port}", output.count()),
+        )
+        .await
+        .unwrap();
     assert_eq!(http_get(port, "/health/ready").as_deref(), Some("ready"));
 
     let mut promtool = std::process::Command::new("promtool")

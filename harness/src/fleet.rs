@@ -124,7 +124,7 @@ impl Drop for Spawner {
 }
 
 /// SIGTERM: the worker drains, commits and exits (`Child::kill` is SIGKILL).
-pub fn sigterm(child: &Child) {
+fn sigterm(child: &Child) {
     // SAFETY: plain kill(2) on a child we own.
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
@@ -143,7 +143,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// `Some(true)` on HTTP 200 from `/health/ready`, `Some(false)` on another status, `None` when
 /// nothing answers.
-pub fn probe_ready(port: u16) -> Option<bool> {
+fn probe_ready(port: u16) -> Option<bool> {
     use std::io::{Read, Write};
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
@@ -293,6 +293,35 @@ impl Fleet {
                 .and_then(|c| c.try_wait().ok().flatten())
                 .map(|_| i)
         })
+    }
+
+    /// Polls `done` every 250 ms until it holds, while every worker keeps running. An error
+    /// when `timeout` passes (saying `what()`: where things stand) or a worker exits on its own;
+    /// both name the log directory.
+    pub async fn wait_while_running(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut() -> bool,
+        what: impl Fn() -> String,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !done() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?}: {} (logs in {})",
+                what(),
+                self.logs.display()
+            );
+            if let Some(slot) = self.exited() {
+                anyhow::bail!(
+                    "worker {slot} exited on its own: {} (logs in {})",
+                    what(),
+                    self.logs.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(())
     }
 
     /// Whether some running worker answers `/health/ready` with anything but 200.

@@ -228,9 +228,9 @@ impl DeadLetterProducer {
     }
 
     /// Sends `dl` on `runtime` when fewer than [`DLQ_IN_FLIGHT`] dead letters are in flight;
-    /// otherwise gives it back at once (`Some`) (the caller holds it and pauses its partition: a slow
-    /// or unwritable dead-letter topic must never block the consumer thread, or the group would
-    /// drop it after `max.poll.interval.ms`).
+    /// otherwise gives it back at once (`Some`): the caller holds it and pauses its partition. A
+    /// slow or unwritable dead-letter topic must never block the consumer thread, or the group
+    /// would drop it after `max.poll.interval.ms`.
     #[must_use = "a dead letter given back must be held and sent again"]
     pub fn try_spawn_send(
         &self,
@@ -246,11 +246,6 @@ impl DeadLetterProducer {
             drop(permit);
         });
         None
-    }
-
-    /// Whether no dead letter is in flight (all were acknowledged).
-    pub fn idle(&self) -> bool {
-        self.in_flight.available_permits() == DLQ_IN_FLIGHT
     }
 
     /// Sends until the broker accepts, then acknowledges. Never gives up: an unwritable DLQ
