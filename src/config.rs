@@ -128,6 +128,14 @@ pub struct KafkaConfig {
     /// Dead-letter topic for messages that cannot be decoded (original bytes + reason headers).
     #[serde(default = "default_dlq_topic")]
     pub dlq_topic: String,
+    /// Compacted control topic (one partition) holding the group's model deployment, keyed by
+    /// `group_id`: every replica reads it at start and follows it (`vaxpulse models ...`).
+    #[serde(default = "default_control_topic")]
+    pub control_topic: String,
+    /// Optional topic receiving the shadows' results too (same JSON, `role` = `shadow`); empty =
+    /// shadows go to ClickHouse only.
+    #[serde(default)]
+    pub shadow_topic: String,
     /// Where a new group starts reading: `earliest` or `latest`.
     #[serde(default = "default_offset_reset")]
     pub auto_offset_reset: OffsetReset,
@@ -192,6 +200,8 @@ impl fmt::Debug for KafkaConfig {
             .field("input_topic", &self.input_topic)
             .field("output_topic", &self.output_topic)
             .field("dlq_topic", &self.dlq_topic)
+            .field("control_topic", &self.control_topic)
+            .field("shadow_topic", &self.shadow_topic)
             .field("auto_offset_reset", &self.auto_offset_reset)
             .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
             .field("commit_interval_ms", &self.commit_interval_ms)
@@ -232,9 +242,19 @@ pub struct ClickHouseConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Directory with `manifest.json`, `model.pt` (TorchScript) and `tokenizer.json`.
+    /// Directory with `manifest.json`, `model.pt` (TorchScript) and `tokenizer.json`: the
+    /// champion while no deployment has been published to `kafka.control_topic` (`vaxpulse
+    /// models deploy`); from then on the control topic decides.
     #[serde(default = "default_model_dir")]
     pub dir: PathBuf,
+    /// Model store: deployed versions `NAME@VERSION` are read from `store_dir/NAME/VERSION/`
+    /// (every replica needs the same export there, checked by the weights hash).
+    #[serde(default = "default_store_dir")]
+    pub store_dir: PathBuf,
+    /// Largest |Δprobability| between a newly deployed fp32 version and its `parity.json`
+    /// (the reference implementation's output) before it may take traffic.
+    #[serde(default = "default_parity_max_abs_diff")]
+    pub parity_max_abs_diff: f64,
     /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: DeviceSpec,
@@ -301,6 +321,14 @@ pub struct PipelineConfig {
     /// Batches waiting for the sinks; when full, inference (and then consumption) stops.
     #[serde(default = "default_sink_queue_batches")]
     pub sink_queue_batches: usize,
+    /// Threads scoring shadow versions (off the champion's model thread, so a slow shadow never
+    /// slows the champion).
+    #[serde(default = "default_shadow_threads")]
+    pub shadow_threads: usize,
+    /// Shadow batches waiting for a shadow thread (or for ClickHouse); when full, a shadow's
+    /// batch is skipped and counted, never waited for.
+    #[serde(default = "default_shadow_queue_batches")]
+    pub shadow_queue_batches: usize,
     /// Longest wait for in-flight tweets at shutdown.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
@@ -335,6 +363,9 @@ fn default_output_topic() -> String {
 fn default_dlq_topic() -> String {
     "tweets.dlq".into()
 }
+fn default_control_topic() -> String {
+    "vaxpulse.deployments".into()
+}
 fn default_offset_reset() -> OffsetReset {
     OffsetReset::Earliest
 }
@@ -364,6 +395,12 @@ fn default_insert_timeout_ms() -> u64 {
 }
 fn default_model_dir() -> PathBuf {
     "models/demo/1".into()
+}
+fn default_store_dir() -> PathBuf {
+    "models".into()
+}
+fn default_parity_max_abs_diff() -> f64 {
+    1e-4
 }
 fn default_device() -> DeviceSpec {
     DeviceSpec::Auto
@@ -400,6 +437,12 @@ fn default_queue_tweets() -> usize {
 }
 fn default_sink_queue_batches() -> usize {
     4
+}
+fn default_shadow_threads() -> usize {
+    1
+}
+fn default_shadow_queue_batches() -> usize {
+    16
 }
 fn default_drain_timeout_ms() -> u64 {
     10_000
@@ -534,12 +577,23 @@ impl Config {
         if topics.iter().any(|t| t.trim().is_empty()) {
             return bad("kafka.*_topic", "topic names must not be empty".into());
         }
-        if self.kafka.input_topic == self.kafka.output_topic
-            || self.kafka.input_topic == self.kafka.dlq_topic
+        if self.kafka.control_topic.trim().is_empty() {
+            return bad(
+                "kafka.control_topic",
+                "must name the deployment control topic".into(),
+            );
+        }
+        if [
+            &self.kafka.output_topic,
+            &self.kafka.dlq_topic,
+            &self.kafka.control_topic,
+            &self.kafka.shadow_topic,
+        ]
+        .contains(&&self.kafka.input_topic)
         {
             return bad(
                 "kafka.input_topic",
-                "must differ from output_topic and dlq_topic (the worker would read its own output)".into(),
+                "must differ from output_topic, dlq_topic, control_topic and shadow_topic (the worker would read its own output)".into(),
             );
         }
         for forbidden in [
@@ -584,6 +638,19 @@ impl Config {
             return bad(
                 "model.half_parity_max_abs_diff",
                 "must be a positive probability difference, e.g. 0.02".into(),
+            );
+        }
+        let p = self.model.parity_max_abs_diff;
+        if p.is_nan() || p <= 0.0 {
+            return bad(
+                "model.parity_max_abs_diff",
+                "must be a positive probability difference, e.g. 1e-4".into(),
+            );
+        }
+        if self.pipeline.shadow_threads == 0 || self.pipeline.shadow_queue_batches == 0 {
+            return bad(
+                "pipeline.shadow_threads",
+                "shadow_threads and shadow_queue_batches must be at least 1".into(),
             );
         }
         if self.pipeline.tokenizer_threads == 0 {

@@ -22,6 +22,7 @@ pub mod app;
 pub mod batch;
 pub mod bench;
 pub mod config;
+pub mod deploy;
 pub mod model;
 pub mod produce;
 pub mod report;

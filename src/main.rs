@@ -33,7 +33,7 @@ enum Command {
     Run,
     /// Create the ClickHouse database, tables and views (idempotent).
     Schema,
-    /// Create the input, output and dead-letter topics if missing.
+    /// Create the input, output, dead-letter and control (and shadow) topics if missing.
     Topics {
         #[arg(long, default_value_t = 4)]
         partitions: i32,
@@ -88,6 +88,85 @@ enum ModelsCommand {
         #[arg(long, default_value_t = 1e-4)]
         max_abs_diff: f64,
     },
+    /// Versions in the model store (model.store_dir) and their role in the group's deployment.
+    List,
+    /// The group's deployment (control topic), its last changes and each replica's state.
+    Status,
+    /// Add NAME@VERSION from the model store as a shadow (or, with --champion, make it the
+    /// champion at once). Checked here first (checksums, parity), then by every replica.
+    Deploy {
+        model: String,
+        #[arg(long)]
+        champion: bool,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Make a shadow the champion; the old champion stays on as a shadow.
+    Promote {
+        model: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Return to the champion before the last promotion.
+    Rollback {
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Stop scoring a shadow.
+    Retire {
+        model: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ChangeArgs {
+    /// Why (recorded with the change).
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// Wait until this many replicas applied the change, and print how long each took.
+    #[arg(long, default_value_t = 0)]
+    wait_replicas: usize,
+    /// How long --wait-replicas waits.
+    #[arg(long, default_value_t = 60)]
+    wait_timeout_s: u64,
+}
+
+impl ChangeArgs {
+    fn options(&self) -> vaxpulse::deploy::ops::ChangeOptions {
+        vaxpulse::deploy::ops::ChangeOptions {
+            reason: self.reason.clone(),
+            wait_replicas: self.wait_replicas,
+            wait_timeout: Duration::from_secs(self.wait_timeout_s),
+        }
+    }
+}
+
+fn model_id(s: &str) -> anyhow::Result<vaxpulse::model::ModelId> {
+    vaxpulse::model::ModelId::parse(s).map_err(anyhow::Error::msg)
+}
+
+async fn models_change(
+    cfg: &Config,
+    change: vaxpulse::deploy::Change,
+    args: &ChangeArgs,
+) -> anyhow::Result<()> {
+    let o = vaxpulse::deploy::ops::change(cfg, change, &args.options()).await?;
+    println!(
+        "{} published to {} for group {}
+  before: {}
+  after:  {}",
+        o.after.action,
+        cfg.kafka.control_topic,
+        cfg.kafka.group_id,
+        o.before.summary(),
+        o.after.summary()
+    );
+    for (replica, ms) in &o.applied {
+        println!("  applied by {replica} {ms} ms after the change");
+    }
+    Ok(())
 }
 
 /// Cancels `token` on SIGTERM or SIGINT; from then on the process has `grace` to finish.
@@ -140,9 +219,8 @@ fn main() -> anyhow::Result<()> {
                 tracing::info!(model = %report.model_version, "stopped cleanly");
             }
             Command::Validate => vaxpulse::validate::validate(&cfg).await?,
-            Command::Models {
-                command: ModelsCommand::Check { dir, max_abs_diff },
-            } => {
+            Command::Models { command } => match command {
+            ModelsCommand::Check { dir, max_abs_diff } => {
                 let r = tokio::task::spawn_blocking(move || {
                     vaxpulse::model::check::check_dir(&dir, max_abs_diff)
                 })
@@ -152,6 +230,31 @@ fn main() -> anyhow::Result<()> {
                     r.model, r.cases, r.max_abs_diff, r.same_label, r.cases
                 );
             }
+            ModelsCommand::List => print!("{}", vaxpulse::deploy::ops::list(&cfg).await?),
+            ModelsCommand::Status => print!("{}", vaxpulse::deploy::ops::status(&cfg).await?),
+            ModelsCommand::Deploy {
+                model,
+                champion,
+                change,
+            } => {
+                let c = vaxpulse::deploy::Change::Deploy {
+                    model: model_id(&model)?,
+                    champion,
+                };
+                models_change(&cfg, c, &change).await?
+            }
+            ModelsCommand::Promote { model, change } => {
+                let c = vaxpulse::deploy::Change::Promote(model_id(&model)?);
+                models_change(&cfg, c, &change).await?
+            }
+            ModelsCommand::Rollback { change } => {
+                models_change(&cfg, vaxpulse::deploy::Change::Rollback, &change).await?
+            }
+            ModelsCommand::Retire { model, change } => {
+                let c = vaxpulse::deploy::Change::Retire(model_id(&model)?);
+                models_change(&cfg, c, &change).await?
+            }
+            },
             Command::Schema => {
                 let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
                 sink.apply_schema()
@@ -168,10 +271,22 @@ fn main() -> anyhow::Result<()> {
                     &cfg.kafka.output_topic,
                     &cfg.kafka.dlq_topic,
                 ];
-                let topics: Vec<NewTopic> = names
+                let mut topics: Vec<NewTopic> = names
                     .iter()
                     .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
                     .collect();
+                // One partition, compacted: the latest deployment per group survives.
+                topics.push(
+                    NewTopic::new(&cfg.kafka.control_topic, 1, TopicReplication::Fixed(1))
+                        .set("cleanup.policy", "compact"),
+                );
+                if !cfg.kafka.shadow_topic.is_empty() {
+                    topics.push(NewTopic::new(
+                        &cfg.kafka.shadow_topic,
+                        partitions,
+                        TopicReplication::Fixed(1),
+                    ));
+                }
                 let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
                 for r in admin
                     .create_topics(&topics, &opts)

@@ -95,6 +95,31 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "gauge",
         "Messages of an owned input partition behind this replica's commit position",
     ),
+    (
+        "vaxpulse_shadow_skipped_tweets_total",
+        "counter",
+        "Tweets a shadow version did not score or store, by model version and reason (busy, failed, store_failed)",
+    ),
+    (
+        "vaxpulse_deployment_changes_total",
+        "counter",
+        "Deployments this replica applied or refused, by outcome",
+    ),
+    (
+        "vaxpulse_deployment_epoch",
+        "gauge",
+        "Epoch of the deployment this replica serves (0 = the configured model, none published)",
+    ),
+    (
+        "vaxpulse_deployment_apply_seconds",
+        "histogram",
+        "From a deployment change being published to this replica scoring with it",
+    ),
+    (
+        "vaxpulse_model_deployed",
+        "gauge",
+        "1 for each model version this replica scores, by model version and role",
+    ),
 ];
 
 fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
@@ -128,6 +153,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
             "vaxpulse_sink_write_duration_seconds",
             exponential(0.0005, 2.0, 16),
         ),
+        (
+            "vaxpulse_deployment_apply_seconds",
+            exponential(0.05, 2.0, 12),
+        ),
     ];
     let mut builder = PrometheusBuilder::new();
     for (name, b) in &buckets {
@@ -153,6 +182,9 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     gauge!("vaxpulse_consumer_paused").set(0.0);
     gauge!("vaxpulse_consumer_paused_partitions").set(0.0);
     gauge!("vaxpulse_messages_in_flight").set(0.0);
+    for outcome in ["applied", "refused"] {
+        counter!("vaxpulse_deployment_changes_total", "outcome" => outcome).absolute(0);
+    }
     let h = handle.clone();
     // Histogram samples are buffered until drained; without a scrape they would pile up.
     std::thread::Builder::new()
@@ -255,9 +287,10 @@ impl OffsetsCommitted {
     }
 }
 
-/// One batch through the model.
+/// One batch through a model.
 pub struct BatchInferred<'a> {
     pub model: &'a str,
+    pub role: &'static str,
     pub rows: usize,
     pub real_tokens: usize,
     pub padded_tokens: usize,
@@ -270,8 +303,12 @@ impl BatchInferred<'_> {
         let padding = padding_tokens as f64 / self.padded_tokens.max(1) as f64;
         histogram!("vaxpulse_batch_size_tweets").record(self.rows as f64);
         histogram!("vaxpulse_batch_padding_ratio").record(padding);
-        histogram!("vaxpulse_inference_duration_seconds", "model" => self.model.to_string())
-            .record(self.seconds);
+        histogram!(
+            "vaxpulse_inference_duration_seconds",
+            "model" => self.model.to_string(),
+            "role" => self.role
+        )
+        .record(self.seconds);
         counter!("vaxpulse_model_tokens_total", "kind" => "real")
             .increment(self.real_tokens as u64);
         counter!("vaxpulse_model_tokens_total", "kind" => "padding").increment(padding_tokens);
@@ -279,6 +316,7 @@ impl BatchInferred<'_> {
         TOKENS_PADDING.fetch_add(padding_tokens, Ordering::Relaxed);
         tracing::debug!(
             model = self.model,
+            role = self.role,
             rows = self.rows,
             padded_tokens = self.padded_tokens,
             padding,
@@ -308,9 +346,11 @@ impl BatchStored {
     }
 }
 
-/// A batch stored by every sink; its offsets are acknowledged right after.
+/// A batch stored by every sink (a champion batch: its offsets are acknowledged right after; a
+/// shadow batch: stored in ClickHouse, nothing to acknowledge).
 pub struct BatchAcknowledged<'a> {
     pub model: &'a str,
+    pub role: &'static str,
     pub labels: &'a [(String, u64)],
     /// When each tweet of the batch was taken off the input topic.
     pub received: &'a [std::time::Instant],
@@ -327,11 +367,83 @@ impl BatchAcknowledged<'_> {
             counter!(
                 "vaxpulse_tweets_classified_total",
                 "label" => label.clone(),
-                "model" => self.model.to_string()
+                "model" => self.model.to_string(),
+                "role" => self.role
             )
             .increment(*n);
         }
-        tracing::debug!(model = self.model, labels = ?self.labels, "batch acknowledged");
+        tracing::debug!(model = self.model, role = self.role, labels = ?self.labels, "batch stored");
+    }
+}
+
+/// A shadow version's batch was not scored or not stored (never waited for: the champion goes
+/// on).
+pub struct ShadowSkipped<'a> {
+    pub model: &'a str,
+    pub reason: &'static str,
+    pub rows: usize,
+    pub error: Option<&'a dyn std::fmt::Display>,
+}
+
+impl ShadowSkipped<'_> {
+    pub fn emit(&self) {
+        counter!(
+            "vaxpulse_shadow_skipped_tweets_total",
+            "model" => self.model.to_string(),
+            "reason" => self.reason
+        )
+        .increment(self.rows as u64);
+        match self.error {
+            Some(e) => tracing::warn!(model = self.model, reason = self.reason, rows = self.rows, error = %e, "shadow batch skipped"),
+            None => tracing::warn!(model = self.model, reason = self.reason, rows = self.rows, "shadow batch skipped"),
+        }
+    }
+}
+
+/// This replica started scoring with a deployment, or refused it (and kept the previous one).
+pub struct DeploymentChanged<'a> {
+    pub epoch: u64,
+    pub applied: bool,
+    pub summary: &'a str,
+    /// Roles before (set to 0) and after (set to 1): (model version, role).
+    pub retired: &'a [(String, &'static str)],
+    pub serving: &'a [(String, &'static str)],
+    /// From the change being published to now (None for the configured bootstrap model).
+    pub since_change_seconds: Option<f64>,
+    pub load_seconds: f64,
+    pub error: Option<&'a str>,
+}
+
+impl DeploymentChanged<'_> {
+    pub fn emit(&self) {
+        let outcome = if self.applied { "applied" } else { "refused" };
+        counter!("vaxpulse_deployment_changes_total", "outcome" => outcome).increment(1);
+        if self.applied {
+            gauge!("vaxpulse_deployment_epoch").set(self.epoch as f64);
+            for (m, role) in self.retired {
+                gauge!("vaxpulse_model_deployed", "model" => m.clone(), "role" => *role).set(0.0);
+            }
+            for (m, role) in self.serving {
+                gauge!("vaxpulse_model_deployed", "model" => m.clone(), "role" => *role).set(1.0);
+            }
+            if let Some(s) = self.since_change_seconds {
+                histogram!("vaxpulse_deployment_apply_seconds").record(s);
+            }
+            tracing::info!(
+                epoch = self.epoch,
+                deployment = self.summary,
+                since_change_ms = self.since_change_seconds.map(|s| (s * 1e3) as i64),
+                load_seconds = self.load_seconds,
+                "deployment applied at a batch boundary"
+            );
+        } else {
+            tracing::error!(
+                epoch = self.epoch,
+                deployment = self.summary,
+                error = self.error.unwrap_or(""),
+                "deployment refused; the previous versions keep serving"
+            );
+        }
     }
 }
 

@@ -35,7 +35,7 @@ fn check_model(cfg: &Config) -> anyhow::Result<String> {
     let text = "La vaccination contre la grippe commence lundi en pharmacie.";
     let ids = tok.encode_batch(&[text])?;
     let batch = PaddedBatch::new(ids.iter().map(Vec::as_slice), manifest.pad_id);
-    let mut model = crate::model::load::load_torch(cfg, &manifest)?;
+    let mut model = crate::model::load::load_torch(cfg, dir, &manifest)?;
     let probs = model
         .classify(&batch)
         .context("the model loaded but its forward pass failed")?;

@@ -52,6 +52,7 @@ pub async fn store_and_ack(
         }
         telemetry::BatchAcknowledged {
             model: batch.rows.first().map_or("", |r| r.model_version.as_str()),
+            role: crate::sink::Role::Champion.as_str(),
             labels: &batch.label_counts(),
             received: &batch.received,
         }

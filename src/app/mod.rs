@@ -5,6 +5,10 @@
 //! model thread ─(classified batches)→ store-and-ack task (Kafka + ClickHouse, then offsets
 //! acknowledged) → consumer thread commits.
 //!
+//! Beside them: the control thread follows the deployment control topic and the loader thread
+//! prepares new deployments (see [`inference`]); shadow results are stored by a task of their
+//! own that never holds the champion's offsets.
+//!
 //! One [`CancellationToken`] stops everything: the caller cancels it (a signal), the sinks cancel
 //! it when one fails for good, and this module cancels it when any stage ends early. The
 //! metrics and health endpoints have a token of their own, cancelled last, so that they answer
@@ -18,21 +22,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use backon::Retryable;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::offsets::OffsetTracker;
 use crate::config::Config;
 use crate::model::load::ClassifierFactory;
-use crate::model::tokenizer::TweetTokenizer;
+use crate::deploy::control::{self, ControlReader};
+use crate::deploy::Deployment;
 use crate::model::Manifest;
-use crate::sink::clickhouse::ClickHouseSink;
+use crate::sink::clickhouse::{ClickHouseSink, DeploymentEventRow};
 use crate::sink::kafka::{DeadLetterProducer, ResultProducer};
-use crate::sink::ResultSink;
+use crate::sink::{ClassifiedBatch, ResultSink, Role};
 use crate::source::kafka::Source;
 use crate::telemetry::{self, Health};
 use crate::tweet::DecodeRules;
 
-pub use inference::{start_inference, Inference};
+pub use inference::{load_active, start_inference, Active, Inference};
 
 /// What a finished run reports.
 #[derive(Debug, Default)]
@@ -48,14 +54,30 @@ pub async fn run(
     factory: ClassifierFactory,
     cancel: CancellationToken,
 ) -> anyhow::Result<RunReport> {
-    let manifest = Manifest::load(&cfg.model.dir)?;
-    if cfg.model.verify_checksums {
-        manifest.verify(&cfg.model.dir)?;
-    }
-    let tokenizer = TweetTokenizer::load(
-        &cfg.model.dir.join(&manifest.files.tokenizer.path),
-        manifest.max_length,
-    )?;
+    // The group's deployment: the control topic's, or the configured model when none was
+    // published yet. Read to the end before anything starts, so a late replica joins in step.
+    let reader_cfg = cfg.kafka.clone();
+    let (reader, published) = tokio::task::spawn_blocking(move || {
+        let reader = ControlReader::open(&reader_cfg)?;
+        let published = reader.catch_up(Duration::from_secs(30))?;
+        anyhow::Ok((reader, published))
+    })
+    .await??;
+    let deployment = match published {
+        Some(d) => d,
+        None => {
+            let manifest = Manifest::load(&cfg.model.dir)?;
+            Deployment::bootstrap(manifest.id())
+        }
+    };
+    tracing::info!(deployment = %deployment.summary(), "loading the group's deployment");
+    let (load_cfg, load_factory, load_deployment) =
+        (cfg.clone(), factory.clone(), deployment.clone());
+    let active = tokio::task::spawn_blocking(move || {
+        load_active(&load_cfg, &load_deployment, &load_factory, None)
+    })
+    .await?
+    .with_context(|| format!("cannot serve the group's deployment ({}); fix the model store, or publish a working deployment with vaxpulse models", deployment.summary()))?;
     let health = Arc::new(Health::default());
     health.sinks_ok.store(true, Ordering::Relaxed);
     let password = cfg.clickhouse_password()?;
@@ -92,11 +114,41 @@ pub async fn run(
         }))
     };
 
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let Inference {
         input: work_tx,
         output: out_rx,
+        shadow_output,
+        deployments,
         threads,
-    } = start_inference(&cfg, tokenizer, &manifest, factory, Some(tracker.clone()));
+        loader,
+    } = start_inference(
+        &cfg,
+        active,
+        factory,
+        Some(tracker.clone()),
+        Some(events_tx),
+    );
+    let events_task = tokio::spawn(record_events(clickhouse.clone(), events_rx));
+    let shadow_topic = if cfg.kafka.shadow_topic.is_empty() {
+        None
+    } else {
+        let mut k = cfg.kafka.clone();
+        k.output_topic = k.shadow_topic.clone();
+        Some(ResultProducer::new(&k).context("cannot create the shadow-topic producer")?)
+    };
+    let shadows_task = tokio::spawn(store_shadows(
+        shadow_output,
+        ClickHouseSink::new(&cfg.clickhouse, &password),
+        shadow_topic,
+    ));
+    let control_stop = CancellationToken::new();
+    let control_thread = {
+        let (stop, epoch) = (control_stop.clone(), deployment.epoch);
+        inference::spawn("vaxpulse-control", move || {
+            control::follow(reader, epoch, deployments, stop)
+        })
+    };
 
     let source = Source {
         cfg: cfg.kafka.clone(),
@@ -154,6 +206,14 @@ pub async fn run(
     if let Err(e) = acks_result? {
         first_error = first_error.or(Some(e));
     }
+    control_stop.cancel();
+    for t in [control_thread, loader] {
+        if let Err(e) = tokio::task::spawn_blocking(move || t.join()).await? {
+            tracing::error!(?e, "the control or loader thread panicked; this is a bug");
+        }
+    }
+    let _ = shadows_task.await;
+    let _ = events_task.await;
     metrics_stop.cancel();
     if let Some(t) = metrics_task {
         let _ = t.await;
@@ -161,8 +221,61 @@ pub async fn run(
     match first_error {
         Some(e) => Err(e),
         None => Ok(RunReport {
-            model_version: manifest.model_version(),
+            model_version: deployment.champion.to_string(),
         }),
+    }
+}
+
+/// Writes each deployment event (applied / refused) to `deployment_events`; a failure is
+/// logged, never fatal (the log line and the metric were emitted already).
+async fn record_events(
+    clickhouse: ClickHouseSink,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<DeploymentEventRow>,
+) {
+    while let Some(row) = rx.recv().await {
+        let write = || clickhouse.record("deployment_events", &row);
+        if let Err(e) = write
+            .retry(crate::sink::retry_policy().with_max_times(4))
+            .when(crate::sink::SinkError::is_retriable)
+            .await
+        {
+            tracing::error!(error = %e, epoch = row.epoch, outcome = %row.outcome, "cannot record the deployment event in ClickHouse");
+        }
+    }
+}
+
+/// Stores shadow batches (ClickHouse, and the shadow topic when configured); best effort:
+/// failures are counted as skipped, and nothing here holds the champion's offsets.
+async fn store_shadows(
+    mut rx: tokio::sync::mpsc::Receiver<ClassifiedBatch>,
+    clickhouse: ClickHouseSink,
+    topic: Option<ResultProducer>,
+) {
+    while let Some(batch) = rx.recv().await {
+        let model = batch
+            .rows
+            .first()
+            .map_or(String::new(), |r| r.model_version.clone());
+        let mut result = clickhouse.insert_shadow(&batch).await;
+        if let (Ok(()), Some(t)) = (&result, &topic) {
+            result = t.publish(&batch).await;
+        }
+        match result {
+            Ok(()) => telemetry::BatchAcknowledged {
+                model: &model,
+                role: Role::Shadow.as_str(),
+                labels: &batch.label_counts(),
+                received: &[],
+            }
+            .emit(),
+            Err(e) => telemetry::ShadowSkipped {
+                model: &model,
+                reason: "store_failed",
+                rows: batch.rows.len(),
+                error: Some(&e),
+            }
+            .emit(),
+        }
     }
 }
 

@@ -12,54 +12,117 @@ use super::acks::store_and_ack;
 use super::inference::start_inference;
 use crate::batch::offsets::OffsetTracker;
 use crate::config::Config;
+use std::path::{Path, PathBuf};
+
+use super::inference::load_active;
+use crate::deploy::Deployment;
 use crate::model::load::ClassifierFactory;
-use crate::model::tokenizer::TweetTokenizer;
-use crate::model::{Classifier, Manifest, ModelError, PaddedBatch};
-use crate::sink::{ClassifiedBatch, ResultSink, SinkError};
+use crate::model::{Classifier, Manifest, ModelError, ModelId, PaddedBatch};
+use crate::sink::clickhouse::DeploymentEventRow;
+use crate::sink::{ClassifiedBatch, ResultSink, Role, SinkError};
 use crate::source::kafka::Work;
 use crate::telemetry::Health;
 use crate::tweet::Tweet;
 
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/demo/1");
 
-/// Answers every row with the same probabilities; fails the first `transient_failures` calls
-/// with a retriable error; records the rows of each call.
+/// Answers every row with the same probabilities; passes the load-time check (its first call),
+/// then fails the first `transient_failures` calls with a retriable error; records the rows and
+/// token ids of each call after the check.
 struct FakeModel {
     labels: Vec<String>,
+    probs: Vec<f32>,
+    checked: bool,
     transient_failures: usize,
-    calls: Arc<Mutex<Vec<usize>>>,
+    calls: Calls,
 }
+
+/// (model name, rows, ids) of every classify call, in order.
+type Calls = Arc<Mutex<Vec<(String, usize, Vec<i64>)>>>;
 
 impl Classifier for FakeModel {
     fn labels(&self) -> &[String] {
         &self.labels
     }
     fn classify(&mut self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.calls.lock().unwrap().push(batch.rows);
+        if !std::mem::replace(&mut self.checked, true) {
+            return Ok(vec![self.probs.clone(); batch.rows]);
+        }
+        let name = if self.probs[0] > 0.5 { "alt" } else { "demo" };
+        self.calls
+            .lock()
+            .unwrap()
+            .push((name.into(), batch.rows, batch.ids.clone()));
         if self.transient_failures > 0 {
             self.transient_failures -= 1;
             return Err(ModelError::Inference("CUDA out of memory (fake)".into()));
         }
-        Ok(vec![vec![0.2, 0.3, 0.5]; batch.rows])
+        Ok(vec![self.probs.clone(); batch.rows])
     }
 }
 
-fn fake_factory(transient_failures: usize) -> (ClassifierFactory, Arc<Mutex<Vec<usize>>>) {
-    let calls = Arc::new(Mutex::new(Vec::new()));
-    let model = FakeModel {
-        labels: vec!["against".into(), "neutral".into(), "favour".into()],
-        transient_failures,
-        calls: calls.clone(),
-    };
-    let factory: ClassifierFactory = Box::new(move |_: &Manifest| Ok(Box::new(model) as _));
+/// A fake classifier per model directory: `alt` says "against", every other "favour"; `failing`
+/// fails every call for good; the first `transient_failures` calls of the first model built fail
+/// with a retriable error.
+fn fake_factory(transient_failures: usize) -> (ClassifierFactory, Calls) {
+    let calls: Calls = Arc::new(Mutex::new(Vec::new()));
+    let first = Arc::new(AtomicUsize::new(transient_failures));
+    let c = calls.clone();
+    let factory: ClassifierFactory = Arc::new(move |_: &Path, m: &Manifest| {
+        let probs = if m.name == "alt" {
+            vec![0.8, 0.1, 0.1]
+        } else {
+            vec![0.2, 0.3, 0.5]
+        };
+        Ok(Box::new(FakeModel {
+            labels: vec!["against".into(), "neutral".into(), "favour".into()],
+            probs,
+            checked: false,
+            transient_failures: if m.name == "failing" {
+                usize::MAX
+            } else {
+                first.swap(0, Ordering::SeqCst)
+            },
+            calls: c.clone(),
+        }) as _)
+    });
     (factory, calls)
 }
 
+/// A model store of copies of the demo model (without `parity.json`: the fakes are not the
+/// demo model): `demo/1`, `alt/1`, `failing/1`, and `corrupt/1` whose weights do not match its
+/// manifest.
+fn fake_store() -> PathBuf {
+    let root = std::env::temp_dir().join(format!(
+        "vaxpulse-store-{}-{}",
+        std::process::id(),
+        STORES.fetch_add(1, Ordering::SeqCst)
+    ));
+    for name in ["demo", "alt", "failing", "corrupt"] {
+        let dir = root.join(name).join("1");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["model.pt", "tokenizer.json"] {
+            std::fs::copy(Path::new(DEMO).join(f), dir.join(f)).unwrap();
+        }
+        let manifest = std::fs::read_to_string(Path::new(DEMO).join("manifest.json"))
+            .unwrap()
+            .replace("\"name\": \"demo\"", &format!("\"name\": \"{name}\""));
+        std::fs::write(dir.join("manifest.json"), manifest).unwrap();
+    }
+    std::fs::write(root.join("corrupt/1/model.pt"), b"not the exported weights").unwrap();
+    root
+}
+static STORES: AtomicUsize = AtomicUsize::new(0);
+
 fn config() -> Config {
     let mut cfg = Config::default();
-    cfg.model.dir = DEMO.into();
+    let store = fake_store();
+    cfg.model.dir = store.join("demo/1");
+    cfg.model.store_dir = store;
     cfg.model.warmup = false;
     cfg.batch.max_wait_ms = 1;
+    // Room for every batch of a test: a shadow skipped for being busy would be a flaky count.
+    cfg.pipeline.shadow_queue_batches = 256;
     cfg
 }
 
@@ -77,32 +140,125 @@ fn work(tracker: &OffsetTracker, partition: i32, offset: i64) -> Work {
     }
 }
 
-/// Feeds `works` through the real inference stages; returns every classified batch.
+fn id_in(cfg: &Config, name: &str) -> ModelId {
+    Manifest::load(&cfg.model.store_dir.join(name).join("1"))
+        .unwrap()
+        .id()
+}
+
+/// The bootstrap deployment of `cfg` plus `shadows` (names in the fake store).
+fn deployment(cfg: &Config, shadows: &[&str]) -> Deployment {
+    let mut d = Deployment::bootstrap(id_in(cfg, "demo"));
+    if !shadows.is_empty() {
+        d.epoch = 1;
+        d.shadows = shadows.iter().map(|s| id_in(cfg, s)).collect();
+    }
+    d
+}
+
+/// What a test may do halfway through [`run_stages`].
+struct During<'a> {
+    deploy: &'a crossbeam_channel::Sender<Deployment>,
+    seen: &'a mut Vec<ClassifiedBatch>,
+    output: &'a mut tokio::sync::mpsc::Receiver<ClassifiedBatch>,
+    events: &'a mut tokio::sync::mpsc::UnboundedReceiver<DeploymentEventRow>,
+}
+
+impl During<'_> {
+    /// Waits for the event of `epoch` (events seen on the way are kept in `kept`).
+    fn wait_event(&mut self, epoch: u64, kept: &mut Vec<DeploymentEventRow>) {
+        loop {
+            let e = self
+                .events
+                .blocking_recv()
+                .expect("the stages report every deployment");
+            let done = e.epoch == epoch;
+            kept.push(e);
+            if done {
+                return;
+            }
+        }
+    }
+}
+
+/// Everything that came out of one run of the inference stages.
+struct Out {
+    champion: Vec<ClassifiedBatch>,
+    shadows: Vec<ClassifiedBatch>,
+    events: Vec<DeploymentEventRow>,
+}
+
+/// Feeds `works` through the real inference stages serving `start`; `during` runs after the
+/// first `works.len() / 2` tweets went in (e.g. to publish a deployment).
+fn run_stages(
+    cfg: &Config,
+    start: &Deployment,
+    factory: ClassifierFactory,
+    tracker: &Arc<OffsetTracker>,
+    works: Vec<Work>,
+    during: impl FnOnce(&mut During) -> Vec<DeploymentEventRow>,
+) -> anyhow::Result<Out> {
+    let active = load_active(cfg, start, &factory, None)?;
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut inf = start_inference(cfg, active, factory, Some(tracker.clone()), Some(events_tx));
+    let half = works.len() / 2;
+    let mut champion = Vec::new();
+    let mut works = works.into_iter();
+    for w in works.by_ref().take(half) {
+        inf.input.send(w).unwrap();
+    }
+    let mut events = during(&mut During {
+        deploy: &inf.deployments,
+        seen: &mut champion,
+        output: &mut inf.output,
+        events: &mut events_rx,
+    });
+    for w in works {
+        inf.input.send(w).unwrap();
+    }
+    drop(inf.input);
+    drop(inf.deployments);
+    let mut shadow_output = inf.shadow_output;
+    let shadows = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        while let Some(b) = shadow_output.blocking_recv() {
+            out.push(b);
+        }
+        out
+    });
+    while let Some(b) = inf.output.blocking_recv() {
+        champion.push(b);
+    }
+    let mut first_error = None;
+    for t in inf.threads.into_iter().chain([inf.loader]) {
+        if let Err(e) = t.join().expect("no stage panics") {
+            first_error.get_or_insert(e);
+        }
+    }
+    let shadows = shadows.join().unwrap();
+    while let Ok(e) = events_rx.try_recv() {
+        events.push(e);
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(Out {
+            champion,
+            shadows,
+            events,
+        }),
+    }
+}
+
+/// Feeds `works` through the real inference stages serving the configured model; returns every
+/// classified batch.
 fn infer(
     factory: ClassifierFactory,
     tracker: &Arc<OffsetTracker>,
     works: Vec<Work>,
 ) -> anyhow::Result<Vec<ClassifiedBatch>> {
     let cfg = config();
-    let manifest = Manifest::load(&cfg.model.dir).unwrap();
-    let tok = TweetTokenizer::load(
-        &cfg.model.dir.join(&manifest.files.tokenizer.path),
-        manifest.max_length,
-    )
-    .unwrap();
-    let mut inf = start_inference(&cfg, tok, &manifest, factory, Some(tracker.clone()));
-    for w in works {
-        inf.input.send(w).unwrap();
-    }
-    drop(inf.input);
-    let mut out = Vec::new();
-    while let Some(b) = inf.output.blocking_recv() {
-        out.push(b);
-    }
-    for t in inf.threads {
-        t.join().expect("no stage panics")?;
-    }
-    Ok(out)
+    let start = deployment(&cfg, &[]);
+    Ok(run_stages(&cfg, &start, factory, tracker, works, |_| Vec::new())?.champion)
 }
 
 #[test]
@@ -126,7 +282,7 @@ fn work_of_revoked_partitions_is_dropped_before_inference_and_read_again() {
         "only the kept partition's tweets come out"
     );
     assert_eq!(
-        calls.lock().unwrap().iter().sum::<usize>(),
+        calls.lock().unwrap().iter().map(|c| c.1).sum::<usize>(),
         10,
         "the model never saw a tweet of the revoked partition"
     );
@@ -218,6 +374,9 @@ fn classified(tracker: &OffsetTracker, offsets: std::ops::Range<i64>) -> Classif
                 label: "neutral".into(),
                 scores: Default::default(),
                 model_version: "demo@1".into(),
+                model_hash: "aaaaaaaaaaaa".into(),
+                role: crate::sink::Role::Champion,
+                deployment_epoch: 0,
                 classified_at: chrono::Utc::now(),
                 source_partition: 0,
                 source_offset: w.ack.offset,
@@ -308,4 +467,97 @@ async fn a_sink_failing_for_good_stops_the_worker_without_acknowledging() {
         vec![(0, 0)],
         "so nothing is committed"
     );
+}
+
+#[test]
+fn shadows_score_the_champions_padded_batch_and_never_hold_it_back() {
+    let mut cfg = config();
+    cfg.pipeline.shadow_threads = 2;
+    let tracker = Arc::new(OffsetTracker::new());
+    let works: Vec<Work> = (0..40).map(|o| work(&tracker, 0, o)).collect();
+    let (factory, calls) = fake_factory(0);
+    let start = deployment(&cfg, &["alt", "failing"]);
+    let out = run_stages(&cfg, &start, factory, &tracker, works, |_| Vec::new()).unwrap();
+    let champion_rows: Vec<_> = out.champion.iter().flat_map(|b| &b.rows).collect();
+    assert_eq!(champion_rows.len(), 40, "a failing shadow stops nothing");
+    assert!(champion_rows
+        .iter()
+        .all(|r| r.role == Role::Champion && r.model_version == "demo@1" && r.label == "favour"));
+    let shadow_rows: Vec<_> = out.shadows.iter().flat_map(|b| &b.rows).collect();
+    assert_eq!(shadow_rows.len(), 40, "the working shadow scored every tweet");
+    assert!(shadow_rows
+        .iter()
+        .all(|r| r.role == Role::Shadow && r.model_version == "alt@1" && r.label == "against"));
+    assert!(out.champion.iter().all(|b| !b.acks.is_empty()));
+    assert!(out.shadows.iter().all(|b| b.acks.is_empty()), "shadows acknowledge nothing");
+    // Same tokenizer: each shadow call saw exactly the ids of a champion call.
+    let calls = calls.lock().unwrap();
+    let champion_ids: Vec<&Vec<i64>> = calls
+        .iter()
+        .filter(|c| c.0 == "demo")
+        .map(|c| &c.2)
+        .collect();
+    let alt_ids: Vec<&Vec<i64>> = calls.iter().filter(|c| c.0 == "alt").map(|c| &c.2).collect();
+    assert!(!alt_ids.is_empty());
+    assert!(alt_ids.iter().all(|ids| champion_ids.contains(ids)));
+    assert_eq!(tracker.in_flight(None), 40, "nothing acknowledged before the sinks");
+}
+
+#[test]
+fn a_deployment_takes_effect_between_batches_and_a_broken_one_is_refused() {
+    let cfg = config();
+    let tracker = Arc::new(OffsetTracker::new());
+    let works: Vec<Work> = (0..60).map(|o| work(&tracker, 0, o)).collect();
+    let (factory, _) = fake_factory(0);
+    let start = deployment(&cfg, &[]);
+    let (demo, alt, corrupt) = (id_in(&cfg, "demo"), id_in(&cfg, "alt"), id_in(&cfg, "corrupt"));
+    let out = run_stages(&cfg, &start, factory, &tracker, works, |d| {
+        // Wait until the first half came out, then promote `alt` through a shadow step, and
+        // publish a broken deployment last.
+        while d.seen.iter().map(|b| b.rows.len()).sum::<usize>() < 30 {
+            let b = d.output.blocking_recv().unwrap();
+            d.seen.push(b);
+        }
+        let mut events = Vec::new();
+        let d1 = start
+            .apply(&crate::deploy::Change::Deploy { model: alt.clone(), champion: false }, "t", "")
+            .unwrap();
+        let d2 = d1.apply(&crate::deploy::Change::Promote(alt.clone()), "t", "").unwrap();
+        d.deploy.send(d1).unwrap();
+        d.deploy.send(d2.clone()).unwrap();
+        d.wait_event(2, &mut events);
+        let d3 = d2
+            .apply(&crate::deploy::Change::Deploy { model: corrupt.clone(), champion: true }, "t", "")
+            .unwrap();
+        d.deploy.send(d3).unwrap();
+        d.wait_event(3, &mut events);
+        events
+    })
+    .unwrap();
+    let rows: Vec<_> = out.champion.iter().flat_map(|b| &b.rows).collect();
+    assert_eq!(rows.len(), 60);
+    for b in &out.champion {
+        let versions: std::collections::BTreeSet<_> =
+            b.rows.iter().map(|r| (&r.model_version, r.deployment_epoch)).collect();
+        assert_eq!(versions.len(), 1, "no batch mixes versions: {versions:?}");
+    }
+    assert!(rows[..30].iter().all(|r| r.model_version == "demo@1" && r.deployment_epoch == 0));
+    assert!(
+        rows[30..].iter().all(|r| r.model_version == "alt@1" && r.deployment_epoch == 2),
+        "after the promotion every batch is the new champion's, also after the refused epoch 3"
+    );
+    // The demoted champion became a shadow: it scored the second half.
+    let shadow_rows: Vec<_> = out.shadows.iter().flat_map(|b| &b.rows).collect();
+    assert_eq!(shadow_rows.len(), 30);
+    assert!(shadow_rows.iter().all(|r| r.model_hash == demo.hash && r.role == Role::Shadow));
+    // Epoch 1 may be applied on its own or skipped for the newer 2 (both are fine).
+    let outcomes: Vec<(u64, &str)> = out
+        .events
+        .iter()
+        .map(|e| (e.epoch, e.outcome.as_str()))
+        .filter(|e| e.0 != 1)
+        .collect();
+    assert_eq!(outcomes, [(0, "applied"), (2, "applied"), (3, "refused")]);
+    let refused = out.events.last().unwrap();
+    assert!(refused.message.contains("checksum"), "{}", refused.message);
 }

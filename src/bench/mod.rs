@@ -62,6 +62,10 @@ pub struct BenchArgs {
     pub tweets: usize,
     #[command(flatten)]
     pub paced: Paced,
+    /// Numbers of shadow versions (copies of the model) for extra backlog runs, reported as
+    /// ratios to the run without shadows; 0 alone = no shadow runs.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub shadows: Vec<usize>,
     /// Where the JSON results go.
     #[arg(long, default_value = "bench-results/bench.json")]
     pub json: PathBuf,

@@ -9,12 +9,14 @@ use serde::Serialize;
 
 use super::raw::RawReport;
 use super::{fmt_ms, progress, BenchArgs, Percentiles, Table};
-use crate::app::start_inference;
+use std::sync::Arc;
+
+use crate::app::{start_inference, Active};
+use crate::deploy::store::load_checked;
+use crate::deploy::Deployment;
 use crate::batch::offsets::OffsetTracker;
 use crate::config::Config;
 use crate::model::load::torch_factory;
-use crate::model::tokenizer::TweetTokenizer;
-use crate::model::Manifest;
 use crate::source::kafka::Work;
 use crate::synthetic::Generator;
 use crate::tweet::Tweet;
@@ -26,6 +28,10 @@ pub struct PipelineRun {
     /// Offered tweets/s for paced runs; `None` at full backlog.
     pub offered_per_second: Option<f64>,
     pub tweets: usize,
+    /// Shadow versions scored beside the champion (copies of the same model).
+    pub shadows: usize,
+    /// Shadow results that came out, as a share of `tweets × shadows` (the rest was skipped).
+    pub shadow_coverage: Option<f64>,
     pub texts_per_second: f64,
     pub ratio_to_raw: f64,
     /// Share of computed token positions that are padding.
@@ -57,6 +63,8 @@ impl PipelineReport {
         let mut t = Table::new(&[
             "run",
             "bucketing",
+            "shadows",
+            "shadow coverage",
             "offered/s",
             "tweets/s",
             "× raw best",
@@ -71,6 +79,9 @@ impl PipelineReport {
             t.row(vec![
                 r.name.clone(),
                 if r.length_bucketing { "on" } else { "off" }.into(),
+                r.shadows.to_string(),
+                r.shadow_coverage
+                    .map_or("-".into(), |c| format!("{:.1} %", c * 100.0)),
                 r.offered_per_second
                     .map_or("backlog".into(), |o| format!("{o:.0}")),
                 format!("{:.0}", r.texts_per_second),
@@ -91,19 +102,45 @@ impl PipelineReport {
     }
 }
 
+/// The configured model as champion, plus `shadows` more copies of it as shadow versions
+/// (named `VERSION-shadowN`), each loaded and checked like a deployment.
+fn active_with_shadows(cfg: &Config, shadows: usize) -> anyhow::Result<Active> {
+    let factory = torch_factory(cfg);
+    let champion = load_checked(cfg, &cfg.model.dir, None, &factory)?;
+    let deployment = Deployment::bootstrap(champion.id.clone());
+    let shadows = (1..=shadows)
+        .map(|i| {
+            let mut m = load_checked(cfg, &cfg.model.dir, None, &factory)?;
+            m.id.version = format!("{}-shadow{i}", m.id.version);
+            Ok(Arc::new(m))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Active {
+        deployment,
+        champion: Arc::new(champion),
+        shadows,
+    })
+}
+
 fn one_run(
     cfg: &Config,
-    manifest: &Manifest,
     tweets: &[Tweet],
     rate: Option<f64>,
+    shadows: usize,
     name: &str,
     raw_best: f64,
 ) -> anyhow::Result<PipelineRun> {
-    let tokenizer = TweetTokenizer::load(
-        &cfg.model.dir.join(&manifest.files.tokenizer.path),
-        manifest.max_length,
-    )?;
-    let mut inf = start_inference(cfg, tokenizer, manifest, torch_factory(cfg), None);
+    let active = active_with_shadows(cfg, shadows)?;
+    let mut inf = start_inference(cfg, active, torch_factory(cfg), None, None);
+    drop(inf.deployments);
+    let mut shadow_output = inf.shadow_output;
+    let shadow_rows = std::thread::spawn(move || {
+        let mut n = 0usize;
+        while let Some(b) = shadow_output.blocking_recv() {
+            n += b.rows.len();
+        }
+        n
+    });
     let tracker = OffsetTracker::new();
     let work = |i: usize, t: &Tweet| Work {
         tweet: t.clone(),
@@ -165,10 +202,13 @@ fn one_run(
     bar.finish_and_clear();
     let _ = feeder.join();
     drop(inf.output);
-    for t in inf.threads {
+    for t in inf.threads.into_iter().chain([inf.loader]) {
         t.join()
             .map_err(|_| anyhow::anyhow!("a pipeline thread panicked"))??;
     }
+    let shadow_rows = shadow_rows
+        .join()
+        .map_err(|_| anyhow::anyhow!("the shadow drain panicked"))?;
     anyhow::ensure!(
         latencies.len() == tweets.len(),
         "{} of {} tweets came out of the pipeline",
@@ -184,6 +224,11 @@ fn one_run(
         length_bucketing: cfg.batch.length_bucketing,
         offered_per_second: rate,
         tweets: tweets.len(),
+        shadows,
+        // The start-up tweet was scored by the shadows too.
+        shadow_coverage: (shadows > 0).then(|| {
+            shadow_rows.saturating_sub(shadows) as f64 / (tweets.len() * shadows) as f64
+        }),
         texts_per_second,
         ratio_to_raw: texts_per_second / raw_best,
         padding_waste: pad as f64 / (real + pad).max(1) as f64,
@@ -193,7 +238,6 @@ fn one_run(
 }
 
 pub fn run(cfg: &Config, args: &BenchArgs, raw: &RawReport) -> anyhow::Result<PipelineReport> {
-    let manifest = Manifest::load(&cfg.model.dir)?;
     let mut g = Generator::new(2, Utc::now(), 5);
     let tweets: Vec<Tweet> = (0..args.tweets)
         .map(|_| {
@@ -215,7 +259,11 @@ pub fn run(cfg: &Config, args: &BenchArgs, raw: &RawReport) -> anyhow::Result<Pi
             "backlog, bucketing {}",
             if bucketing { "on" } else { "off" }
         );
-        runs.push(one_run(&c, &manifest, &tweets, None, &name, raw_best)?);
+        runs.push(one_run(&c, &tweets, None, 0, &name, raw_best)?);
+    }
+    for &n in args.shadows.iter().filter(|&&n| n > 0) {
+        let name = format!("backlog, {n} shadow{}", if n == 1 { "" } else { "s" });
+        runs.push(one_run(cfg, &tweets, None, n, &name, raw_best)?);
     }
     let capacity = runs[0].texts_per_second;
     for &load in &args.paced.loads {
@@ -224,9 +272,9 @@ pub fn run(cfg: &Config, args: &BenchArgs, raw: &RawReport) -> anyhow::Result<Pi
         let name = format!("{:.0} % load", load * 100.0);
         runs.push(one_run(
             cfg,
-            &manifest,
             &tweets[..n],
             Some(rate),
+            0,
             &name,
             raw_best,
         )?);

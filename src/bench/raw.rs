@@ -125,7 +125,7 @@ fn time_batches(
 
 pub fn run(cfg: &Config, args: &RawGrid) -> anyhow::Result<RawReport> {
     let manifest = Manifest::load(&cfg.model.dir)?;
-    let mut model = crate::model::load::load_torch(cfg, &manifest)?;
+    let mut model = crate::model::load::load_torch(cfg, &cfg.model.dir, &manifest)?;
     let max_b = args.batch_sizes.iter().copied().max().unwrap_or(64);
     let ids = corpus(cfg, &manifest, (max_b * 8).max(1024), 1)?;
     let mean_tokens = ids.iter().map(Vec::len).sum::<usize>() as f64 / ids.len() as f64;

@@ -26,6 +26,31 @@ pub struct ParityCheck {
 pub fn check_dir(dir: &Path, max_abs_diff: f64) -> anyhow::Result<ParityCheck> {
     let manifest = Manifest::load(dir)?;
     manifest.verify(dir)?;
+    let tok = TweetTokenizer::load(
+        &dir.join(&manifest.files.tokenizer.path),
+        manifest.max_length,
+    )?;
+    let opts = TorchOptions {
+        device: DeviceSpec::Cpu,
+        intra_op_threads: 1,
+        precision: Precision::Fp32,
+        half_parity_max_abs_diff: 0.02,
+        parity_batch: None,
+    };
+    let mut model = TorchClassifier::load(dir, &manifest, opts)?;
+    check_parity(dir, &manifest, &tok, &mut model, max_abs_diff)
+}
+
+/// Runs `dir/parity.json` through `tok` and `model` (already loaded, on whatever device and
+/// precision it serves with); an error when ids differ or a probability differs by more than
+/// `max_abs_diff` from the reference.
+pub fn check_parity(
+    dir: &Path,
+    manifest: &Manifest,
+    tok: &TweetTokenizer,
+    model: &mut dyn Classifier,
+    max_abs_diff: f64,
+) -> anyhow::Result<ParityCheck> {
     let path = dir.join("parity.json");
     let fixture: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&path)
@@ -36,10 +61,6 @@ pub fn check_dir(dir: &Path, max_abs_diff: f64) -> anyhow::Result<ParityCheck> {
         .as_array()
         .filter(|c| !c.is_empty())
         .with_context(|| format!("{} has no cases", path.display()))?;
-    let tok = TweetTokenizer::load(
-        &dir.join(&manifest.files.tokenizer.path),
-        manifest.max_length,
-    )?;
     let texts: Vec<&str> = cases
         .iter()
         .map(|c| c["text"].as_str().context("a case without text"))
@@ -58,14 +79,6 @@ pub fn check_dir(dir: &Path, max_abs_diff: f64) -> anyhow::Result<ParityCheck> {
             c["text"]
         );
     }
-    let opts = TorchOptions {
-        device: DeviceSpec::Cpu,
-        intra_op_threads: 1,
-        precision: Precision::Fp32,
-        half_parity_max_abs_diff: 0.02,
-        parity_batch: None,
-    };
-    let mut model = TorchClassifier::load(dir, &manifest, opts)?;
     let batch = PaddedBatch::new(ids.iter().map(Vec::as_slice), manifest.pad_id);
     let probs = model.classify(&batch)?;
     let mut worst = 0f64;

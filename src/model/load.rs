@@ -1,6 +1,8 @@
-//! Loading the production model: the TorchScript file of `model.dir` on the configured device
-//! and precision. Guarantee: a half-precision model is only returned after it passed the parity
-//! check against fp32 on real tweets (else loading fails and the worker does not start).
+//! Loading a production model: the TorchScript file of a model directory on the configured
+//! device and precision. Guarantee: a half-precision model is only returned after it passed the
+//! parity check against fp32 on real tweets (else loading fails and the version is refused).
+
+use std::path::Path;
 
 use anyhow::Context;
 use chrono::Utc;
@@ -10,14 +12,17 @@ use super::torch::{TorchClassifier, TorchOptions};
 use super::{Classifier, Manifest, PaddedBatch, Precision};
 use crate::config::Config;
 
-/// Builds the classifier on the model thread (libtorch state stays on that thread).
-pub type ClassifierFactory =
-    Box<dyn FnOnce(&Manifest) -> anyhow::Result<Box<dyn Classifier>> + Send>;
+/// Builds the classifier of a model directory; called on the loader thread, once per version
+/// deployed (the inference threads configure libtorch for themselves, see
+/// [`super::torch::configure_thread`]).
+pub type ClassifierFactory = std::sync::Arc<
+    dyn Fn(&Path, &Manifest) -> anyhow::Result<Box<dyn Classifier>> + Send + Sync,
+>;
 
 /// Real tweets for the half-precision parity check: synthetic ones, tokenised like traffic.
-fn parity_batch(cfg: &Config, manifest: &Manifest) -> anyhow::Result<PaddedBatch> {
+fn parity_batch(dir: &Path, manifest: &Manifest) -> anyhow::Result<PaddedBatch> {
     let tok = TweetTokenizer::load(
-        &cfg.model.dir.join(&manifest.files.tokenizer.path),
+        &dir.join(&manifest.files.tokenizer.path),
         manifest.max_length,
     )?;
     let mut g = crate::synthetic::Generator::new(4242, Utc::now(), 1);
@@ -30,8 +35,9 @@ fn parity_batch(cfg: &Config, manifest: &Manifest) -> anyhow::Result<PaddedBatch
     ))
 }
 
-/// Loads the TorchScript model of `cfg.model` (device, threads, precision + parity check).
-pub fn load_torch(cfg: &Config, manifest: &Manifest) -> anyhow::Result<TorchClassifier> {
+/// Loads the TorchScript model of `dir` with the settings of `cfg.model` (device, threads,
+/// precision + parity check).
+pub fn load_torch(cfg: &Config, dir: &Path, manifest: &Manifest) -> anyhow::Result<TorchClassifier> {
     let precision = cfg.model.precision;
     let opts = TorchOptions {
         device: cfg.model.device,
@@ -40,11 +46,11 @@ pub fn load_torch(cfg: &Config, manifest: &Manifest) -> anyhow::Result<TorchClas
         half_parity_max_abs_diff: cfg.model.half_parity_max_abs_diff,
         parity_batch: match precision {
             Precision::Fp32 => None,
-            _ => Some(parity_batch(cfg, manifest)?),
+            _ => Some(parity_batch(dir, manifest)?),
         },
     };
-    let c = TorchClassifier::load(&cfg.model.dir, manifest, opts)
-        .with_context(|| format!("loading the model in {}", cfg.model.dir.display()))?;
+    let c = TorchClassifier::load(dir, manifest, opts)
+        .with_context(|| format!("loading the model in {}", dir.display()))?;
     match c.parity() {
         Some(p) => tracing::info!(
             device = ?c.device(), %precision, model = %manifest.model_version(),
@@ -58,8 +64,10 @@ pub fn load_torch(cfg: &Config, manifest: &Manifest) -> anyhow::Result<TorchClas
     Ok(c)
 }
 
-/// The production classifier: the TorchScript model of `cfg.model`.
+/// The production classifier: TorchScript models with the settings of `cfg.model`.
 pub fn torch_factory(cfg: &Config) -> ClassifierFactory {
     let cfg = cfg.clone();
-    Box::new(move |m: &Manifest| Ok(Box::new(load_torch(&cfg, m)?) as Box<dyn Classifier>))
+    std::sync::Arc::new(move |dir: &Path, m: &Manifest| {
+        Ok(Box::new(load_torch(&cfg, dir, m)?) as Box<dyn Classifier>)
+    })
 }

@@ -239,6 +239,16 @@ impl Manifest {
         format!("{}@{}", self.name, self.version)
     }
 
+    /// The version's identity: `name@version` and the short hash of its weights file (as the
+    /// manifest records it; [`Manifest::verify`] proves the file matches).
+    pub fn id(&self) -> ModelId {
+        ModelId {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            hash: self.files.model.sha256.chars().take(ModelId::HASH_LEN).collect(),
+        }
+    }
+
     /// Checks the files' sha256 against the manifest.
     pub fn verify(&self, dir: &Path) -> Result<(), ModelError> {
         use sha2::{Digest, Sha256};
@@ -256,6 +266,60 @@ impl Manifest {
                     actual,
                 });
             }
+        }
+        Ok(())
+    }
+}
+
+/// A model version's identity, recorded with every prediction: `NAME@VERSION` plus a short hash
+/// of its weights, so that weights re-exported under the same version are a different identity
+/// (never deduplicated away as if they were the old ones). Written `NAME@VERSION#HASH`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, Deserialize)]
+pub struct ModelId {
+    pub name: String,
+    pub version: String,
+    /// First [`ModelId::HASH_LEN`] hex digits of the weights file's sha256.
+    pub hash: String,
+}
+
+impl ModelId {
+    pub const HASH_LEN: usize = 12;
+
+    /// `NAME@VERSION` (what analysts filter on; the hash tells re-exports apart).
+    pub fn version_label(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+
+    /// Parses `NAME@VERSION` (hash empty: to be resolved from the model store) or
+    /// `NAME@VERSION#HASH`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (nv, hash) = s.split_once('#').unwrap_or((s, ""));
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        };
+        match nv.split_once('@') {
+            Some((n, v)) if ok(n) && ok(v) && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+                Ok(ModelId {
+                    name: n.into(),
+                    version: v.into(),
+                    hash: hash.to_ascii_lowercase(),
+                })
+            }
+            _ => Err(format!(
+                "`{s}`: write a model version as NAME@VERSION (letters, digits, . _ -), optionally #WEIGHTS_HASH"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ModelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)?;
+        if !self.hash.is_empty() {
+            write!(f, "#{}", self.hash)?;
         }
         Ok(())
     }
@@ -310,6 +374,18 @@ mod tests {
     fn precision_parses_known_forms_only() {
         assert_eq!(Precision::parse("bf16"), Ok(Precision::Bf16));
         assert!(Precision::parse("half").is_err());
+    }
+
+    #[test]
+    fn model_ids_parse_and_print_with_their_weights_hash() {
+        let id = ModelId::parse("mine@2#ABCDEF012345").unwrap();
+        assert_eq!((id.name.as_str(), id.version.as_str()), ("mine", "2"));
+        assert_eq!(id.to_string(), "mine@2#abcdef012345");
+        assert_eq!(id.version_label(), "mine@2");
+        assert_eq!(ModelId::parse("mine@2").unwrap().hash, "");
+        for bad in ["mine", "@2", "mine@", "../x@1", "a@1#xyz"] {
+            assert!(ModelId::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -20,6 +20,17 @@ pub struct TorchOptions {
     pub parity_batch: Option<PaddedBatch>,
 }
 
+/// Sets the calling thread's libtorch switches: plain execution of the scripted graph (see
+/// `TorchClassifier::load` for why) and `intra_op_threads` (0 keeps libtorch's default). The
+/// executor switches are thread-local, so every thread that runs a model calls this first.
+pub fn configure_thread(intra_op_threads: usize) {
+    tch::jit::set_profiling_mode(false);
+    tch::jit::set_graph_executor_optimize(false);
+    if intra_op_threads > 0 {
+        tch::set_num_threads(intra_op_threads as i32);
+    }
+}
+
 /// What the start-up parity check measured.
 #[derive(Debug, Clone, Copy)]
 pub struct Parity {
@@ -65,12 +76,8 @@ impl TorchClassifier {
         // shape). Batches here change rows × length all the time, and that recompilation cost
         // more than the model itself (H100, fp16, base-sized: ~300 ms per new shape). Plain
         // execution of the scripted graph has no per-shape cost. The optimiser switch is
-        // thread-local: load and classify run on the same (inference) thread by contract.
-        tch::jit::set_profiling_mode(false);
-        tch::jit::set_graph_executor_optimize(false);
-        if opts.intra_op_threads > 0 {
-            tch::set_num_threads(opts.intra_op_threads as i32);
-        }
+        // thread-local: the loading thread sets them here, every inference thread for itself.
+        configure_thread(opts.intra_op_threads);
         let path = dir.join(&manifest.files.model.path);
         let mut module =
             CModule::load_on_device(&path, device).map_err(|e| ModelError::Missing {

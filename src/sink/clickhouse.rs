@@ -1,10 +1,10 @@
 //! ClickHouse: the schema (applied idempotently) and the idempotent batch insert.
 //!
-//! Guarantees: replaying a batch never changes an aggregate. `classified_tweets` is a
-//! ReplacingMergeTree keyed on (model_version, hour, tweet_id), so one row per tweet × model
-//! remains after merges / `FINAL`; inserts carry a content-derived `insert_deduplication_token`
-//! so a retried insert is dropped whole; and `opinion_hourly` counts *distinct* tweet ids
-//! (`uniqExact` states), so even a re-batched replay adds nothing to the hourly counts.
+//! Guarantees: replaying a batch never changes an aggregate. Tweets are stored once (`tweets`),
+//! predictions once per tweet × model identity × role (`predictions`, a ReplacingMergeTree whose
+//! key holds the weights hash); inserts carry a content-derived `insert_deduplication_token` so
+//! a retried insert is dropped whole; `opinion_hourly` counts *distinct* tweet ids per version
+//! (`uniqExact` states), and the champion views give exactly one label per tweet.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,45 +23,131 @@ use crate::telemetry::{self, Health};
 pub fn schema_statements(db: &str) -> Vec<String> {
     vec![
         format!("CREATE DATABASE IF NOT EXISTS {db}"),
+        // Each tweet once, whatever number of versions scored it.
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.classified_tweets (
+            "CREATE TABLE IF NOT EXISTS {db}.tweets (
                 tweet_id String,
                 created_at DateTime64(3, 'UTC'),
                 lang LowCardinality(String),
                 text String,
-                label LowCardinality(String),
-                scores Map(LowCardinality(String), Float32),
-                model_version LowCardinality(String),
-                classified_at DateTime64(3, 'UTC'),
                 source_partition Int32,
-                source_offset Int64
-            ) ENGINE = ReplacingMergeTree(classified_at)
+                source_offset Int64,
+                stored_at DateTime64(3, 'UTC')
+            ) ENGINE = ReplacingMergeTree(stored_at)
             PARTITION BY toYYYYMM(created_at)
-            ORDER BY (model_version, toStartOfHour(created_at), tweet_id)
+            ORDER BY (toStartOfHour(created_at), tweet_id)
             SETTINGS non_replicated_deduplication_window = 10000"
         ),
+        // One prediction per tweet × model identity × role. The weights hash is in the key: a
+        // version re-exported with new weights is a new series, never merged into the old one.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.predictions (
+                tweet_id String,
+                created_at DateTime64(3, 'UTC'),
+                model_version LowCardinality(String),
+                model_hash LowCardinality(String),
+                role LowCardinality(String),
+                deployment_epoch UInt64,
+                label LowCardinality(String),
+                scores Map(LowCardinality(String), Float32),
+                classified_at DateTime64(3, 'UTC')
+            ) ENGINE = ReplacingMergeTree(classified_at)
+            PARTITION BY toYYYYMM(created_at)
+            ORDER BY (model_version, model_hash, role, toStartOfHour(created_at), tweet_id)
+            SETTINGS non_replicated_deduplication_window = 10000"
+        ),
+        // Per-version opinion (champion and shadow results alike): distinct tweets per hour ×
+        // version × label, so a replay adds nothing.
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.opinion_hourly (
                 hour DateTime('UTC'),
                 model_version LowCardinality(String),
+                model_hash LowCardinality(String),
                 label LowCardinality(String),
                 tweets AggregateFunction(uniqExact, String)
             ) ENGINE = AggregatingMergeTree
-            ORDER BY (hour, model_version, label)
+            ORDER BY (hour, model_version, model_hash, label)
             SETTINGS non_replicated_deduplication_window = 10000"
         ),
         format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.opinion_hourly_mv TO {db}.opinion_hourly AS
-            SELECT toStartOfHour(created_at) AS hour, model_version, label,
+            SELECT toStartOfHour(created_at) AS hour, model_version, model_hash, label,
                    uniqExactState(tweet_id) AS tweets
-            FROM {db}.classified_tweets
-            GROUP BY hour, model_version, label"
+            FROM {db}.predictions
+            GROUP BY hour, model_version, model_hash, label"
         ),
         format!(
             "CREATE VIEW IF NOT EXISTS {db}.opinion_hourly_counts AS
-            SELECT hour, model_version, label, uniqExactMerge(tweets) AS tweets
+            SELECT hour, model_version, model_hash, label, uniqExactMerge(tweets) AS tweets
             FROM {db}.opinion_hourly
-            GROUP BY hour, model_version, label"
+            GROUP BY hour, model_version, model_hash, label"
+        ),
+        // Exactly one champion label per tweet: the first champion prediction stored. Two exist
+        // only when a replay straddles a promotion; the first is the one the output topic and the
+        // counts saw first, so it stays.
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.champion_predictions AS
+            SELECT tweet_id, min(created_at) AS created_at,
+                   argMin((label, model_version, model_hash, scores, deployment_epoch),
+                          (classified_at, model_version, model_hash)) AS first,
+                   first.1 AS label, first.2 AS model_version, first.3 AS model_hash,
+                   first.4 AS scores, first.5 AS deployment_epoch,
+                   min(classified_at) AS classified_at
+            FROM {db}.predictions
+            WHERE role = 'champion'
+            GROUP BY tweet_id"
+        ),
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.champion_hourly AS
+            SELECT toStartOfHour(created_at) AS hour, label, count() AS tweets
+            FROM {db}.champion_predictions
+            GROUP BY hour, label"
+        ),
+        // The tweet with its champion label: what analysts read row by row.
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.classified_tweets AS
+            SELECT t.tweet_id AS tweet_id, t.created_at AS created_at, t.lang AS lang,
+                   t.text AS text, c.label AS label, c.scores AS scores,
+                   c.model_version AS model_version, c.model_hash AS model_hash,
+                   c.deployment_epoch AS deployment_epoch, c.classified_at AS classified_at,
+                   t.source_partition AS source_partition, t.source_offset AS source_offset
+            FROM (SELECT tweet_id, any(created_at) AS created_at, any(lang) AS lang,
+                         any(text) AS text, any(source_partition) AS source_partition,
+                         any(source_offset) AS source_offset
+                  FROM {db}.tweets GROUP BY tweet_id) AS t
+            INNER JOIN {db}.champion_predictions AS c USING (tweet_id)"
+        ),
+        // Every change of the group's deployment (who, what, when, from → to), written by the
+        // `vaxpulse models` command that published it.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.deployment_changes (
+                changed_at DateTime64(3, 'UTC'),
+                group_id LowCardinality(String),
+                epoch UInt64,
+                action LowCardinality(String),
+                actor String,
+                reason String,
+                from_champion String,
+                to_champion String,
+                from_shadows Array(String),
+                to_shadows Array(String)
+            ) ENGINE = MergeTree ORDER BY (group_id, epoch, changed_at)"
+        ),
+        // What each replica did with each deployment: applied (and how long after the change),
+        // or refused (and why).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.deployment_events (
+                at DateTime64(3, 'UTC'),
+                group_id LowCardinality(String),
+                replica String,
+                epoch UInt64,
+                outcome LowCardinality(String),
+                champion String,
+                shadows Array(String),
+                load_seconds Float64,
+                since_change_ms Int64,
+                message String
+            ) ENGINE = MergeTree ORDER BY (group_id, epoch, at)"
         ),
     ]
 }
@@ -73,13 +159,57 @@ struct TweetRow {
     created_at: DateTime<Utc>,
     lang: String,
     text: String,
-    label: String,
-    scores: BTreeMap<String, f32>,
-    model_version: String,
-    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
-    classified_at: DateTime<Utc>,
     source_partition: i32,
     source_offset: i64,
+    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
+    stored_at: DateTime<Utc>,
+}
+
+#[derive(Row, Serialize, Deserialize)]
+struct PredictionRow {
+    tweet_id: String,
+    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
+    created_at: DateTime<Utc>,
+    model_version: String,
+    model_hash: String,
+    role: String,
+    deployment_epoch: u64,
+    label: String,
+    scores: BTreeMap<String, f32>,
+    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
+    classified_at: DateTime<Utc>,
+}
+
+/// A row of `deployment_changes`.
+#[derive(Row, Serialize, Deserialize, Debug, Clone)]
+pub struct DeploymentChangeRow {
+    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
+    pub changed_at: DateTime<Utc>,
+    pub group_id: String,
+    pub epoch: u64,
+    pub action: String,
+    pub actor: String,
+    pub reason: String,
+    pub from_champion: String,
+    pub to_champion: String,
+    pub from_shadows: Vec<String>,
+    pub to_shadows: Vec<String>,
+}
+
+/// A row of `deployment_events`.
+#[derive(Row, Serialize, Deserialize, Debug, Clone)]
+pub struct DeploymentEventRow {
+    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
+    pub at: DateTime<Utc>,
+    pub group_id: String,
+    pub replica: String,
+    pub epoch: u64,
+    pub outcome: String,
+    pub champion: String,
+    pub shadows: Vec<String>,
+    pub load_seconds: f64,
+    pub since_change_ms: i64,
+    pub message: String,
 }
 
 /// Writes classified batches to `classified_tweets`.
@@ -133,61 +263,130 @@ impl ClickHouseSink {
         Ok(())
     }
 
-    /// One insert attempt carrying the batch's deduplication token.
-    async fn insert_once(&self, batch: &ClassifiedBatch, token: &str) -> Result<(), SinkError> {
+    /// One insert attempt of `rows` into `table`, carrying `token` for deduplication.
+    async fn insert_rows<R: clickhouse::RowOwned + clickhouse::RowWrite>(
+        &self,
+        table: &str,
+        rows: &[R],
+        token: &str,
+    ) -> Result<(), SinkError> {
         let mut insert = self
             .client
-            .insert::<TweetRow>("classified_tweets")
+            .insert::<R>(table)
             .await?
             .with_timeouts(Some(self.timeout), Some(self.timeout))
             .with_setting("insert_deduplication_token", token)
             .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
-        for r in &batch.rows {
-            let scores = r
-                .scores
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(0.0) as f32))
-                .collect();
-            insert
-                .write(&TweetRow {
-                    tweet_id: r.tweet_id.clone(),
-                    created_at: r.created_at,
-                    lang: r.lang.clone(),
-                    text: r.text.clone(),
-                    label: r.label.clone(),
-                    scores,
-                    model_version: r.model_version.clone(),
-                    classified_at: r.classified_at,
-                    source_partition: r.source_partition,
-                    source_offset: r.source_offset,
-                })
-                .await?;
+        for r in rows {
+            insert.write(r).await?;
         }
         insert.end().await?;
         Ok(())
     }
 
-    /// Inserts the batch, retrying transient failures until it succeeds; a non-retriable error
-    /// (schema mismatch, bad data) is returned at once.
+    /// Inserts `rows` into `table`, retrying transient failures until it succeeds (or once,
+    /// for shadows: a shadow's write is never waited for); a non-retriable error is returned.
+    async fn insert_retrying<R: clickhouse::RowOwned + clickhouse::RowWrite + Sync>(
+        &self,
+        table: &str,
+        rows: &[R],
+        token: &str,
+        until_done: bool,
+    ) -> Result<(), SinkError> {
+        if until_done {
+            retry_until_done(
+                "clickhouse",
+                || self.insert_rows(table, rows, token),
+                SinkError::is_retriable,
+                self.health.as_deref(),
+            )
+            .await
+        } else {
+            (|| self.insert_rows(table, rows, token))
+                .retry(retry_policy().with_max_times(3))
+                .when(SinkError::is_retriable)
+                .await
+        }
+    }
+
+    fn prediction_rows(batch: &ClassifiedBatch) -> Vec<PredictionRow> {
+        batch
+            .rows
+            .iter()
+            .map(|r| PredictionRow {
+                tweet_id: r.tweet_id.clone(),
+                created_at: r.created_at,
+                model_version: r.model_version.clone(),
+                model_hash: r.model_hash.clone(),
+                role: r.role.as_str().into(),
+                deployment_epoch: r.deployment_epoch,
+                label: r.label.clone(),
+                scores: r
+                    .scores
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(0.0) as f32))
+                    .collect(),
+                classified_at: r.classified_at,
+            })
+            .collect()
+    }
+
+    /// Stores a champion batch: the tweets (once) and their predictions, retrying transient
+    /// failures until both succeed; a non-retriable error (schema mismatch, bad data) is
+    /// returned at once.
     pub async fn insert(&self, batch: &ClassifiedBatch) -> Result<(), SinkError> {
         if batch.rows.is_empty() {
             return Ok(());
         }
         let token = batch.dedup_token();
         let started = Instant::now();
-        retry_until_done(
-            "clickhouse",
-            || self.insert_once(batch, &token),
-            SinkError::is_retriable,
-            self.health.as_deref(),
-        )
-        .await?;
+        let stored_at = Utc::now();
+        let tweets: Vec<TweetRow> = batch
+            .rows
+            .iter()
+            .map(|r| TweetRow {
+                tweet_id: r.tweet_id.clone(),
+                created_at: r.created_at,
+                lang: r.lang.clone(),
+                text: r.text.clone(),
+                source_partition: r.source_partition,
+                source_offset: r.source_offset,
+                stored_at,
+            })
+            .collect();
+        self.insert_retrying("tweets", &tweets, &format!("{token}-t"), true)
+            .await?;
+        let predictions = Self::prediction_rows(batch);
+        self.insert_retrying("predictions", &predictions, &format!("{token}-p"), true)
+            .await?;
         telemetry::BatchStored {
             sink: "clickhouse",
             rows: batch.rows.len(),
             seconds: started.elapsed().as_secs_f64(),
         }
         .emit();
+        Ok(())
+    }
+
+    /// Stores a shadow batch's predictions, with a few retries only: shadows are best effort.
+    pub async fn insert_shadow(&self, batch: &ClassifiedBatch) -> Result<(), SinkError> {
+        if batch.rows.is_empty() {
+            return Ok(());
+        }
+        let rows = Self::prediction_rows(batch);
+        self.insert_retrying("predictions", &rows, &batch.dedup_token(), false)
+            .await
+    }
+
+    /// Appends one row to `deployment_changes` or `deployment_events`.
+    pub async fn record<R: clickhouse::RowOwned + clickhouse::RowWrite + Sync>(
+        &self,
+        table: &str,
+        row: &R,
+    ) -> Result<(), SinkError> {
+        let mut insert = self.client.insert::<R>(table).await?;
+        insert.write(row).await?;
+        insert.end().await?;
         Ok(())
     }
 }

@@ -28,7 +28,15 @@ pub struct Classification {
     pub label: String,
     /// Label → probability, in the model's label order.
     pub scores: serde_json::Map<String, serde_json::Value>,
+    /// `NAME@VERSION` of the model that gave this result.
     pub model_version: String,
+    /// Short hash of that version's weights (a re-export under the same version differs here).
+    pub model_hash: String,
+    /// `champion` (published, counted in the champion series) or `shadow` (compared only).
+    pub role: Role,
+    /// The deployment (control-topic epoch) the batch was scored under; 0 = the configured
+    /// `model.dir` before any deployment was published.
+    pub deployment_epoch: u64,
     pub classified_at: DateTime<Utc>,
     /// Where the tweet came from (`partition`, `offset` of the input topic).
     pub source_partition: i32,
@@ -37,6 +45,23 @@ pub struct Classification {
     /// `vaxpulse.source_timestamp_ms` so consumers can measure end-to-end latency.
     #[serde(skip)]
     pub source_timestamp_ms: Option<i64>,
+}
+
+/// What a version's result is used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Champion,
+    Shadow,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Champion => "champion",
+            Role::Shadow => "shadow",
+        }
+    }
 }
 
 /// Results of one inference batch, with what must be acknowledged once they are stored.
@@ -50,7 +75,8 @@ pub struct ClassifiedBatch {
 
 impl ClassifiedBatch {
     /// A deterministic token for this batch's content: the same messages classified by the same
-    /// model give the same token, so a retried insert is deduplicated by ClickHouse.
+    /// model identity (version *and* weights hash) in the same role give the same token, so a
+    /// retried insert is deduplicated by ClickHouse, and a re-exported version is not.
     pub fn dedup_token(&self) -> String {
         let mut keys: Vec<(i32, i64)> = self
             .rows
@@ -61,6 +87,9 @@ impl ClassifiedBatch {
         let mut h = Sha256::new();
         if let Some(first) = self.rows.first() {
             h.update(first.model_version.as_bytes());
+            h.update(b"#");
+            h.update(first.model_hash.as_bytes());
+            h.update(first.role.as_str().as_bytes());
         }
         for (p, o) in keys {
             h.update(p.to_le_bytes());
@@ -204,6 +233,9 @@ mod tests {
             label: "neutral".into(),
             scores: Default::default(),
             model_version: "demo@1".into(),
+            model_hash: "aaaaaaaaaaaa".into(),
+            role: Role::Champion,
+            deployment_epoch: 0,
             classified_at: Utc::now(),
             source_partition: p,
             source_offset: o,
@@ -237,6 +269,19 @@ mod tests {
             .iter_mut()
             .for_each(|r| r.model_version = "demo@2".into());
         assert_ne!(a.dedup_token(), other_model.dedup_token());
+        let mut reexported = other_model;
+        let before = reexported.dedup_token();
+        reexported
+            .rows
+            .iter_mut()
+            .for_each(|r| r.model_hash = "bbbbbbbbbbbb".into());
+        assert_ne!(before, reexported.dedup_token(), "same version, new weights");
+        let as_shadow = before.clone();
+        reexported.rows.iter_mut().for_each(|r| {
+            r.model_hash = "aaaaaaaaaaaa".into();
+            r.role = Role::Shadow;
+        });
+        assert_ne!(as_shadow, reexported.dedup_token(), "same version, other role");
     }
 
     #[tokio::test]

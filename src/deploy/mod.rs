@@ -1,0 +1,345 @@
+//! Model deployments of a consumer group: one champion and zero or more shadows, changed by
+//! `vaxpulse models deploy|promote|rollback|retire` and published as one record per change on a
+//! compacted control topic that every replica follows ([`control`]). This module owns the
+//! record and the rules of a change; it guarantees every change yields a valid deployment (a
+//! champion, distinct versions, a strictly larger epoch) or an error that says what to do.
+
+pub mod control;
+pub mod ops;
+pub mod store;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelId;
+
+/// The group's deployment, as published on the control topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    /// Increases by one with every change; replicas ignore records not newer than theirs.
+    pub epoch: u64,
+    /// The version whose results are published and counted.
+    pub champion: ModelId,
+    /// Versions scored on the same batches, stored for comparison only.
+    pub shadows: Vec<ModelId>,
+    /// The champion before the last promotion: what `rollback` returns to.
+    pub previous_champion: Option<ModelId>,
+    /// The change that produced this record (`deploy`, `promote`, ...).
+    pub action: String,
+    /// Who made it (`user@host`, or the CI job).
+    pub actor: String,
+    /// Free text given with the change.
+    pub reason: String,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// A change an operator asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Add a shadow, or (`champion`) replace the champion directly (first deployment).
+    Deploy { model: ModelId, champion: bool },
+    /// Make a shadow the champion; the old champion stays on as a shadow.
+    Promote(ModelId),
+    /// Return to the champion before the last promotion; the demoted one stays as a shadow.
+    Rollback,
+    /// Stop scoring a shadow.
+    Retire(ModelId),
+}
+
+impl Change {
+    pub fn action(&self) -> &'static str {
+        match self {
+            Change::Deploy {
+                champion: false, ..
+            } => "deploy-shadow",
+            Change::Deploy { champion: true, .. } => "deploy-champion",
+            Change::Promote(_) => "promote",
+            Change::Rollback => "rollback",
+            Change::Retire(_) => "retire",
+        }
+    }
+}
+
+/// Why a change cannot be made.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ChangeError {
+    #[error("{0} is already deployed (as {1}); nothing to do")]
+    AlreadyDeployed(ModelId, &'static str),
+    #[error("{0} is not a shadow of this deployment (shadows: {1}); deploy it as a shadow first: vaxpulse models deploy {0}")]
+    NotAShadow(ModelId, String),
+    #[error("{0} is the champion; promote another version first, or roll back")]
+    IsChampion(ModelId),
+    #[error("nothing to roll back to: no promotion has been made since the first deployment")]
+    NoPrevious,
+}
+
+fn list(ids: &[ModelId]) -> String {
+    if ids.is_empty() {
+        "none".into()
+    } else {
+        ids.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Versions are the same deployment slot when name and version agree (whatever the hash: a
+/// re-export replaces the old weights of that version).
+fn same_version(a: &ModelId, b: &ModelId) -> bool {
+    a.name == b.name && a.version == b.version
+}
+
+impl Deployment {
+    /// The deployment a group has before anything was published: the configured model alone.
+    pub fn bootstrap(champion: ModelId) -> Self {
+        Deployment {
+            epoch: 0,
+            champion,
+            shadows: Vec::new(),
+            previous_champion: None,
+            action: "bootstrap".into(),
+            actor: "config model.dir".into(),
+            reason: String::new(),
+            changed_at: DateTime::<Utc>::UNIX_EPOCH,
+        }
+    }
+
+    /// Every version this deployment scores, champion first.
+    pub fn versions(&self) -> impl Iterator<Item = &ModelId> {
+        std::iter::once(&self.champion).chain(&self.shadows)
+    }
+
+    /// The deployment after `change`, with the next epoch. `model` ids must carry their hash.
+    pub fn apply(
+        &self,
+        change: &Change,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Deployment, ChangeError> {
+        let mut next = Deployment {
+            epoch: self.epoch + 1,
+            action: change.action().into(),
+            actor: actor.into(),
+            reason: reason.into(),
+            changed_at: Utc::now(),
+            ..self.clone()
+        };
+        match change {
+            Change::Deploy { model, champion } => {
+                if self.champion == *model {
+                    return Err(ChangeError::AlreadyDeployed(model.clone(), "champion"));
+                }
+                if !champion && self.shadows.contains(model) {
+                    return Err(ChangeError::AlreadyDeployed(model.clone(), "shadow"));
+                }
+                // A re-export of a deployed version replaces it.
+                next.shadows.retain(|s| !same_version(s, model));
+                if *champion {
+                    next.previous_champion = Some(self.champion.clone());
+                    if !same_version(&self.champion, model) {
+                        next.shadows.push(self.champion.clone());
+                    }
+                    next.champion = model.clone();
+                } else if same_version(&self.champion, model) {
+                    return Err(ChangeError::AlreadyDeployed(
+                        self.champion.clone(),
+                        "champion (a re-export of the champion must be deployed with --champion)",
+                    ));
+                } else {
+                    next.shadows.push(model.clone());
+                }
+            }
+            Change::Promote(model) => {
+                if self.champion == *model {
+                    return Err(ChangeError::IsChampion(model.clone()));
+                }
+                let Some(pos) = self.shadows.iter().position(|s| s == model) else {
+                    return Err(ChangeError::NotAShadow(model.clone(), list(&self.shadows)));
+                };
+                next.shadows[pos] = self.champion.clone();
+                next.previous_champion = Some(self.champion.clone());
+                next.champion = model.clone();
+            }
+            Change::Rollback => {
+                let Some(prev) = self.previous_champion.clone() else {
+                    return Err(ChangeError::NoPrevious);
+                };
+                next.shadows.retain(|s| *s != prev);
+                if !same_version(&self.champion, &prev) {
+                    next.shadows.insert(0, self.champion.clone());
+                }
+                next.previous_champion = None;
+                next.champion = prev;
+            }
+            Change::Retire(model) => {
+                if self.champion == *model {
+                    return Err(ChangeError::IsChampion(model.clone()));
+                }
+                let before = next.shadows.len();
+                next.shadows.retain(|s| s != model);
+                if next.shadows.len() == before {
+                    return Err(ChangeError::NotAShadow(model.clone(), list(&self.shadows)));
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    /// One line: `epoch 3: champion a@2#…, shadows b@1#…`.
+    pub fn summary(&self) -> String {
+        format!(
+            "epoch {}: champion {}, shadows {}",
+            self.epoch,
+            self.champion,
+            list(&self.shadows)
+        )
+    }
+
+    /// The shadows as strings (for ClickHouse rows).
+    pub fn shadow_names(&self) -> Vec<String> {
+        self.shadows.iter().map(ToString::to_string).collect()
+    }
+}
+
+/// `user@host` of whoever runs a `vaxpulse models` command (`VAXPULSE_ACTOR` overrides, e.g. a
+/// CI job name).
+pub fn actor() -> String {
+    if let Ok(a) = std::env::var("VAXPULSE_ACTOR") {
+        if !a.trim().is_empty() {
+            return a;
+        }
+    }
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{user}@{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ModelId {
+        ModelId::parse(s).unwrap()
+    }
+
+    fn start() -> Deployment {
+        Deployment::bootstrap(id("demo@1#aaaaaaaaaaaa"))
+    }
+
+    #[test]
+    fn shadow_promote_rollback_retire_walk() {
+        let d0 = start();
+        let b = id("mine@2#bbbbbbbbbbbb");
+        let d1 = d0
+            .apply(
+                &Change::Deploy {
+                    model: b.clone(),
+                    champion: false,
+                },
+                "me",
+                "",
+            )
+            .unwrap();
+        assert_eq!((d1.epoch, &d1.champion, &d1.shadows), (1, &d0.champion, &vec![b.clone()]));
+        let d2 = d1.apply(&Change::Promote(b.clone()), "me", "").unwrap();
+        assert_eq!(d2.champion, b);
+        assert_eq!(d2.shadows, vec![d0.champion.clone()]);
+        assert_eq!(d2.previous_champion.as_ref(), Some(&d0.champion));
+        let d3 = d2.apply(&Change::Rollback, "me", "bad").unwrap();
+        assert_eq!(d3.champion, d0.champion);
+        assert_eq!(d3.shadows, vec![b.clone()], "the demoted version stays a shadow");
+        assert_eq!(d3.epoch, 3);
+        assert_eq!(d3.apply(&Change::Rollback, "me", ""), Err(ChangeError::NoPrevious));
+        let d4 = d3.apply(&Change::Retire(b.clone()), "me", "").unwrap();
+        assert!(d4.shadows.is_empty());
+        assert_eq!(d4.action, "retire");
+    }
+
+    #[test]
+    fn changes_that_make_no_sense_are_refused_with_the_way_out() {
+        let d0 = start();
+        let b = id("mine@2#bbbbbbbbbbbb");
+        let e = d0.apply(&Change::Promote(b.clone()), "me", "").unwrap_err();
+        assert!(e.to_string().contains("vaxpulse models deploy mine@2"), "{e}");
+        assert!(matches!(
+            d0.apply(&Change::Retire(d0.champion.clone()), "me", ""),
+            Err(ChangeError::IsChampion(_))
+        ));
+        let d1 = d0
+            .apply(
+                &Change::Deploy {
+                    model: b.clone(),
+                    champion: false,
+                },
+                "me",
+                "",
+            )
+            .unwrap();
+        assert!(matches!(
+            d1.apply(
+                &Change::Deploy {
+                    model: b,
+                    champion: false
+                },
+                "me",
+                ""
+            ),
+            Err(ChangeError::AlreadyDeployed(..))
+        ));
+    }
+
+    #[test]
+    fn a_reexport_under_the_same_version_replaces_the_old_weights() {
+        let d0 = start();
+        let old = id("mine@2#bbbbbbbbbbbb");
+        let new = id("mine@2#cccccccccccc");
+        let d1 = d0
+            .apply(
+                &Change::Deploy {
+                    model: old,
+                    champion: false,
+                },
+                "me",
+                "",
+            )
+            .unwrap();
+        let d2 = d1
+            .apply(
+                &Change::Deploy {
+                    model: new.clone(),
+                    champion: false,
+                },
+                "me",
+                "",
+            )
+            .unwrap();
+        assert_eq!(d2.shadows, vec![new]);
+        let re = id("demo@1#dddddddddddd");
+        let d3 = d2
+            .apply(
+                &Change::Deploy {
+                    model: re.clone(),
+                    champion: true,
+                },
+                "me",
+                "",
+            )
+            .unwrap();
+        assert_eq!(d3.champion, re);
+        assert!(
+            !d3.shadows.iter().any(|s| s.name == "demo"),
+            "the old weights of the same version are not kept as a shadow"
+        );
+    }
+
+    #[test]
+    fn the_record_round_trips_as_json() {
+        let d = start();
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<Deployment>(&json).unwrap(), d);
+    }
+}

@@ -1,0 +1,330 @@
+//! What `vaxpulse models list|status|deploy|promote|rollback|retire` do. A change is checked
+//! here first (the version is in the model store, its checksums hold, its parity against the
+//! export's reference holds), then published on the control topic, confirmed by reading the
+//! topic back (a concurrent change is detected, not silently overwritten), and recorded in
+//! ClickHouse `deployment_changes`. Replicas check it again before it takes traffic.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::control::{publish, ControlReader};
+use super::store::{list as list_store, resolve};
+use super::{actor, Change, Deployment};
+use crate::bench::Table;
+use crate::config::Config;
+use crate::model::{Manifest, ModelId};
+use crate::sink::clickhouse::{ClickHouseSink, DeploymentChangeRow};
+
+/// The group's deployment now: the control topic's latest, or the configured model.
+pub async fn current(cfg: &Config) -> anyhow::Result<Deployment> {
+    let k = cfg.kafka.clone();
+    let published = tokio::task::spawn_blocking(move || {
+        ControlReader::open(&k)?.catch_up(Duration::from_secs(20))
+    })
+    .await??;
+    match published {
+        Some(d) => Ok(d),
+        None => {
+            let m = Manifest::load(&cfg.model.dir)
+                .with_context(|| "no deployment published yet, and model.dir is unusable")?;
+            Ok(Deployment::bootstrap(m.id()))
+        }
+    }
+}
+
+/// `models list`: every version in the store, with its role in the current deployment.
+pub async fn list(cfg: &Config) -> anyhow::Result<String> {
+    let deployment = current(cfg).await.ok();
+    let mut t = Table::new(&["version", "weights", "labels", "max_length", "role", "dir"]);
+    for (dir, m) in list_store(&cfg.model.store_dir)? {
+        match m {
+            Ok(m) => {
+                let id = m.id();
+                let role = match &deployment {
+                    Some(d) if d.champion == id => "champion",
+                    Some(d) if d.shadows.contains(&id) => "shadow",
+                    _ => "-",
+                };
+                t.row(vec![
+                    id.version_label(),
+                    id.hash.clone(),
+                    m.labels.join(","),
+                    m.max_length.to_string(),
+                    role.into(),
+                    dir.display().to_string(),
+                ]);
+            }
+            Err(e) => t.row(vec![
+                "(unusable)".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                format!("{}: {e:#}", dir.display()),
+            ]),
+        }
+    }
+    Ok(format!(
+        "model store {}\n\n{}",
+        cfg.model.store_dir.display(),
+        t.render()
+    ))
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct EventLine {
+    replica: String,
+    epoch: u64,
+    outcome: String,
+    since_change_ms: i64,
+    message: String,
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct ChangeLine {
+    changed_at: String,
+    epoch: u64,
+    action: String,
+    actor: String,
+    from_champion: String,
+    to_champion: String,
+    to_shadows: Vec<String>,
+}
+
+/// `models status`: the deployment, the last changes and what each replica did with them.
+pub async fn status(cfg: &Config) -> anyhow::Result<String> {
+    let d = current(cfg).await?;
+    let mut out = format!(
+        "group {}: {}\nlast change: {} by {} at {}{}\n\n",
+        cfg.kafka.group_id,
+        d.summary(),
+        d.action,
+        d.actor,
+        d.changed_at.to_rfc3339(),
+        if d.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", d.reason)
+        }
+    );
+    let ch = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
+    let changes = ch
+        .client()
+        .query(
+            "SELECT toString(changed_at) AS changed_at, epoch, action, actor, from_champion, to_champion, to_shadows
+             FROM deployment_changes WHERE group_id = ? ORDER BY epoch DESC, changed_at DESC LIMIT 10",
+        )
+        .bind(&cfg.kafka.group_id)
+        .fetch_all::<ChangeLine>()
+        .await;
+    match changes {
+        Ok(rows) => {
+            let mut t = Table::new(&["epoch", "when", "action", "who", "champion", "shadows"]);
+            for r in rows {
+                t.row(vec![
+                    r.epoch.to_string(),
+                    r.changed_at,
+                    r.action,
+                    r.actor,
+                    format!("{} → {}", r.from_champion, r.to_champion),
+                    r.to_shadows.join(", "),
+                ]);
+            }
+            out.push_str("### changes (ClickHouse deployment_changes)\n\n");
+            out.push_str(&t.render());
+        }
+        Err(e) => out.push_str(&format!("(ClickHouse not readable: {e})\n")),
+    }
+    let events = ch
+        .client()
+        .query(
+            "SELECT replica, argMax(epoch, at) AS epoch, argMax(outcome, at) AS outcome,
+                    argMax(since_change_ms, at) AS since_change_ms, argMax(message, at) AS message
+             FROM deployment_events WHERE group_id = ? AND at > now() - INTERVAL 1 DAY
+             GROUP BY replica ORDER BY replica",
+        )
+        .bind(&cfg.kafka.group_id)
+        .fetch_all::<EventLine>()
+        .await;
+    if let Ok(rows) = events {
+        let mut t = Table::new(&["replica", "epoch", "outcome", "after change", "message"]);
+        for r in rows {
+            t.row(vec![
+                r.replica,
+                r.epoch.to_string(),
+                r.outcome,
+                if r.since_change_ms < 0 {
+                    "-".into()
+                } else {
+                    format!("{} ms", r.since_change_ms)
+                },
+                r.message,
+            ]);
+        }
+        out.push_str("\n### replicas (latest event in the last day, ClickHouse deployment_events)\n\n");
+        out.push_str(&t.render());
+    }
+    Ok(out)
+}
+
+/// Options of a change.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeOptions {
+    pub reason: String,
+    /// Wait until this many replicas applied the new epoch (0 = do not wait).
+    pub wait_replicas: usize,
+    pub wait_timeout: Duration,
+}
+
+/// What a published change came to.
+#[derive(Debug)]
+pub struct ChangeOutcome {
+    pub before: Deployment,
+    pub after: Deployment,
+    /// (replica, ms from the change to scoring with it), when asked to wait.
+    pub applied: Vec<(String, i64)>,
+}
+
+/// Completes `model` with its weights hash from the store (and checks parity for a version
+/// about to be deployed).
+async fn resolve_checked(cfg: &Config, model: &ModelId, parity: bool) -> anyhow::Result<ModelId> {
+    let (store, m, bound) = (
+        cfg.model.store_dir.clone(),
+        model.clone(),
+        cfg.model.parity_max_abs_diff,
+    );
+    tokio::task::spawn_blocking(move || {
+        let (id, _) = resolve(&store, &m)?;
+        let dir = super::store::version_dir(&store, &id);
+        if parity && dir.join("parity.json").exists() {
+            let r = crate::model::check::check_dir(&dir, bound)?;
+            println!(
+                "checked {id}: {} parity texts, max |Δp| {:.2e} ≤ {bound:.0e}",
+                r.cases, r.max_abs_diff
+            );
+        }
+        Ok(id)
+    })
+    .await?
+}
+
+/// Makes `change`, publishes it and records it.
+pub async fn change(
+    cfg: &Config,
+    change: Change,
+    opts: &ChangeOptions,
+) -> anyhow::Result<ChangeOutcome> {
+    let before = current(cfg).await?;
+    let change = match change {
+        Change::Deploy { model, champion } => Change::Deploy {
+            model: resolve_checked(cfg, &model, true).await?,
+            champion,
+        },
+        // Named versions must be the deployed ones: complete the hash from the deployment.
+        Change::Promote(m) => Change::Promote(deployed(&before, &m)?),
+        Change::Retire(m) => Change::Retire(deployed(&before, &m)?),
+        Change::Rollback => Change::Rollback,
+    };
+    let after = before
+        .apply(&change, &actor(), &opts.reason)
+        .map_err(anyhow::Error::new)?;
+    publish(&cfg.kafka, &after).await?;
+    let confirmed = current(cfg).await?;
+    anyhow::ensure!(
+        confirmed == after,
+        "another change was published at the same time ({}); this one ({}) may not be in effect: check `vaxpulse models status` and repeat if needed",
+        confirmed.summary(),
+        after.summary()
+    );
+    tracing::info!(action = %after.action, actor = %after.actor, from = %before.summary(), to = %after.summary(), "deployment change published");
+    let ch = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
+    let row = DeploymentChangeRow {
+        changed_at: after.changed_at,
+        group_id: cfg.kafka.group_id.clone(),
+        epoch: after.epoch,
+        action: after.action.clone(),
+        actor: after.actor.clone(),
+        reason: after.reason.clone(),
+        from_champion: before.champion.to_string(),
+        to_champion: after.champion.to_string(),
+        from_shadows: before.shadow_names(),
+        to_shadows: after.shadow_names(),
+    };
+    if let Err(e) = async {
+        ch.apply_schema().await?;
+        ch.record("deployment_changes", &row).await
+    }
+    .await
+    {
+        eprintln!(
+            "warning: the change is published, but recording it in ClickHouse failed ({e}); replicas still record when they apply it"
+        );
+    }
+    let applied = if opts.wait_replicas > 0 {
+        wait_applied(&ch, cfg, after.epoch, opts.wait_replicas, opts.wait_timeout).await?
+    } else {
+        Vec::new()
+    };
+    Ok(ChangeOutcome {
+        before,
+        after,
+        applied,
+    })
+}
+
+fn deployed(d: &Deployment, m: &ModelId) -> anyhow::Result<ModelId> {
+    d.versions()
+        .find(|v| v.name == m.name && v.version == m.version && (m.hash.is_empty() || v.hash == m.hash))
+        .cloned()
+        .with_context(|| format!("{m} is not deployed ({})", d.summary()))
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct Applied {
+    replica: String,
+    outcome: String,
+    since_change_ms: i64,
+    message: String,
+}
+
+/// Waits until `n` replicas applied `epoch` (or one refused it).
+async fn wait_applied(
+    ch: &ClickHouseSink,
+    cfg: &Config,
+    epoch: u64,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let started = Instant::now();
+    loop {
+        let rows = ch
+            .client()
+            .query("SELECT replica, outcome, since_change_ms, message FROM deployment_events WHERE group_id = ? AND epoch = ? ORDER BY at")
+            .bind(&cfg.kafka.group_id)
+            .bind(epoch)
+            .fetch_all::<Applied>()
+            .await
+            .unwrap_or_default();
+        if let Some(r) = rows.iter().find(|r| r.outcome == "refused") {
+            anyhow::bail!(
+                "replica {} refused epoch {epoch}: {}; the previous deployment keeps serving there: fix the version and deploy again, or roll back",
+                r.replica,
+                r.message
+            );
+        }
+        let applied: Vec<(String, i64)> = rows
+            .into_iter()
+            .map(|r| (r.replica, r.since_change_ms))
+            .collect();
+        if applied.len() >= n {
+            return Ok(applied);
+        }
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "only {} of {n} replicas applied epoch {epoch} within {timeout:?} (are they running? vaxpulse models status)",
+            applied.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,191 @@
+//! The model store (`model.store_dir/NAME/VERSION/`) and the gate every version passes before
+//! it takes traffic: manifest, checksums, the weights hash the deployment names, tokenizer,
+//! load on the serving device, warm-up, and parity against the export's reference
+//! (`parity.json`) or, without one, a sane forward pass. Guarantee: a [`LoadedModel`] exists only
+//! for a version that passed all of it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::model::check::check_parity;
+use crate::model::load::ClassifierFactory;
+use crate::model::tokenizer::TweetTokenizer;
+use crate::model::{warm_up, warmup_shapes, Classifier, Manifest, ModelId, PaddedBatch, Precision};
+
+/// A version ready to score: checked, loaded and warmed up.
+pub struct LoadedModel {
+    pub id: ModelId,
+    pub manifest: Manifest,
+    pub tokenizer: Arc<TweetTokenizer>,
+    /// sha256 of `tokenizer.json`: versions with the same one can score the same padded batch.
+    pub tokenizer_hash: String,
+    pub labels: Vec<String>,
+    /// Locked by whichever inference thread runs it (the model thread as champion, a shadow
+    /// thread as shadow; a promotion hands it over without reloading).
+    pub model: Mutex<Box<dyn Classifier>>,
+    pub load_seconds: f64,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel").field("id", &self.id).finish()
+    }
+}
+
+/// Where a deployed version lives.
+pub fn version_dir(store: &Path, id: &ModelId) -> PathBuf {
+    store.join(&id.name).join(&id.version)
+}
+
+/// Completes `NAME@VERSION` with the weights hash of the store's copy (checked against the
+/// files), or checks a given hash against it.
+pub fn resolve(store: &Path, id: &ModelId) -> anyhow::Result<(ModelId, Manifest)> {
+    let dir = version_dir(store, id);
+    let manifest = Manifest::load(&dir).with_context(|| {
+        format!(
+            "{} is not in the model store {} (export it there: scripts/export_model.py CHECKPOINT --out {})",
+            id.version_label(),
+            store.display(),
+            dir.display()
+        )
+    })?;
+    manifest.verify(&dir)?;
+    let found = manifest.id();
+    anyhow::ensure!(
+        found.name == id.name && found.version == id.version,
+        "{} holds {}: its manifest names another version (move it to {})",
+        dir.display(),
+        found.version_label(),
+        version_dir(store, &found).display()
+    );
+    anyhow::ensure!(
+        id.hash.is_empty() || found.hash == id.hash,
+        "{} in {} has weights {}, but {} was asked for: copy the same export to every replica's model store",
+        id.version_label(),
+        dir.display(),
+        found.hash,
+        id
+    );
+    Ok((found, manifest))
+}
+
+/// Every version in the store (`NAME/VERSION/manifest.json`), sorted; unreadable ones come back
+/// as errors so `models list` can show them.
+pub fn list(store: &Path) -> anyhow::Result<Vec<(PathBuf, anyhow::Result<Manifest>)>> {
+    let mut out = Vec::new();
+    let names = std::fs::read_dir(store)
+        .with_context(|| format!("cannot read the model store {}", store.display()))?;
+    for name in names.flatten().filter(|e| e.path().is_dir()) {
+        for version in std::fs::read_dir(name.path())?
+            .flatten()
+            .filter(|e| e.path().join("manifest.json").exists())
+        {
+            let dir = version.path();
+            let m = Manifest::load(&dir)
+                .map_err(anyhow::Error::from)
+                .and_then(|m| m.verify(&dir).map(|()| m).map_err(Into::into));
+            out.push((dir, m));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Loads `dir` as `expected` (when given) and runs every check. The caller runs this on a
+/// loader thread: it may take seconds for a base-sized model.
+pub fn load_checked(
+    cfg: &Config,
+    dir: &Path,
+    expected: Option<&ModelId>,
+    factory: &ClassifierFactory,
+) -> anyhow::Result<LoadedModel> {
+    let started = Instant::now();
+    let manifest = Manifest::load(dir)?;
+    if expected.is_some() || cfg.model.verify_checksums {
+        manifest.verify(dir)?;
+    }
+    let id = manifest.id();
+    if let Some(want) = expected {
+        anyhow::ensure!(
+            id.name == want.name
+                && id.version == want.version
+                && (want.hash.is_empty() || id.hash == want.hash),
+            "{} holds {id}, but the deployment names {want}: copy the same export to every replica's model store",
+            dir.display()
+        );
+    }
+    let tokenizer = TweetTokenizer::load(
+        &dir.join(&manifest.files.tokenizer.path),
+        manifest.max_length,
+    )?;
+    let mut model = factory(dir, &manifest)?;
+    anyhow::ensure!(
+        model.labels() == manifest.labels.as_slice(),
+        "{id}: the model's labels {:?} differ from the manifest's {:?}",
+        model.labels(),
+        manifest.labels
+    );
+    if cfg.model.warmup {
+        let shapes = warmup_shapes(
+            cfg.batch.max_batch_size,
+            cfg.batch.max_batch_tokens,
+            manifest.max_length,
+        );
+        warm_up(model.as_mut(), &shapes).with_context(|| format!("{id}: warm-up failed"))?;
+    }
+    if dir.join("parity.json").exists() {
+        let bound = match cfg.model.precision {
+            Precision::Fp32 => cfg.model.parity_max_abs_diff,
+            _ => f64::from(cfg.model.half_parity_max_abs_diff),
+        };
+        let p = check_parity(dir, &manifest, &tokenizer, model.as_mut(), bound)
+            .with_context(|| format!("{id}: parity against the export's reference failed"))?;
+        tracing::info!(model = %id, cases = p.cases, max_abs_diff = p.max_abs_diff, same_label = p.same_label, "parity against parity.json passed");
+    } else {
+        sane_forward_pass(&tokenizer, &manifest, model.as_mut())
+            .with_context(|| format!("{id}: forward pass check failed"))?;
+    }
+    Ok(LoadedModel {
+        tokenizer_hash: manifest.files.tokenizer.sha256.clone(),
+        labels: manifest.labels.clone(),
+        tokenizer: Arc::new(tokenizer),
+        model: Mutex::new(model),
+        load_seconds: started.elapsed().as_secs_f64(),
+        id,
+        manifest,
+    })
+}
+
+/// Without a reference: one batch of real tweets must give one finite probability vector per
+/// row, summing to 1.
+fn sane_forward_pass(
+    tok: &TweetTokenizer,
+    manifest: &Manifest,
+    model: &mut dyn Classifier,
+) -> anyhow::Result<()> {
+    let mut g = crate::synthetic::Generator::new(7, chrono::Utc::now(), 1);
+    let texts: Vec<String> = (0..8).map(|_| g.tweet().text).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ids = tok.encode_batch(&refs)?;
+    let batch = PaddedBatch::new(ids.iter().map(Vec::as_slice), manifest.pad_id);
+    let probs = model.classify(&batch)?;
+    anyhow::ensure!(
+        probs.len() == batch.rows,
+        "{} rows in, {} out",
+        batch.rows,
+        probs.len()
+    );
+    for p in &probs {
+        let sum: f32 = p.iter().sum();
+        anyhow::ensure!(
+            p.len() == manifest.labels.len() && p.iter().all(|x| x.is_finite()) && (sum - 1.0).abs() < 1e-3,
+            "the model gave {p:?} for a tweet: expected {} finite probabilities summing to 1",
+            manifest.labels.len()
+        );
+    }
+    Ok(())
+}
