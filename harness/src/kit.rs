@@ -46,6 +46,7 @@ pub struct Names {
     pub input: String,
     pub output: String,
     pub dlq: String,
+    pub control: String,
     pub group: String,
     pub database: String,
 }
@@ -57,6 +58,7 @@ impl Names {
             input: format!("{id}.raw"),
             output: format!("{id}.classified"),
             dlq: format!("{id}.dlq"),
+            control: format!("{id}.control"),
             group: format!("{id}-group"),
             database: id,
         }
@@ -68,6 +70,7 @@ impl Names {
         c.kafka.input_topic = self.input.clone();
         c.kafka.output_topic = self.output.clone();
         c.kafka.dlq_topic = self.dlq.clone();
+        c.kafka.control_topic = self.control.clone();
         c.kafka.group_id = self.group.clone();
         c.clickhouse.database = self.database.clone();
         c
@@ -79,6 +82,7 @@ impl Names {
             ("VAXPULSE_KAFKA_INPUT_TOPIC".to_string(), self.input.clone()),
             ("VAXPULSE_KAFKA_OUTPUT_TOPIC".into(), self.output.clone()),
             ("VAXPULSE_KAFKA_DLQ_TOPIC".into(), self.dlq.clone()),
+            ("VAXPULSE_KAFKA_CONTROL_TOPIC".into(), self.control.clone()),
             ("VAXPULSE_KAFKA_GROUP_ID".into(), self.group.clone()),
             ("VAXPULSE_CLICKHOUSE_DATABASE".into(), self.database.clone()),
         ];
@@ -99,6 +103,7 @@ group_id = "{}"
 input_topic = "{}"
 output_topic = "{}"
 dlq_topic = "{}"
+control_topic = "{}"
 fetch_wait_max_ms = 10
 commit_interval_ms = 200
 [clickhouse]
@@ -117,6 +122,7 @@ listen = ""
             self.input,
             self.output,
             self.dlq,
+            self.control,
             clickhouse_url(),
             self.database,
             repo_root().display(),
@@ -175,8 +181,8 @@ pub async fn create_topic(
     Ok(())
 }
 
-/// Creates the input (`partitions`, messages up to [`MAX_INPUT_MESSAGE_BYTES`]), output and
-/// dead-letter topics of `names`.
+/// Creates the input (`partitions`, messages up to [`MAX_INPUT_MESSAGE_BYTES`]), output,
+/// dead-letter and control (one partition, compacted) topics of `names`.
 pub async fn create_topics(
     cfg: &KafkaConfig,
     names: &Names,
@@ -191,6 +197,7 @@ pub async fn create_topics(
     )
     .await?;
     create_topic(cfg, &names.output, partitions, &[]).await?;
+    create_topic(cfg, &names.control, 1, &[("cleanup.policy", "compact")]).await?;
     create_topic(cfg, &names.dlq, partitions, &[]).await
 }
 
@@ -431,10 +438,12 @@ pub fn uncommitted(
 /// What ClickHouse holds for one database.
 pub struct Counts {
     pub clickhouse_ids: HashSet<String>,
-    /// Rows of `classified_tweets FINAL` (one per tweet × model version).
+    /// Champion rows of `predictions FINAL` (one per tweet × model identity).
     pub final_rows: u64,
-    /// Sum over hours × labels of `opinion_hourly` (what analysts read).
+    /// Sum over hours × labels of `champion_hourly` (what analysts read).
     pub aggregate_total: u64,
+    /// Per model identity (`NAME@VERSION#HASH`): sum over hours × labels of `opinion_hourly`.
+    pub per_version: std::collections::BTreeMap<String, u64>,
 }
 
 pub async fn clickhouse_counts(cfg: &Config) -> anyhow::Result<Counts> {
@@ -449,20 +458,30 @@ pub async fn clickhouse_counts(cfg: &Config) -> anyhow::Result<Counts> {
         .await?;
     let final_rows: u64 = sink
         .client()
-        .query(&format!("SELECT count() FROM {db}.classified_tweets FINAL"))
+        .query(&format!(
+            "SELECT count() FROM {db}.predictions FINAL WHERE role = 'champion'"
+        ))
         .fetch_one()
         .await?;
     let aggregate_total: u64 = sink
         .client()
         .query(&format!(
-            "SELECT toUInt64(sum(n)) FROM (SELECT uniqExactMerge(tweets) AS n FROM {db}.opinion_hourly GROUP BY hour, model_version, label)"
+            "SELECT toUInt64(sum(tweets)) FROM {db}.champion_hourly"
         ))
         .fetch_one()
+        .await?;
+    let per_version: Vec<(String, u64)> = sink
+        .client()
+        .query(&format!(
+            "SELECT concat(model_version, '#', model_hash), toUInt64(sum(tweets)) FROM {db}.opinion_hourly_counts GROUP BY model_version, model_hash"
+        ))
+        .fetch_all()
         .await?;
     Ok(Counts {
         clickhouse_ids: ids.into_iter().collect(),
         final_rows,
         aggregate_total,
+        per_version: per_version.into_iter().collect(),
     })
 }
 

@@ -87,15 +87,22 @@ pub fn schema_statements(db: &str) -> Vec<String> {
         // counts saw first, so it stays.
         format!(
             "CREATE VIEW IF NOT EXISTS {db}.champion_predictions AS
-            SELECT tweet_id, min(created_at) AS created_at,
-                   argMin((label, model_version, model_hash, scores, deployment_epoch),
-                          (classified_at, model_version, model_hash)) AS first,
-                   first.1 AS label, first.2 AS model_version, first.3 AS model_hash,
-                   first.4 AS scores, first.5 AS deployment_epoch,
-                   min(classified_at) AS classified_at
-            FROM {db}.predictions
-            WHERE role = 'champion'
-            GROUP BY tweet_id"
+            SELECT tweet_id, first_created AS created_at,
+                   tupleElement(first_champion, 1) AS label,
+                   tupleElement(first_champion, 2) AS model_version,
+                   tupleElement(first_champion, 3) AS model_hash,
+                   tupleElement(first_champion, 4) AS scores,
+                   tupleElement(first_champion, 5) AS deployment_epoch,
+                   first_at AS classified_at
+            FROM (
+                SELECT tweet_id, min(created_at) AS first_created,
+                       argMin((label, model_version, model_hash, scores, deployment_epoch),
+                              (classified_at, model_version, model_hash)) AS first_champion,
+                       min(classified_at) AS first_at
+                FROM {db}.predictions
+                WHERE role = 'champion'
+                GROUP BY tweet_id
+            )"
         ),
         format!(
             "CREATE VIEW IF NOT EXISTS {db}.champion_hourly AS
