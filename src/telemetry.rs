@@ -394,8 +394,15 @@ impl ShadowSkipped<'_> {
         )
         .increment(self.rows as u64);
         match self.error {
-            Some(e) => tracing::warn!(model = self.model, reason = self.reason, rows = self.rows, error = %e, "shadow batch skipped"),
-            None => tracing::warn!(model = self.model, reason = self.reason, rows = self.rows, "shadow batch skipped"),
+            Some(e) => {
+                tracing::warn!(model = self.model, reason = self.reason, rows = self.rows, error = %e, "shadow batch skipped")
+            }
+            None => tracing::warn!(
+                model = self.model,
+                reason = self.reason,
+                rows = self.rows,
+                "shadow batch skipped"
+            ),
         }
     }
 }

@@ -128,7 +128,10 @@ async fn a_killed_replicas_partitions_are_taken_over_and_nothing_is_lost_or_doub
     )
     .await;
     assert_eq!(
-        ch_scalar(&format!("SELECT count() FROM {db}.predictions FINAL WHERE role = 'champion'")).await,
+        ch_scalar(&format!(
+            "SELECT count() FROM {db}.predictions FINAL WHERE role = 'champion'"
+        ))
+        .await,
         TWEETS.to_string(),
         "one row per tweet after FINAL"
     );

@@ -300,7 +300,10 @@ async fn mixed_traffic_is_classified_once_dead_lettered_with_reasons_and_committ
         total.to_string()
     );
     assert_eq!(
-        ch_scalar(&format!("SELECT count() FROM {db}.predictions FINAL WHERE role = 'champion'")).await,
+        ch_scalar(&format!(
+            "SELECT count() FROM {db}.predictions FINAL WHERE role = 'champion'"
+        ))
+        .await,
         total.to_string()
     );
 }

@@ -338,7 +338,7 @@ fn deployment_event(
                     })
                 })
                 .map(|m| m.load_seconds)
-                .sum();
+                .fold(0.0, |a, b| a + b);
             (serving, retired, load)
         }
         Err(_) => (Vec::new(), Vec::new(), 0.0),
@@ -361,7 +361,12 @@ fn deployment_event(
             group_id: who.group_id.clone(),
             replica: who.replica.clone(),
             epoch: deployment.epoch,
-            outcome: if error.is_none() { "applied" } else { "refused" }.into(),
+            outcome: if error.is_none() {
+                "applied"
+            } else {
+                "refused"
+            }
+            .into(),
             champion: deployment.champion.to_string(),
             shadows: deployment.shadow_names(),
             load_seconds,
@@ -418,7 +423,10 @@ struct ModelStage {
 
 impl ModelStage {
     fn swap(&self, active: &mut Arc<Active>, new: Arc<Active>) {
-        *self.tokenizer.write().unwrap_or_else(PoisonError::into_inner) = (
+        *self
+            .tokenizer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = (
             Arc::from(new.champion.tokenizer_hash.as_str()),
             new.champion.tokenizer.clone(),
         );
@@ -437,7 +445,12 @@ impl ModelStage {
         swaps: Receiver<Arc<Active>>,
         rx: Receiver<Vec<Encoded>>,
     ) -> anyhow::Result<()> {
-        deployment_event(&self.who, self.events.as_ref(), &active.deployment, Ok((&active, None)));
+        deployment_event(
+            &self.who,
+            self.events.as_ref(),
+            &active.deployment,
+            Ok((&active, None)),
+        );
         let mut swaps = swaps;
         loop {
             // A deployment takes effect between batches, also while no tweet arrives.
@@ -554,7 +567,13 @@ impl ModelStage {
             }
         }
         let out = ClassifiedBatch {
-            rows: results(metas, probs, champion, Role::Champion, active.deployment.epoch),
+            rows: results(
+                metas,
+                probs,
+                champion,
+                Role::Champion,
+                active.deployment.epoch,
+            ),
             acks,
             received,
         };

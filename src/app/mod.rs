@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::offsets::OffsetTracker;
 use crate::config::Config;
-use crate::model::load::ClassifierFactory;
 use crate::deploy::control::{self, ControlReader};
 use crate::deploy::Deployment;
+use crate::model::load::ClassifierFactory;
 use crate::model::Manifest;
 use crate::sink::clickhouse::{ClickHouseSink, DeploymentEventRow};
 use crate::sink::kafka::{DeadLetterProducer, ResultProducer};

@@ -484,12 +484,19 @@ fn shadows_score_the_champions_padded_batch_and_never_hold_it_back() {
         .iter()
         .all(|r| r.role == Role::Champion && r.model_version == "demo@1" && r.label == "favour"));
     let shadow_rows: Vec<_> = out.shadows.iter().flat_map(|b| &b.rows).collect();
-    assert_eq!(shadow_rows.len(), 40, "the working shadow scored every tweet");
+    assert_eq!(
+        shadow_rows.len(),
+        40,
+        "the working shadow scored every tweet"
+    );
     assert!(shadow_rows
         .iter()
         .all(|r| r.role == Role::Shadow && r.model_version == "alt@1" && r.label == "against"));
     assert!(out.champion.iter().all(|b| !b.acks.is_empty()));
-    assert!(out.shadows.iter().all(|b| b.acks.is_empty()), "shadows acknowledge nothing");
+    assert!(
+        out.shadows.iter().all(|b| b.acks.is_empty()),
+        "shadows acknowledge nothing"
+    );
     // Same tokenizer: each shadow call saw exactly the ids of a champion call.
     let calls = calls.lock().unwrap();
     let champion_ids: Vec<&Vec<i64>> = calls
@@ -497,10 +504,18 @@ fn shadows_score_the_champions_padded_batch_and_never_hold_it_back() {
         .filter(|c| c.0 == "demo")
         .map(|c| &c.2)
         .collect();
-    let alt_ids: Vec<&Vec<i64>> = calls.iter().filter(|c| c.0 == "alt").map(|c| &c.2).collect();
+    let alt_ids: Vec<&Vec<i64>> = calls
+        .iter()
+        .filter(|c| c.0 == "alt")
+        .map(|c| &c.2)
+        .collect();
     assert!(!alt_ids.is_empty());
     assert!(alt_ids.iter().all(|ids| champion_ids.contains(ids)));
-    assert_eq!(tracker.in_flight(None), 40, "nothing acknowledged before the sinks");
+    assert_eq!(
+        tracker.in_flight(None),
+        40,
+        "nothing acknowledged before the sinks"
+    );
 }
 
 #[test]
@@ -510,7 +525,11 @@ fn a_deployment_takes_effect_between_batches_and_a_broken_one_is_refused() {
     let works: Vec<Work> = (0..60).map(|o| work(&tracker, 0, o)).collect();
     let (factory, _) = fake_factory(0);
     let start = deployment(&cfg, &[]);
-    let (demo, alt, corrupt) = (id_in(&cfg, "demo"), id_in(&cfg, "alt"), id_in(&cfg, "corrupt"));
+    let (demo, alt, corrupt) = (
+        id_in(&cfg, "demo"),
+        id_in(&cfg, "alt"),
+        id_in(&cfg, "corrupt"),
+    );
     let out = run_stages(&cfg, &start, factory, &tracker, works, |d| {
         // Wait until the first half came out, then promote `alt` through a shadow step, and
         // publish a broken deployment last.
@@ -520,14 +539,30 @@ fn a_deployment_takes_effect_between_batches_and_a_broken_one_is_refused() {
         }
         let mut events = Vec::new();
         let d1 = start
-            .apply(&crate::deploy::Change::Deploy { model: alt.clone(), champion: false }, "t", "")
+            .apply(
+                &crate::deploy::Change::Deploy {
+                    model: alt.clone(),
+                    champion: false,
+                },
+                "t",
+                "",
+            )
             .unwrap();
-        let d2 = d1.apply(&crate::deploy::Change::Promote(alt.clone()), "t", "").unwrap();
+        let d2 = d1
+            .apply(&crate::deploy::Change::Promote(alt.clone()), "t", "")
+            .unwrap();
         d.deploy.send(d1).unwrap();
         d.deploy.send(d2.clone()).unwrap();
         d.wait_event(2, &mut events);
         let d3 = d2
-            .apply(&crate::deploy::Change::Deploy { model: corrupt.clone(), champion: true }, "t", "")
+            .apply(
+                &crate::deploy::Change::Deploy {
+                    model: corrupt.clone(),
+                    champion: true,
+                },
+                "t",
+                "",
+            )
             .unwrap();
         d.deploy.send(d3).unwrap();
         d.wait_event(3, &mut events);
@@ -537,19 +572,28 @@ fn a_deployment_takes_effect_between_batches_and_a_broken_one_is_refused() {
     let rows: Vec<_> = out.champion.iter().flat_map(|b| &b.rows).collect();
     assert_eq!(rows.len(), 60);
     for b in &out.champion {
-        let versions: std::collections::BTreeSet<_> =
-            b.rows.iter().map(|r| (&r.model_version, r.deployment_epoch)).collect();
+        let versions: std::collections::BTreeSet<_> = b
+            .rows
+            .iter()
+            .map(|r| (&r.model_version, r.deployment_epoch))
+            .collect();
         assert_eq!(versions.len(), 1, "no batch mixes versions: {versions:?}");
     }
-    assert!(rows[..30].iter().all(|r| r.model_version == "demo@1" && r.deployment_epoch == 0));
+    assert!(rows[..30]
+        .iter()
+        .all(|r| r.model_version == "demo@1" && r.deployment_epoch == 0));
     assert!(
-        rows[30..].iter().all(|r| r.model_version == "alt@1" && r.deployment_epoch == 2),
+        rows[30..]
+            .iter()
+            .all(|r| r.model_version == "alt@1" && r.deployment_epoch == 2),
         "after the promotion every batch is the new champion's, also after the refused epoch 3"
     );
     // The demoted champion became a shadow: it scored the second half.
     let shadow_rows: Vec<_> = out.shadows.iter().flat_map(|b| &b.rows).collect();
     assert_eq!(shadow_rows.len(), 30);
-    assert!(shadow_rows.iter().all(|r| r.model_hash == demo.hash && r.role == Role::Shadow));
+    assert!(shadow_rows
+        .iter()
+        .all(|r| r.model_hash == demo.hash && r.role == Role::Shadow));
     // Epoch 1 may be applied on its own or skipped for the newer 2 (both are fine).
     let outcomes: Vec<(u64, &str)> = out
         .events

@@ -12,10 +12,10 @@ use super::{fmt_ms, progress, BenchArgs, Percentiles, Table};
 use std::sync::Arc;
 
 use crate::app::{start_inference, Active};
-use crate::deploy::store::load_checked;
-use crate::deploy::Deployment;
 use crate::batch::offsets::OffsetTracker;
 use crate::config::Config;
+use crate::deploy::store::load_checked;
+use crate::deploy::Deployment;
 use crate::model::load::torch_factory;
 use crate::source::kafka::Work;
 use crate::synthetic::Generator;
@@ -226,9 +226,8 @@ fn one_run(
         tweets: tweets.len(),
         shadows,
         // The start-up tweet was scored by the shadows too.
-        shadow_coverage: (shadows > 0).then(|| {
-            shadow_rows.saturating_sub(shadows) as f64 / (tweets.len() * shadows) as f64
-        }),
+        shadow_coverage: (shadows > 0)
+            .then(|| shadow_rows.saturating_sub(shadows) as f64 / (tweets.len() * shadows) as f64),
         texts_per_second,
         ratio_to_raw: texts_per_second / raw_best,
         padding_waste: pad as f64 / (real + pad).max(1) as f64,
@@ -270,14 +269,7 @@ pub fn run(cfg: &Config, args: &BenchArgs, raw: &RawReport) -> anyhow::Result<Pi
         let rate = capacity * load;
         let n = ((rate * args.paced.paced_seconds) as usize).clamp(100, tweets.len());
         let name = format!("{:.0} % load", load * 100.0);
-        runs.push(one_run(
-            cfg,
-            &tweets[..n],
-            Some(rate),
-            0,
-            &name,
-            raw_best,
-        )?);
+        runs.push(one_run(cfg, &tweets[..n], Some(rate), 0, &name, raw_best)?);
     }
     let batch_compute_ms = raw.batch_ms(cfg.batch.max_batch_size);
     Ok(PipelineReport {

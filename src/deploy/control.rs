@@ -32,7 +32,10 @@ impl ControlReader {
             ("group.id", format!("{}.control-reader", cfg.group_id)),
             ("enable.auto.commit", "false".to_string()),
             ("enable.partition.eof", "false".to_string()),
-            ("fetch.wait.max.ms", cfg.fetch_wait_max_ms.min(500).to_string()),
+            (
+                "fetch.wait.max.ms",
+                cfg.fetch_wait_max_ms.min(500).to_string(),
+            ),
         ];
         let consumer: BaseConsumer = client_config(cfg, &defaults)
             .create()
@@ -157,7 +160,10 @@ pub fn follow(
                     break;
                 }
             } else {
-                tracing::debug!(epoch = d.epoch, "deployment record not newer than the served one; ignored");
+                tracing::debug!(
+                    epoch = d.epoch,
+                    "deployment record not newer than the served one; ignored"
+                );
             }
         }
     }

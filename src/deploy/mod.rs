@@ -244,16 +244,26 @@ mod tests {
                 "",
             )
             .unwrap();
-        assert_eq!((d1.epoch, &d1.champion, &d1.shadows), (1, &d0.champion, &vec![b.clone()]));
+        assert_eq!(
+            (d1.epoch, &d1.champion, &d1.shadows),
+            (1, &d0.champion, &vec![b.clone()])
+        );
         let d2 = d1.apply(&Change::Promote(b.clone()), "me", "").unwrap();
         assert_eq!(d2.champion, b);
         assert_eq!(d2.shadows, vec![d0.champion.clone()]);
         assert_eq!(d2.previous_champion.as_ref(), Some(&d0.champion));
         let d3 = d2.apply(&Change::Rollback, "me", "bad").unwrap();
         assert_eq!(d3.champion, d0.champion);
-        assert_eq!(d3.shadows, vec![b.clone()], "the demoted version stays a shadow");
+        assert_eq!(
+            d3.shadows,
+            vec![b.clone()],
+            "the demoted version stays a shadow"
+        );
         assert_eq!(d3.epoch, 3);
-        assert_eq!(d3.apply(&Change::Rollback, "me", ""), Err(ChangeError::NoPrevious));
+        assert_eq!(
+            d3.apply(&Change::Rollback, "me", ""),
+            Err(ChangeError::NoPrevious)
+        );
         let d4 = d3.apply(&Change::Retire(b.clone()), "me", "").unwrap();
         assert!(d4.shadows.is_empty());
         assert_eq!(d4.action, "retire");
@@ -264,7 +274,10 @@ mod tests {
         let d0 = start();
         let b = id("mine@2#bbbbbbbbbbbb");
         let e = d0.apply(&Change::Promote(b.clone()), "me", "").unwrap_err();
-        assert!(e.to_string().contains("vaxpulse models deploy mine@2"), "{e}");
+        assert!(
+            e.to_string().contains("vaxpulse models deploy mine@2"),
+            "{e}"
+        );
         assert!(matches!(
             d0.apply(&Change::Retire(d0.champion.clone()), "me", ""),
             Err(ChangeError::IsChampion(_))

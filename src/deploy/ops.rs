@@ -162,7 +162,9 @@ pub async fn status(cfg: &Config) -> anyhow::Result<String> {
                 r.message,
             ]);
         }
-        out.push_str("\n### replicas (latest event in the last day, ClickHouse deployment_events)\n\n");
+        out.push_str(
+            "\n### replicas (latest event in the last day, ClickHouse deployment_events)\n\n",
+        );
         out.push_str(&t.render());
     }
     Ok(out)
@@ -275,7 +277,9 @@ pub async fn change(
 
 fn deployed(d: &Deployment, m: &ModelId) -> anyhow::Result<ModelId> {
     d.versions()
-        .find(|v| v.name == m.name && v.version == m.version && (m.hash.is_empty() || v.hash == m.hash))
+        .find(|v| {
+            v.name == m.name && v.version == m.version && (m.hash.is_empty() || v.hash == m.hash)
+        })
         .cloned()
         .with_context(|| format!("{m} is not deployed ({})", d.summary()))
 }

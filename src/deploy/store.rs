@@ -182,7 +182,9 @@ fn sane_forward_pass(
     for p in &probs {
         let sum: f32 = p.iter().sum();
         anyhow::ensure!(
-            p.len() == manifest.labels.len() && p.iter().all(|x| x.is_finite()) && (sum - 1.0).abs() < 1e-3,
+            p.len() == manifest.labels.len()
+                && p.iter().all(|x| x.is_finite())
+                && (sum - 1.0).abs() < 1e-3,
             "the model gave {p:?} for a tweet: expected {} finite probabilities summing to 1",
             manifest.labels.len()
         );

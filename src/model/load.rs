@@ -15,9 +15,8 @@ use crate::config::Config;
 /// Builds the classifier of a model directory; called on the loader thread, once per version
 /// deployed (the inference threads configure libtorch for themselves, see
 /// [`super::torch::configure_thread`]).
-pub type ClassifierFactory = std::sync::Arc<
-    dyn Fn(&Path, &Manifest) -> anyhow::Result<Box<dyn Classifier>> + Send + Sync,
->;
+pub type ClassifierFactory =
+    std::sync::Arc<dyn Fn(&Path, &Manifest) -> anyhow::Result<Box<dyn Classifier>> + Send + Sync>;
 
 /// Real tweets for the half-precision parity check: synthetic ones, tokenised like traffic.
 fn parity_batch(dir: &Path, manifest: &Manifest) -> anyhow::Result<PaddedBatch> {
@@ -37,7 +36,11 @@ fn parity_batch(dir: &Path, manifest: &Manifest) -> anyhow::Result<PaddedBatch> 
 
 /// Loads the TorchScript model of `dir` with the settings of `cfg.model` (device, threads,
 /// precision + parity check).
-pub fn load_torch(cfg: &Config, dir: &Path, manifest: &Manifest) -> anyhow::Result<TorchClassifier> {
+pub fn load_torch(
+    cfg: &Config,
+    dir: &Path,
+    manifest: &Manifest,
+) -> anyhow::Result<TorchClassifier> {
     let precision = cfg.model.precision;
     let opts = TorchOptions {
         device: cfg.model.device,

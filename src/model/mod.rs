@@ -245,7 +245,13 @@ impl Manifest {
         ModelId {
             name: self.name.clone(),
             version: self.version.clone(),
-            hash: self.files.model.sha256.chars().take(ModelId::HASH_LEN).collect(),
+            hash: self
+                .files
+                .model
+                .sha256
+                .chars()
+                .take(ModelId::HASH_LEN)
+                .collect(),
         }
     }
 
@@ -296,8 +302,7 @@ impl ModelId {
         let (nv, hash) = s.split_once('#').unwrap_or((s, ""));
         let ok = |p: &str| {
             !p.is_empty()
-                && p
-                    .chars()
+                && p.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         };
         match nv.split_once('@') {

@@ -275,13 +275,21 @@ mod tests {
             .rows
             .iter_mut()
             .for_each(|r| r.model_hash = "bbbbbbbbbbbb".into());
-        assert_ne!(before, reexported.dedup_token(), "same version, new weights");
+        assert_ne!(
+            before,
+            reexported.dedup_token(),
+            "same version, new weights"
+        );
         let as_shadow = before.clone();
         reexported.rows.iter_mut().for_each(|r| {
             r.model_hash = "aaaaaaaaaaaa".into();
             r.role = Role::Shadow;
         });
-        assert_ne!(as_shadow, reexported.dedup_token(), "same version, other role");
+        assert_ne!(
+            as_shadow,
+            reexported.dedup_token(),
+            "same version, other role"
+        );
     }
 
     #[tokio::test]
