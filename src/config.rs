@@ -442,7 +442,7 @@ fn default_shadow_threads() -> usize {
     1
 }
 fn default_shadow_queue_batches() -> usize {
-    16
+    64
 }
 fn default_drain_timeout_ms() -> u64 {
     10_000

@@ -1,5 +1,6 @@
-//! `vaxpulse report`: tweets per day (or hour) × label from ClickHouse's `opinion_hourly`, as a
-//! table for the terminal.
+//! `vaxpulse report`: tweets per day (or hour) × label from ClickHouse, as a table for the
+//! terminal: the champion series (`champion_hourly`, one label per tweet), or one version's own
+//! predictions (`opinion_hourly`).
 
 use clickhouse::Row;
 use serde::Deserialize;
@@ -29,19 +30,23 @@ pub async fn report(
     } else {
         "toStartOfDay(hour)"
     };
-    let sql = format!(
-        "SELECT formatDateTime({bucket}, '{fmt}') AS period, toString(label) AS label, uniqExactMerge(tweets) AS tweets
-         FROM opinion_hourly WHERE ? = '' OR model_version = ?
-         GROUP BY period, label ORDER BY period, label"
-    );
-    let mv = model_version.unwrap_or("");
-    let cells: Vec<Cell> = sink
-        .client()
-        .query(&sql)
-        .bind(mv)
-        .bind(mv)
-        .fetch_all()
-        .await?;
+    let cells: Vec<Cell> = match model_version {
+        None => {
+            let sql = format!(
+                "SELECT formatDateTime({bucket}, '{fmt}') AS period, toString(label) AS label, toUInt64(sum(tweets)) AS tweets
+                 FROM champion_hourly GROUP BY period, label ORDER BY period, label"
+            );
+            sink.client().query(&sql).fetch_all().await?
+        }
+        Some(mv) => {
+            let sql = format!(
+                "SELECT formatDateTime({bucket}, '{fmt}') AS period, toString(label) AS label, uniqExactMerge(tweets) AS tweets
+                 FROM opinion_hourly WHERE model_version = ?
+                 GROUP BY period, label ORDER BY period, label"
+            );
+            sink.client().query(&sql).bind(mv).fetch_all().await?
+        }
+    };
     let mut labels: Vec<String> = cells.iter().map(|c| c.label.clone()).collect();
     labels.sort();
     labels.dedup();

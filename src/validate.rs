@@ -73,7 +73,16 @@ fn check_broker(cfg: &Config) -> anyhow::Result<String> {
         })?;
     let k = &cfg.kafka;
     let mut found = Vec::new();
-    for topic in [&k.input_topic, &k.output_topic, &k.dlq_topic] {
+    let mut topics = vec![
+        &k.input_topic,
+        &k.output_topic,
+        &k.dlq_topic,
+        &k.control_topic,
+    ];
+    if !k.shadow_topic.is_empty() {
+        topics.push(&k.shadow_topic);
+    }
+    for topic in topics {
         let t = md.topics().iter().find(|t| t.name() == topic.as_str());
         match t {
             Some(t) if t.error().is_none() => found.push(format!("{topic} ({} partitions)", t.partitions().len())),

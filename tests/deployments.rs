@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -17,25 +16,6 @@ use vaxpulse::deploy::ops::{change, ChangeOptions};
 use vaxpulse::deploy::{control, Change};
 use vaxpulse::model::{Manifest, ModelId};
 use vaxpulse::synthetic::Generator;
-
-/// A model store with `demo/1` (the demo model), `demo/2` (the same weights published as
-/// another version) and `demo/3` (weights that do not match its manifest).
-fn store(root: &Path) -> PathBuf {
-    let demo = repo_root().join("models/demo/1");
-    for v in ["1", "2", "3"] {
-        let dir = root.join("demo").join(v);
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in ["model.pt", "tokenizer.json", "parity.json"] {
-            std::fs::copy(demo.join(f), dir.join(f)).unwrap();
-        }
-        let m = std::fs::read_to_string(demo.join("manifest.json"))
-            .unwrap()
-            .replace("\"version\": \"1\"", &format!("\"version\": \"{v}\""));
-        std::fs::write(dir.join("manifest.json"), m).unwrap();
-    }
-    std::fs::write(root.join("demo/3/model.pt"), b"truncated upload").unwrap();
-    root.to_path_buf()
-}
 
 fn opts() -> ChangeOptions {
     ChangeOptions {
@@ -109,7 +89,7 @@ async fn shadow_promotion_rollback_and_a_refused_version_on_a_running_worker() {
     vaxpulse::telemetry::init_logging();
     let names = Names::fresh("dep");
     let root = std::env::temp_dir().join(unique("vaxpulse-store"));
-    let store = store(&root);
+    let store = demo_store(&root, &["1", "2"], &["3"]);
     let mut cfg = names.test_config("");
     cfg.model.store_dir = store.clone();
     cfg.model.dir = store.join("demo/1");

@@ -20,11 +20,15 @@ use rdkafka::producer::DefaultProducerContext;
 use serde::Serialize;
 use vaxpulse::bench::Table;
 use vaxpulse::config::Config;
+use vaxpulse::deploy::ops::{self, ChangeOptions};
+use vaxpulse::deploy::Change;
+use vaxpulse::model::ModelId;
 use vaxpulse::synthetic::{hostile_payload, Generator};
 
 use crate::fleet::{Fleet, WorkerCmd};
 use crate::kit::{
-    clickhouse_counts, create_topics, produce_keyed, uncommitted, Names, TopicReader,
+    ch_scalar, clickhouse_counts, clickhouse_distinct, create_topics, demo_store, produce_keyed,
+    uncommitted, Names, TopicReader,
 };
 
 /// Which broker the `kill` and `hostile` scenarios run on (the others need the local one: they
@@ -44,7 +48,7 @@ pub struct ChaosArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kill,clickhouse,broker,hostile,rebalance"
+        default_value = "kill,clickhouse,broker,hostile,rebalance,deploy"
     )]
     pub scenarios: Vec<Scenario>,
     /// Tweets of the SIGKILL scenario.
@@ -99,6 +103,8 @@ pub enum Scenario {
     Hostile,
     /// A third replica joins, then leaves (SIGTERM), during the run.
     Rebalance,
+    /// Model versions mid-run: a shadow added, promoted to champion, then rolled back.
+    Deploy,
 }
 
 /// Figures of one scenario; `lost` and `double_counted` must be 0.
@@ -127,11 +133,19 @@ pub struct ScenarioReport {
     pub not_ready_seen: Option<bool>,
     pub peak_worker_rss_mib: f64,
     pub seconds: f64,
+    /// Scenario-specific figures (the deploy scenario: champion conflicts, shadow coverage,
+    /// time to apply each change).
+    pub notes: String,
+    /// Scenario-specific requirements that did not hold.
+    pub failed_checks: Vec<String>,
 }
 
 impl ScenarioReport {
     pub fn passed(&self) -> bool {
-        self.lost == 0 && self.double_counted == 0 && self.dlq == self.input_hostile
+        self.lost == 0
+            && self.double_counted == 0
+            && self.dlq == self.input_hostile
+            && self.failed_checks.is_empty()
     }
 }
 
@@ -153,6 +167,7 @@ pub fn render(reports: &[ScenarioReport]) -> String {
         "not-ready seen",
         "peak RSS MiB",
         "s",
+        "notes",
     ]);
     for r in reports {
         t.row(vec![
@@ -173,6 +188,7 @@ pub fn render(reports: &[ScenarioReport]) -> String {
                 .map_or("–".into(), |b| if b { "yes" } else { "no" }.into()),
             format!("{:.0}", r.peak_worker_rss_mib),
             format!("{:.0}", r.seconds),
+            r.notes.clone(),
         ]);
     }
     t.render()
@@ -272,7 +288,24 @@ impl<'a> Run<'a> {
         let (messages, expected) = traffic(args.seed, valid, hostile);
         let logs = PathBuf::from(format!("bench-results/chaos-logs/{scenario:?}").to_lowercase());
         std::fs::create_dir_all(&logs)?;
+        let mut ncfg = ncfg;
         let mut env = names.env(args.config_path.as_deref());
+        if scenario == Scenario::Deploy {
+            // Two versions of the demo model to deploy, promote and roll back.
+            let store = std::env::current_dir()?
+                .join(format!("bench-results/chaos-store/{}", names.database));
+            demo_store(&store, &["1", "2"], &[]);
+            ncfg.model.store_dir = store.clone();
+            ncfg.model.dir = store.join("demo/1");
+            env.push((
+                "VAXPULSE_MODEL_STORE_DIR".into(),
+                store.display().to_string(),
+            ));
+            env.push((
+                "VAXPULSE_MODEL_DIR".into(),
+                store.join("demo/1").display().to_string(),
+            ));
+        }
         env.push(("VAXPULSE_KAFKA_BROKERS".into(), cfg.kafka.brokers.clone()));
         if mock.is_some() {
             // Takeover waits out the dead member's session: keep it short.
@@ -341,15 +374,15 @@ impl<'a> Run<'a> {
         self.wait_output(self.expected.len() as u64, deadline)
             .await?;
         loop {
-            let ch = clickhouse_counts(&self.cfg).await?;
+            let stored = clickhouse_distinct(&self.cfg).await? as usize;
             let dlq = self.dlq.count() as u64;
-            if ch.clickhouse_ids.len() >= self.expected.len() && dlq >= self.hostile {
+            if stored >= self.expected.len() && dlq >= self.hostile {
                 break;
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "timed out: ClickHouse has {} of {} tweets, the DLQ {dlq} of {}",
-                ch.clickhouse_ids.len(),
+                stored,
                 self.expected.len(),
                 self.hostile
             );
@@ -403,6 +436,8 @@ impl<'a> Run<'a> {
             not_ready_seen: self.not_ready_seen,
             peak_worker_rss_mib: self.fleet.peak_mib(),
             seconds,
+            notes: String::new(),
+            failed_checks: Vec::new(),
         };
         Ok(report)
     }
@@ -512,6 +547,109 @@ async fn scenario(
             producer.await??;
             run.settle(which, faults).await
         }
+        Scenario::Deploy => {
+            let (mut run, messages) = Run::new(cfg, args, which, args.tweets, 0).await?;
+            for slot in 0..args.replicas {
+                run.fleet.spawn(slot)?;
+            }
+            println!(
+                "chaos deploy: offering {} tweets at {paced_rate:.0}/s",
+                messages.len()
+            );
+            let producer = tokio::spawn({
+                let (cfg, topic) = (cfg.clone(), run.names.input.clone());
+                async move { produce_keyed(&cfg.kafka, &topic, messages, Some(paced_rate)).await }
+            });
+            let opts = ChangeOptions {
+                reason: "chaos deploy scenario".into(),
+                wait_replicas: args.replicas,
+                wait_timeout: Duration::from_secs(120),
+            };
+            let v2 = ModelId::parse("demo@2").map_err(anyhow::Error::msg)?;
+            let steps = [
+                (
+                    0.15,
+                    Change::Deploy {
+                        model: v2.clone(),
+                        champion: false,
+                    },
+                ),
+                (0.45, Change::Promote(v2)),
+                (0.75, Change::Rollback),
+            ];
+            let started = Instant::now();
+            let mut applied = Vec::new();
+            for (at, change) in steps {
+                let due = started + Duration::from_secs_f64(args.paced_seconds as f64 * at);
+                tokio::time::sleep_until(due.into()).await;
+                let action = change.action();
+                let o = ops::change(&run.cfg, change, &opts).await?;
+                let worst = o.applied.iter().map(|a| a.1).max().unwrap_or(-1);
+                println!(
+                    "chaos deploy: {action} → {} applied by {} replicas, slowest {worst} ms after the change",
+                    o.after.summary(),
+                    o.applied.len()
+                );
+                applied.push((action, worst));
+            }
+            producer.await??;
+            let db = run.cfg.clickhouse.database.clone();
+            let mut r = run
+                .settle(which, "shadow added, promoted, rolled back".into())
+                .await?;
+            let conflicts: u64 = ch_scalar(&format!(
+                "SELECT count() FROM (SELECT tweet_id FROM {db}.predictions WHERE role = 'champion' GROUP BY tweet_id HAVING uniqExact(model_version, model_hash) > 1)"
+            ))
+            .await
+            .parse()?;
+            let champion_rows: u64 =
+                ch_scalar(&format!("SELECT count() FROM {db}.champion_predictions"))
+                    .await
+                    .parse()?;
+            // Tweets first scored once the shadow was deployed (epoch ≥ 1), and how many of them
+            // have demo@2's prediction (as shadow, or as champion after the promotion).
+            let after: u64 = ch_scalar(&format!(
+                "SELECT count() FROM {db}.champion_predictions WHERE deployment_epoch >= 1"
+            ))
+            .await
+            .parse()?;
+            let with_v2: u64 = ch_scalar(&format!(
+                "SELECT uniqExact(tweet_id) FROM {db}.predictions WHERE model_version = 'demo@2' AND tweet_id IN (SELECT tweet_id FROM {db}.champion_predictions WHERE deployment_epoch >= 1)"
+            ))
+            .await
+            .parse()?;
+            let coverage = with_v2 as f64 / after.max(1) as f64;
+            r.notes = format!(
+                "champion rows {champion_rows}, conflicts {conflicts}; demo@2 on {with_v2}/{after} = {:.2} % after it was deployed; applied ≤ {}",
+                coverage * 100.0,
+                applied
+                    .iter()
+                    .map(|(a, ms)| format!("{a} {ms} ms"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if conflicts > 0 {
+                r.failed_checks
+                    .push(format!("{conflicts} tweets have two champion labels"));
+            }
+            if champion_rows != r.input_valid {
+                r.failed_checks.push(format!(
+                    "{champion_rows} champion predictions for {} tweets",
+                    r.input_valid
+                ));
+            }
+            if coverage < 0.99 || after == 0 {
+                r.failed_checks.push(format!(
+                    "the shadow scored {:.2} % of the tweets after its deployment (< 99 %)",
+                    coverage * 100.0
+                ));
+            }
+            if applied.iter().any(|(_, ms)| *ms > 5_000 || *ms < 0) {
+                r.failed_checks
+                    .push("a change took more than 5 s to apply".into());
+            }
+            Ok(r)
+        }
         Scenario::Hostile => {
             let (mut run, messages) = Run::new(cfg, args, which, args.tweets, args.hostile).await?;
             for slot in 0..args.replicas {
@@ -540,8 +678,12 @@ pub async fn run(cfg: Config, args: ChaosArgs) -> anyhow::Result<()> {
             Ok(r) => {
                 if !r.passed() {
                     failed.push(format!(
-                        "{which:?}: lost {} double-counted {} DLQ {}/{}",
-                        r.lost, r.double_counted, r.dlq, r.input_hostile
+                        "{which:?}: lost {} double-counted {} DLQ {}/{} {}",
+                        r.lost,
+                        r.double_counted,
+                        r.dlq,
+                        r.input_hostile,
+                        r.failed_checks.join("; ")
                     ));
                 }
                 println!("{}", render(std::slice::from_ref(&r)));

@@ -4,7 +4,7 @@
 //! tests and runs never see each other's data.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -151,6 +151,32 @@ listen = ""
         );
         env
     }
+}
+
+/// A model store under `root` holding copies of the demo model as `demo/VERSION` for each of
+/// `versions` (same weights, published as distinct versions), and `demo/V` for each of
+/// `corrupt` whose weights do not match its manifest. Returns `root`.
+pub fn demo_store(root: &Path, versions: &[&str], corrupt: &[&str]) -> PathBuf {
+    let demo = repo_root().join("models/demo/1");
+    for v in versions.iter().chain(corrupt) {
+        let dir = root.join("demo").join(v);
+        std::fs::create_dir_all(&dir).expect("model store writable");
+        for f in ["model.pt", "tokenizer.json", "parity.json"] {
+            std::fs::copy(demo.join(f), dir.join(f)).expect("demo model readable");
+        }
+        let m = std::fs::read_to_string(demo.join("manifest.json"))
+            .expect("demo manifest readable")
+            .replace("\"version\": \"1\"", &format!("\"version\": \"{v}\""));
+        std::fs::write(dir.join("manifest.json"), m).expect("model store writable");
+    }
+    for v in corrupt {
+        std::fs::write(
+            root.join("demo").join(v).join("model.pt"),
+            b"truncated upload",
+        )
+        .expect("model store writable");
+    }
+    root.to_path_buf()
 }
 
 /// Largest input message the harness produces (hostile 2 MB payloads and some room).
@@ -452,7 +478,7 @@ pub async fn clickhouse_counts(cfg: &Config) -> anyhow::Result<Counts> {
     let ids: Vec<String> = sink
         .client()
         .query(&format!(
-            "SELECT DISTINCT tweet_id FROM {db}.classified_tweets"
+            "SELECT DISTINCT tweet_id FROM {db}.predictions WHERE role = 'champion'"
         ))
         .fetch_all()
         .await?;
@@ -485,13 +511,13 @@ pub async fn clickhouse_counts(cfg: &Config) -> anyhow::Result<Counts> {
     })
 }
 
-/// Distinct tweet ids in `classified_tweets`.
+/// Distinct tweet ids with a champion prediction.
 pub async fn clickhouse_distinct(cfg: &Config) -> anyhow::Result<u64> {
     let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
     Ok(sink
         .client()
         .query(&format!(
-            "SELECT uniqExact(tweet_id) FROM {}.classified_tweets",
+            "SELECT uniqExact(tweet_id) FROM {}.predictions WHERE role = 'champion'",
             cfg.clickhouse.database
         ))
         .fetch_one::<u64>()

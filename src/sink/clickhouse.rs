@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 
-use super::{retry_policy, retry_until_done, ClassifiedBatch, SinkError};
+use super::{retry_policy, retry_until_done, ClassifiedBatch, Role, SinkError};
 use crate::config::{ClickHouseConfig, Secret};
 use crate::telemetry::{self, Health};
 
@@ -55,6 +55,38 @@ pub fn schema_statements(db: &str) -> Vec<String> {
             PARTITION BY toYYYYMM(created_at)
             ORDER BY (model_version, model_hash, role, toStartOfHour(created_at), tweet_id)
             SETTINGS non_replicated_deduplication_window = 10000"
+        ),
+        // Every result is inserted once, here (Null engine: nothing stored); the views below
+        // split it into `tweets` (champion rows) and `predictions` (all rows), so a champion
+        // batch is one insert, deduplicated as one block in both tables.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.ingest (
+                tweet_id String,
+                created_at DateTime64(3, 'UTC'),
+                lang LowCardinality(String),
+                text String,
+                source_partition Int32,
+                source_offset Int64,
+                model_version LowCardinality(String),
+                model_hash LowCardinality(String),
+                role LowCardinality(String),
+                deployment_epoch UInt64,
+                label LowCardinality(String),
+                scores Map(LowCardinality(String), Float32),
+                classified_at DateTime64(3, 'UTC')
+            ) ENGINE = Null"
+        ),
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.tweets_mv TO {db}.tweets AS
+            SELECT tweet_id, created_at, lang, text, source_partition, source_offset,
+                   classified_at AS stored_at
+            FROM {db}.ingest WHERE role = 'champion'"
+        ),
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.predictions_mv TO {db}.predictions AS
+            SELECT tweet_id, created_at, model_version, model_hash, role, deployment_epoch,
+                   label, scores, classified_at
+            FROM {db}.ingest"
         ),
         // Per-version opinion (champion and shadow results alike): distinct tweets per hour ×
         // version × label, so a replay adds nothing.
@@ -159,8 +191,9 @@ pub fn schema_statements(db: &str) -> Vec<String> {
     ]
 }
 
+/// A row of `ingest`: one result (tweet and prediction).
 #[derive(Row, Serialize, Deserialize)]
-struct TweetRow {
+struct IngestRow {
     tweet_id: String,
     #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
     created_at: DateTime<Utc>,
@@ -168,15 +201,6 @@ struct TweetRow {
     text: String,
     source_partition: i32,
     source_offset: i64,
-    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
-    stored_at: DateTime<Utc>,
-}
-
-#[derive(Row, Serialize, Deserialize)]
-struct PredictionRow {
-    tweet_id: String,
-    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
-    created_at: DateTime<Utc>,
     model_version: String,
     model_hash: String,
     role: String,
@@ -316,13 +340,22 @@ impl ClickHouseSink {
         }
     }
 
-    fn prediction_rows(batch: &ClassifiedBatch) -> Vec<PredictionRow> {
-        batch
-            .rows
-            .iter()
-            .map(|r| PredictionRow {
+    /// `batches` as rows of `ingest` (shadow rows without the text: only champion rows fill
+    /// `tweets`).
+    fn ingest_rows<'a>(batches: impl IntoIterator<Item = &'a ClassifiedBatch>) -> Vec<IngestRow> {
+        batches
+            .into_iter()
+            .flat_map(|b| &b.rows)
+            .map(|r| IngestRow {
                 tweet_id: r.tweet_id.clone(),
                 created_at: r.created_at,
+                lang: r.lang.clone(),
+                text: match r.role {
+                    Role::Champion => r.text.clone(),
+                    Role::Shadow => String::new(),
+                },
+                source_partition: r.source_partition,
+                source_offset: r.source_offset,
                 model_version: r.model_version.clone(),
                 model_hash: r.model_hash.clone(),
                 role: r.role.as_str().into(),
@@ -338,34 +371,17 @@ impl ClickHouseSink {
             .collect()
     }
 
-    /// Stores a champion batch: the tweets (once) and their predictions, retrying transient
-    /// failures until both succeed; a non-retriable error (schema mismatch, bad data) is
-    /// returned at once.
+    /// Stores a champion batch (its tweets and predictions, in one insert), retrying transient
+    /// failures until it succeeds; a non-retriable error (schema mismatch, bad data) is returned
+    /// at once.
     pub async fn insert(&self, batch: &ClassifiedBatch) -> Result<(), SinkError> {
         if batch.rows.is_empty() {
             return Ok(());
         }
         let token = batch.dedup_token();
         let started = Instant::now();
-        let stored_at = Utc::now();
-        let tweets: Vec<TweetRow> = batch
-            .rows
-            .iter()
-            .map(|r| TweetRow {
-                tweet_id: r.tweet_id.clone(),
-                created_at: r.created_at,
-                lang: r.lang.clone(),
-                text: r.text.clone(),
-                source_partition: r.source_partition,
-                source_offset: r.source_offset,
-                stored_at,
-            })
-            .collect();
-        self.insert_retrying("tweets", &tweets, &format!("{token}-t"), true)
-            .await?;
-        let predictions = Self::prediction_rows(batch);
-        self.insert_retrying("predictions", &predictions, &format!("{token}-p"), true)
-            .await?;
+        let rows = Self::ingest_rows([batch]);
+        self.insert_retrying("ingest", &rows, &token, true).await?;
         telemetry::BatchStored {
             sink: "clickhouse",
             rows: batch.rows.len(),
@@ -375,14 +391,20 @@ impl ClickHouseSink {
         Ok(())
     }
 
-    /// Stores a shadow batch's predictions, with a few retries only: shadows are best effort.
-    pub async fn insert_shadow(&self, batch: &ClassifiedBatch) -> Result<(), SinkError> {
-        if batch.rows.is_empty() {
+    /// Stores shadow batches' predictions in one insert, with a few retries only: shadows are
+    /// best effort.
+    pub async fn insert_shadows(&self, batches: &[ClassifiedBatch]) -> Result<(), SinkError> {
+        let rows = Self::ingest_rows(batches);
+        if rows.is_empty() {
             return Ok(());
         }
-        let rows = Self::prediction_rows(batch);
-        self.insert_retrying("predictions", &rows, &batch.dedup_token(), false)
-            .await
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for b in batches {
+            h.update(b.dedup_token().as_bytes());
+        }
+        let token = format!("{:x}", h.finalize());
+        self.insert_retrying("ingest", &rows, &token, false).await
     }
 
     /// Appends one row to `deployment_changes` or `deployment_events`.
