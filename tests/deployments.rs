@@ -282,3 +282,76 @@ async fn shadow_promotion_rollback_and_a_refused_version_on_a_running_worker() {
     assert!(status.contains("epoch 5: champion demo@1#"), "{status}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A replay that straddles a promotion leaves two champion predictions for one tweet: the views
+/// still give exactly one label (the first stored), count it once in the champion series, and
+/// once per version in the per-version aggregates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_straddling_a_promotion_keeps_one_champion_label() {
+    use vaxpulse::sink::{Classification, ClassifiedBatch, Role};
+    let names = Names::fresh("straddle");
+    let cfg = names.test_config("");
+    let sink = vaxpulse::sink::clickhouse::ClickHouseSink::new(
+        &cfg.clickhouse,
+        &cfg.clickhouse_password().unwrap(),
+    );
+    sink.apply_schema()
+        .await
+        .expect("ClickHouse up (scripts/services.sh start)");
+    let first = Utc::now();
+    let row = |version: &str, hash: &str, label: &str, epoch: u64, secs: i64| Classification {
+        tweet_id: "t1".into(),
+        created_at: first,
+        lang: "fr".into(),
+        text: "Le vaccin est disponible".into(),
+        label: label.into(),
+        scores: Default::default(),
+        model_version: version.into(),
+        model_hash: hash.into(),
+        role: Role::Champion,
+        deployment_epoch: epoch,
+        classified_at: first + chrono::Duration::seconds(secs),
+        source_partition: 0,
+        source_offset: 7,
+        source_timestamp_ms: None,
+    };
+    let batch = |r: Classification| ClassifiedBatch {
+        rows: vec![r],
+        acks: Vec::new(),
+        received: Vec::new(),
+    };
+    // Scored by demo@1 as champion; replayed after demo@2 was promoted.
+    sink.insert(&batch(row("demo@1", "aaaaaaaaaaaa", "favour", 1, 0)))
+        .await
+        .unwrap();
+    sink.insert(&batch(row("demo@2", "bbbbbbbbbbbb", "against", 2, 30)))
+        .await
+        .unwrap();
+    let db = &names.database;
+    assert_eq!(
+        ch_scalar(&format!(
+            "SELECT concat(label, ' ', model_version) FROM {db}.champion_predictions"
+        ))
+        .await,
+        "favour demo@1"
+    );
+    assert_eq!(
+        ch_scalar(&format!("SELECT sum(tweets) FROM {db}.champion_hourly")).await,
+        "1"
+    );
+    assert_eq!(
+        ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets")).await,
+        "1"
+    );
+    assert_eq!(
+        ch_scalar(&format!("SELECT count() FROM {db}.tweets FINAL")).await,
+        "1"
+    );
+    assert_eq!(
+        ch_scalar(&format!(
+            "SELECT arrayStringConcat(groupArray(concat(model_version, ':', toString(tweets))), ',') FROM (SELECT model_version, sum(tweets) AS tweets FROM {db}.opinion_hourly_counts GROUP BY model_version ORDER BY model_version)"
+        ))
+        .await,
+        "demo@1:1,demo@2:1"
+    );
+}

@@ -17,9 +17,35 @@ use crate::batch::offsets::OffsetTracker;
 use crate::sink::{ClassifiedBatch, ResultSink};
 use crate::telemetry::{self, Health};
 
+/// Most batches merged into one write.
+const MERGE_BATCHES: usize = 32;
+
+/// One batch holding the rows and acknowledgements of `batches`, in order.
+fn merge(mut batches: Vec<ClassifiedBatch>) -> ClassifiedBatch {
+    let mut out = batches.remove(0);
+    for b in batches {
+        out.rows.extend(b.rows);
+        out.acks.extend(b.acks);
+        out.received.extend(b.received);
+    }
+    out
+}
+
+/// The next write: every batch waiting (they queue up while the sinks are busy; one write of
+/// all costs the sinks less than one each).
+async fn next_write(
+    rx: &mut tokio::sync::mpsc::Receiver<ClassifiedBatch>,
+) -> Option<ClassifiedBatch> {
+    let mut waiting = Vec::new();
+    if rx.recv_many(&mut waiting, MERGE_BATCHES).await == 0 {
+        return None;
+    }
+    Some(merge(waiting))
+}
+
 /// Runs until `input` closes (the model thread ended) or a sink fails for good.
 pub async fn store_and_ack(
-    mut input: tokio::sync::mpsc::Receiver<ClassifiedBatch>,
+    input: tokio::sync::mpsc::Receiver<ClassifiedBatch>,
     sinks: Vec<Arc<dyn ResultSink>>,
     tracker: Arc<OffsetTracker>,
     health: Arc<Health>,
@@ -27,8 +53,10 @@ pub async fn store_and_ack(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let all = sinks.clone();
-    let stream = futures::stream::poll_fn(move |cx| input.poll_recv(cx));
-    let mut stored = stream
+    let stream = futures::stream::unfold(input, move |mut rx| async move {
+        next_write(&mut rx).await.map(|b| (b, rx))
+    });
+    let mut stored = std::pin::pin!(stream
         .map(move |batch| {
             let sinks = sinks.clone();
             async move {
@@ -41,7 +69,7 @@ pub async fn store_and_ack(
                 (batch, failed)
             }
         })
-        .buffer_unordered(concurrency.max(1));
+        .buffer_unordered(concurrency.max(1)));
     while let Some((batch, failed)) = stored.next().await {
         if let Some((sink, e)) = failed {
             health.sinks_ok.store(false, Ordering::Relaxed);

@@ -31,7 +31,7 @@ use crate::deploy::control::{self, ControlReader};
 use crate::deploy::Deployment;
 use crate::model::load::ClassifierFactory;
 use crate::model::Manifest;
-use crate::sink::clickhouse::{ClickHouseSink, DeploymentEventRow};
+use crate::sink::clickhouse::{ClickHouseSink, DeploymentEventRow, GroupedClickHouse};
 use crate::sink::kafka::{DeadLetterProducer, ResultProducer};
 use crate::sink::{ClassifiedBatch, ResultSink, Role};
 use crate::source::kafka::Source;
@@ -165,7 +165,12 @@ pub async fn run(
         source.run(work_tx, source_cancel)
     });
 
-    let sinks: Vec<Arc<dyn ResultSink>> = vec![Arc::new(results), Arc::new(clickhouse)];
+    let grouped = GroupedClickHouse::start(
+        clickhouse.clone(),
+        Duration::from_millis(cfg.clickhouse.insert_linger_ms),
+        cfg.batch.max_batch_size * 4,
+    );
+    let sinks: Vec<Arc<dyn ResultSink>> = vec![Arc::new(results), Arc::new(grouped)];
     let mut acks = tokio::spawn(acks::store_and_ack(
         out_rx,
         sinks,
@@ -253,9 +258,20 @@ async fn store_shadows(
     topic: Option<ResultProducer>,
 ) {
     /// Most shadow batches per insert.
-    const MERGE_BATCHES: usize = 32;
+    const MERGE_BATCHES: usize = 64;
+    /// Shadow results are for comparison, not for anyone waiting: collect for a while so that
+    /// ClickHouse gets a few large inserts instead of one per (often small) batch.
+    const LINGER: Duration = Duration::from_millis(250);
     let mut batches = Vec::new();
     while rx.recv_many(&mut batches, MERGE_BATCHES).await > 0 {
+        let until = tokio::time::Instant::now() + LINGER;
+        while batches.len() < MERGE_BATCHES {
+            let room = MERGE_BATCHES - batches.len();
+            match tokio::time::timeout_at(until, rx.recv_many(&mut batches, room)).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
         let mut result = clickhouse.insert_shadows(&batches).await;
         if let (Ok(()), Some(t)) = (&result, &topic) {
             for b in &batches {
@@ -286,3 +302,6 @@ async fn store_shadows(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -388,6 +388,8 @@ fn classified(tracker: &OffsetTracker, offsets: std::ops::Range<i64>) -> Classif
     }
 }
 
+const WRITES: usize = 4;
+
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !check() {
@@ -411,7 +413,7 @@ async fn an_offset_is_acknowledged_only_after_both_sinks_stored_its_batch() {
         vec![fast.clone(), slow.clone()],
         tracker.clone(),
         Arc::new(Health::default()),
-        4,
+        WRITES,
         CancellationToken::new(),
     ));
     tx.send(classified(&tracker, 0..3)).await.unwrap();
@@ -450,7 +452,7 @@ async fn a_sink_failing_for_good_stops_the_worker_without_acknowledging() {
         vec![ok, broken],
         tracker.clone(),
         health.clone(),
-        4,
+        WRITES,
         cancel.clone(),
     )
     .await

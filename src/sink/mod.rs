@@ -131,6 +131,10 @@ pub enum SinkError {
     ClickHouse(#[from] ::clickhouse::error::Error),
     #[error("cannot encode result: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A write that failed for good in a task shared by several batches (its cause is logged
+    /// there), or that task is gone.
+    #[error("{0}")]
+    Stopped(String),
 }
 
 impl SinkError {
@@ -162,7 +166,7 @@ impl SinkError {
                 .any(|k| msg.contains(k)),
                 _ => false,
             },
-            SinkError::Encode(_) => false,
+            SinkError::Encode(_) | SinkError::Stopped(_) => false,
         }
     }
 }
