@@ -23,6 +23,7 @@ pub mod batch;
 pub mod bench;
 pub mod config;
 pub mod deploy;
+pub mod eval;
 pub mod model;
 pub mod produce;
 pub mod report;

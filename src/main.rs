@@ -70,6 +70,27 @@ enum Command {
     /// Benchmarks: raw model and in-process pipeline (Markdown tables + JSON). The end-to-end
     /// bench and the fault-injection suite are in `vaxpulse-harness`.
     Bench(vaxpulse::bench::BenchArgs),
+    /// Evaluate a model version on labelled tweets (JSONL[.gz]: a payload or {"text": ...} plus
+    /// "label"), through the worker's tokenizer, batcher and model; table, JSON and a row per
+    /// model in ClickHouse `model_evaluations`.
+    Eval {
+        /// NAME@VERSION in model.store_dir.
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        data: PathBuf,
+        /// A second version scored on the same items, with McNemar's test on the disagreements.
+        #[arg(long)]
+        compare: Option<String>,
+        /// Fail on the first unreadable line instead of counting and skipping it.
+        #[arg(long)]
+        strict: bool,
+        #[arg(long, default_value = "bench-results/eval.json")]
+        json: PathBuf,
+        /// Do not write the result to ClickHouse.
+        #[arg(long)]
+        no_store: bool,
+    },
     /// Tweets per day (or hour) × label from ClickHouse.
     Report {
         #[arg(long)]
@@ -325,6 +346,35 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Bench(args) => {
                 vaxpulse::bench::run(cfg, args).await?;
+            }
+            Command::Eval {
+                model,
+                data,
+                compare,
+                strict,
+                json,
+                no_store,
+            } => {
+                let model = model_id(&model)?;
+                let compare = compare.as_deref().map(model_id).transpose()?;
+                let factory = vaxpulse::model::load::torch_factory(&cfg);
+                let c = cfg.clone();
+                let report = tokio::task::spawn_blocking(move || {
+                    vaxpulse::eval::run(&c, &model, compare.as_ref(), &data, strict, &factory)
+                })
+                .await??;
+                print!("{}", report.render());
+                vaxpulse::bench::write_json(&json, &report)?;
+                if !no_store {
+                    let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
+                    sink.apply_schema().await.with_context(|| {
+                        format!("cannot reach ClickHouse at {} to store the evaluation (or pass --no-store)", cfg.clickhouse.url)
+                    })?;
+                    for row in report.rows() {
+                        sink.record("model_evaluations", &row).await?;
+                    }
+                    println!("stored in {}.model_evaluations", cfg.clickhouse.database);
+                }
             }
             Command::Report {
                 hourly,

@@ -172,6 +172,22 @@ pub fn schema_statements(db: &str) -> Vec<String> {
                 to_shadows Array(String)
             ) ENGINE = MergeTree ORDER BY (group_id, epoch, changed_at)"
         ),
+        // `vaxpulse eval` results: a model identity on a labelled set (by content hash).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.model_evaluations (
+                evaluated_at DateTime64(3, 'UTC'),
+                model String,
+                dataset String,
+                dataset_sha256 String,
+                n UInt64,
+                accuracy Float64,
+                macro_f1 Float64,
+                ece Float64,
+                details String,
+                compared_with String,
+                mcnemar_p Float64
+            ) ENGINE = MergeTree ORDER BY (model, evaluated_at)"
+        ),
         // What each replica did with each deployment: applied (and how long after the change),
         // or refused (and why).
         format!(
