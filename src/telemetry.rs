@@ -96,6 +96,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Messages of an owned input partition behind this replica's commit position",
     ),
     (
+        "vaxpulse_tweets_deleted_total",
+        "counter",
+        "Tweets removed on a delete notice (output-topic tombstone and ClickHouse delete done)",
+    ),
+    (
         "vaxpulse_shadow_skipped_tweets_total",
         "counter",
         "Tweets a shadow version did not score or store, by model version and reason (busy, failed, store_failed)",
@@ -179,6 +184,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     }
     counter!("vaxpulse_messages_consumed_total").absolute(0);
     counter!("vaxpulse_offset_commits_total").absolute(0);
+    counter!("vaxpulse_tweets_deleted_total").absolute(0);
     gauge!("vaxpulse_consumer_paused").set(0.0);
     gauge!("vaxpulse_consumer_paused_partitions").set(0.0);
     gauge!("vaxpulse_messages_in_flight").set(0.0);
@@ -352,6 +358,8 @@ pub struct BatchAcknowledged<'a> {
     pub model: &'a str,
     pub role: &'static str,
     pub labels: &'a [(String, u64)],
+    /// Tweets removed by delete notices in the batch.
+    pub deleted: usize,
     /// When each tweet of the batch was taken off the input topic.
     pub received: &'a [std::time::Instant],
 }
@@ -372,7 +380,10 @@ impl BatchAcknowledged<'_> {
             )
             .increment(*n);
         }
-        tracing::debug!(model = self.model, role = self.role, labels = ?self.labels, "batch stored");
+        if self.deleted > 0 {
+            counter!("vaxpulse_tweets_deleted_total").increment(self.deleted as u64);
+        }
+        tracing::debug!(model = self.model, role = self.role, labels = ?self.labels, deleted = self.deleted, "batch stored");
     }
 }
 

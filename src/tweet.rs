@@ -77,8 +77,14 @@ impl DlqReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
     Tweet(Tweet),
+    /// A delete notice (v1.1 `{"delete": {"status": ...}}`, v2 compliance
+    /// `{"data": {"delete": {"tweet": ...}}}`): the tweet with this id must disappear.
+    Delete(String),
     Skip(SkipReason),
-    Reject { reason: DlqReason, detail: String },
+    Reject {
+        reason: DlqReason,
+        detail: String,
+    },
 }
 
 /// What the decoder accepts.
@@ -146,6 +152,9 @@ pub fn decode(payload: &[u8], rules: &DecodeRules, fallback_time: DateTime<Utc>)
             "top-level JSON value is not an object",
         );
     };
+    if let Some(id) = delete_notice(&obj) {
+        return Decoded::Delete(id);
+    }
     let tweet = if let Some(data) = obj.get("data") {
         let Value::Object(data) = data else {
             return reject(DlqReason::UnsupportedShape, "`data` is not an object");
@@ -165,6 +174,20 @@ pub fn decode(payload: &[u8], rules: &DecodeRules, fallback_time: DateTime<Utc>)
             }
         }
         Err(d) => d,
+    }
+}
+
+/// The id a delete notice names (v1.1 `delete.status`, v2 compliance `data.delete.tweet`).
+fn delete_notice(obj: &Map<String, Value>) -> Option<String> {
+    let target = match obj.get("delete") {
+        Some(d) if !obj.contains_key("text") => d.get("status")?,
+        _ => obj.get("data")?.get("delete")?.get("tweet")?,
+    };
+    let id = target.get("id_str").or_else(|| target.get("id"))?;
+    match id {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 
@@ -462,14 +485,20 @@ mod tests {
     }
 
     #[test]
-    fn control_notices_are_skipped() {
+    fn control_notices_are_skipped_and_deletes_name_their_tweet() {
         for line in include_str!("../tests/fixtures/control.jsonl").lines() {
-            assert_eq!(
-                decode(line.as_bytes(), &rules(), t0()),
-                Decoded::Skip(SkipReason::Control),
-                "{line}"
-            );
+            let want = if line.starts_with("{\"delete\"") {
+                Decoded::Delete("1414512376543211520".into())
+            } else {
+                Decoded::Skip(SkipReason::Control)
+            };
+            assert_eq!(decode(line.as_bytes(), &rules(), t0()), want, "{line}");
         }
+        let v2 = r#"{"data": {"delete": {"tweet": {"id": "99", "author_id": "7"}, "event_at": "2021-07-12T09:15:02.000Z"}}}"#;
+        assert_eq!(
+            decode(v2.as_bytes(), &rules(), t0()),
+            Decoded::Delete("99".into())
+        );
     }
 
     #[test]

@@ -317,6 +317,7 @@ async fn a_replay_straddling_a_promotion_keeps_one_champion_label() {
     };
     let batch = |r: Classification| ClassifiedBatch {
         rows: vec![r],
+        deleted: Vec::new(),
         acks: Vec::new(),
         received: Vec::new(),
     };

@@ -307,3 +307,100 @@ async fn mixed_traffic_is_classified_once_dead_lettered_with_reasons_and_committ
         total.to_string()
     );
 }
+
+/// Delete notices on the real broker and ClickHouse: a tweet deleted after it was stored loses
+/// its row, one whose delete came first is never stored; both get an output-topic tombstone;
+/// the champion counts keep them (anonymous); the offsets commit to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_notices_remove_tweets_stored_before_and_arriving_after() {
+    let names = Names::fresh("del");
+    let cfg = names.test_config("");
+    create_topics(&cfg.kafka, &names, 1)
+        .await
+        .expect("topics created (scripts/services.sh start)");
+    let mut g = Generator::new(3, Utc::now(), 1);
+    let (a, b, c) = (g.tweet(), g.tweet(), g.tweet());
+    let v1_delete = |id: &str| {
+        format!("{{\"delete\":{{\"status\":{{\"id_str\":\"{id}\",\"user_id_str\":\"1\"}},\"timestamp_ms\":\"1626090000000\"}}}}")
+            .into_bytes()
+    };
+    let v2_delete = |id: &str| {
+        format!("{{\"data\":{{\"delete\":{{\"tweet\":{{\"id\":\"{id}\",\"author_id\":\"1\"}},\"event_at\":\"2021-07-12T09:15:02.000Z\"}}}}}}")
+            .into_bytes()
+    };
+    let payload =
+        |t: &vaxpulse::synthetic::SyntheticTweet| serde_json::to_vec(&v1_payload(t)).unwrap();
+    // One partition, in this order: a, delete a; delete b (v2), b; c.
+    let messages = vec![
+        payload(&a),
+        v1_delete(&a.id),
+        v2_delete(&b.id),
+        payload(&b),
+        payload(&c),
+    ];
+    let db = names.database.clone();
+    let deleted = |db: String| async move {
+        ch_try(&format!("SELECT count() FROM {db}.deleted_tweets FINAL"))
+            .await
+            .ok()
+            .as_deref()
+            == Some("2")
+    };
+    produce_payloads(&names.input, Some(0), &messages)
+        .await
+        .expect("produced");
+    run_worker_until(cfg.clone(), || {
+        let db = db.clone();
+        async move {
+            deleted(db.clone()).await
+                && ch_try(&format!(
+                    "SELECT count() FROM {db}.predictions WHERE role = 'champion'"
+                ))
+                .await
+                .ok()
+                .as_deref()
+                    == Some("3")
+        }
+    })
+    .await;
+    let db = &names.database;
+    assert_eq!(
+        ch_scalar(&format!(
+            "SELECT arrayStringConcat(groupArray(tweet_id), ',') FROM (SELECT tweet_id FROM {db}.tweets FINAL ORDER BY tweet_id)"
+        ))
+        .await,
+        c.id,
+        "only the tweet nobody deleted keeps its text"
+    );
+    assert_eq!(
+        ch_scalar(&format!("SELECT count() FROM {db}.classified_tweets")).await,
+        "1"
+    );
+    assert_eq!(
+        ch_scalar(&format!("SELECT sum(tweets) FROM {db}.champion_hourly")).await,
+        "3",
+        "the counts keep deleted tweets, anonymously"
+    );
+    let out = read_topic(
+        &names.output,
+        5,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    );
+    let tombstones: HashSet<String> = out
+        .iter()
+        .filter(|m| m.payload.is_empty())
+        .map(|m| String::from_utf8(m.key.clone().unwrap()).unwrap())
+        .collect();
+    assert_eq!(tombstones, HashSet::from([a.id.clone(), b.id.clone()]));
+    assert!(out.iter().filter(|m| m.payload.is_empty()).all(|m| m
+        .headers
+        .get("vaxpulse.deleted")
+        .map(String::as_str)
+        == Some("true")));
+    assert_eq!(
+        committed_total(&names, &names.group, 1),
+        (5, 5),
+        "every message, deletes included, committed"
+    );
+}

@@ -25,6 +25,7 @@ fn merge(mut batches: Vec<ClassifiedBatch>) -> ClassifiedBatch {
     let mut out = batches.remove(0);
     for b in batches {
         out.rows.extend(b.rows);
+        out.deleted.extend(b.deleted);
         out.acks.extend(b.acks);
         out.received.extend(b.received);
     }
@@ -82,6 +83,7 @@ pub async fn store_and_ack(
             model: batch.rows.first().map_or("", |r| r.model_version.as_str()),
             role: crate::sink::Role::Champion.as_str(),
             labels: &batch.label_counts(),
+            deleted: batch.deleted.len(),
             received: &batch.received,
         }
         .emit();

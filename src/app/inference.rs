@@ -133,8 +133,23 @@ fn tokenizer_stage(
             }
         }
         let (hash, tokenizer) = tok.read().unwrap_or_else(PoisonError::into_inner).clone();
-        let texts: Vec<&str> = works.iter().map(|w| w.tweet.text.as_str()).collect();
-        let ids = tokenizer.encode_batch(&texts)?;
+        let texts: Vec<&str> = works
+            .iter()
+            .filter(|w| !w.delete)
+            .map(|w| w.tweet.text.as_str())
+            .collect();
+        let mut encoded = tokenizer.encode_batch(&texts)?.into_iter();
+        // Delete notices carry no text: no ids, and no room taken in a batch's token budget.
+        let ids: Vec<Vec<u32>> = works
+            .iter()
+            .map(|w| {
+                if w.delete {
+                    Vec::new()
+                } else {
+                    encoded.next().unwrap_or_default()
+                }
+            })
+            .collect();
         let encoded = works
             .into_iter()
             .zip(ids)
@@ -490,9 +505,26 @@ impl ModelStage {
         Ok(())
     }
 
-    /// Scores `batch` with the champion and hands it to the shadows; false once the sinks are
-    /// gone.
-    fn score(&self, active: &Active, mut batch: Vec<Encoded>) -> anyhow::Result<bool> {
+    /// Scores `batch` with the champion and hands it to the shadows (delete notices pass
+    /// through unscored); false once the sinks are gone.
+    fn score(&self, active: &Active, batch: Vec<Encoded>) -> anyhow::Result<bool> {
+        let (deletes, mut batch): (Vec<Encoded>, Vec<Encoded>) =
+            batch.into_iter().partition(|e| e.work.delete);
+        let mut deleted = Vec::with_capacity(deletes.len());
+        let mut delete_acks = Vec::with_capacity(deletes.len());
+        for d in deletes {
+            deleted.push(d.work.tweet.id);
+            delete_acks.push(d.work.ack);
+        }
+        if batch.is_empty() {
+            let out = ClassifiedBatch {
+                rows: Vec::new(),
+                deleted,
+                acks: delete_acks,
+                received: Vec::new(),
+            };
+            return Ok(self.tx.blocking_send(out).is_ok());
+        }
         let champion = &active.champion;
         // Tokenised before a champion with another tokenizer took over: encode again.
         let stale: Vec<usize> = (0..batch.len())
@@ -566,6 +598,7 @@ impl ModelStage {
                 }
             }
         }
+        acks.extend(delete_acks);
         let out = ClassifiedBatch {
             rows: results(
                 metas,
@@ -574,6 +607,7 @@ impl ModelStage {
                 Role::Champion,
                 active.deployment.epoch,
             ),
+            deleted,
             acks,
             received,
         };
@@ -646,6 +680,7 @@ fn shadow_stage(
                 Role::Shadow,
                 job.epoch,
             ),
+            deleted: Vec::new(),
             acks: Vec::new(),
             received: Vec::new(),
         };

@@ -288,6 +288,7 @@ async fn store_shadows(
                     model,
                     role: Role::Shadow.as_str(),
                     labels: &b.label_counts(),
+                    deleted: 0,
                     received: &[],
                 }
                 .emit(),

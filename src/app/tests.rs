@@ -134,6 +134,7 @@ fn work(tracker: &OffsetTracker, partition: i32, offset: i64) -> Work {
             created_at: chrono::Utc::now(),
             lang: "fr".into(),
         },
+        delete: false,
         ack: tracker.track(partition, offset),
         source_timestamp_ms: None,
         received: Instant::now(),
@@ -364,6 +365,7 @@ impl ResultSink for FakeSink {
 fn classified(tracker: &OffsetTracker, offsets: std::ops::Range<i64>) -> ClassifiedBatch {
     let works: Vec<Work> = offsets.map(|o| work(tracker, 0, o)).collect();
     ClassifiedBatch {
+        deleted: Vec::new(),
         rows: works
             .iter()
             .map(|w| crate::sink::Classification {

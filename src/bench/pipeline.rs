@@ -159,6 +159,7 @@ fn one_run(
     let tracker = OffsetTracker::new();
     let work = |i: usize, t: &Tweet| Work {
         tweet: t.clone(),
+        delete: false,
         ack: tracker.track(0, i as i64),
         source_timestamp_ms: None,
         received: Instant::now(),
@@ -187,6 +188,7 @@ fn one_run(
                 }
                 let w = Work {
                     tweet: t,
+                    delete: false,
                     ack,
                     source_timestamp_ms: None,
                     received: Instant::now(),

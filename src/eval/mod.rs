@@ -129,6 +129,7 @@ fn parse_line(line: &str, rules: &DecodeRules) -> Result<(String, String), Strin
         ) {
             Decoded::Tweet(t) => t.text,
             Decoded::Skip(r) => return Err(format!("not a tweet ({r:?})")),
+            Decoded::Delete(_) => return Err("a delete notice, not a tweet".into()),
             Decoded::Reject { reason, detail } => return Err(format!("{reason:?}: {detail}")),
         },
     };
@@ -199,6 +200,7 @@ fn evaluate(
                     created_at: Utc::now(),
                     lang: "fr".into(),
                 },
+                delete: false,
                 ack,
                 source_timestamp_ms: None,
                 received: Instant::now(),

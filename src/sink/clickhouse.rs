@@ -76,11 +76,20 @@ pub fn schema_statements(db: &str) -> Vec<String> {
                 classified_at DateTime64(3, 'UTC')
             ) ENGINE = Null"
         ),
+        // Tweets deleted by their author (delete notices): their rows leave `tweets`, and a
+        // tweet whose delete came first is never stored (the filter below).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.deleted_tweets (
+                tweet_id String,
+                deleted_at DateTime64(3, 'UTC')
+            ) ENGINE = ReplacingMergeTree(deleted_at) ORDER BY tweet_id"
+        ),
         format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.tweets_mv TO {db}.tweets AS
             SELECT tweet_id, created_at, lang, text, source_partition, source_offset,
                    classified_at AS stored_at
-            FROM {db}.ingest WHERE role = 'champion'"
+            FROM {db}.ingest
+            WHERE role = 'champion' AND tweet_id NOT IN (SELECT tweet_id FROM {db}.deleted_tweets)"
         ),
         format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.predictions_mv TO {db}.predictions AS
@@ -392,12 +401,13 @@ impl ClickHouseSink {
     /// at once.
     pub async fn insert(&self, batch: &ClassifiedBatch) -> Result<(), SinkError> {
         if batch.rows.is_empty() {
-            return Ok(());
+            return self.delete_tweets(&batch.deleted).await;
         }
         let token = batch.dedup_token();
         let started = Instant::now();
         let rows = Self::ingest_rows([batch]);
         self.insert_retrying("ingest", &rows, &token, true).await?;
+        self.delete_tweets(&batch.deleted).await?;
         telemetry::BatchStored {
             sink: "clickhouse",
             rows: batch.rows.len(),
@@ -436,8 +446,60 @@ impl ClickHouseSink {
     }
 }
 
+/// A row of `deleted_tweets`.
+#[derive(Row, Serialize, Deserialize)]
+struct DeletedRow {
+    tweet_id: String,
+    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
+    deleted_at: DateTime<Utc>,
+}
+
+impl ClickHouseSink {
+    /// Applies delete notices: remembers the ids (so a tweet arriving later is not stored) and
+    /// removes their rows from `tweets` (lightweight delete). Idempotent; retried until done.
+    pub async fn delete_tweets(&self, ids: &[String]) -> Result<(), SinkError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let rows: Vec<DeletedRow> = ids
+            .iter()
+            .map(|id| DeletedRow {
+                tweet_id: id.clone(),
+                deleted_at: now,
+            })
+            .collect();
+        let token = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for id in ids {
+                h.update(id.as_bytes());
+                h.update(b"\n");
+            }
+            format!("delete-{:x}", h.finalize())
+        };
+        self.insert_retrying("deleted_tweets", &rows, &token, true)
+            .await?;
+        retry_until_done(
+            "clickhouse",
+            || async {
+                self.client
+                    .query("DELETE FROM tweets WHERE has(?, tweet_id)")
+                    .bind(ids)
+                    .execute()
+                    .await
+                    .map_err(SinkError::from)
+            },
+            SinkError::is_retriable,
+            self.health.as_deref(),
+        )
+        .await
+    }
+}
+
 /// A champion batch waiting for the grouped insert, and who to tell when it is stored.
 struct Pending {
+    deleted: Vec<String>,
     rows: Vec<IngestRow>,
     token: String,
     done: tokio::sync::oneshot::Sender<Result<(), String>>,
@@ -486,15 +548,22 @@ async fn group_writer(
             format!("{:x}", h.finalize())
         };
         let mut rows = Vec::with_capacity(group.iter().map(|p| p.rows.len()).sum());
+        let mut deleted = Vec::new();
         let mut waiting = Vec::with_capacity(group.len());
         for p in group.drain(..) {
             rows.extend(p.rows);
+            deleted.extend(p.deleted);
             waiting.push(p.done);
         }
-        let result = sink
-            .insert_retrying("ingest", &rows, &token, true)
-            .await
-            .map_err(|e| e.to_string());
+        // Tweets first, then deletes: a tweet and its delete in the same group end deleted.
+        let mut result = Ok(());
+        if !rows.is_empty() {
+            result = sink.insert_retrying("ingest", &rows, &token, true).await;
+        }
+        if result.is_ok() {
+            result = sink.delete_tweets(&deleted).await;
+        }
+        let result = result.map_err(|e| e.to_string());
         if result.is_ok() {
             telemetry::BatchStored {
                 sink: "clickhouse",
@@ -518,11 +587,12 @@ impl super::ResultSink for GroupedClickHouse {
         batch: &'a ClassifiedBatch,
     ) -> futures::future::BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            if batch.rows.is_empty() {
+            if batch.rows.is_empty() && batch.deleted.is_empty() {
                 return Ok(());
             }
             let (done, result) = tokio::sync::oneshot::channel();
             let pending = Pending {
+                deleted: batch.deleted.clone(),
                 rows: ClickHouseSink::ingest_rows([batch]),
                 token: batch.dedup_token(),
                 done,

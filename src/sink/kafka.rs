@@ -97,6 +97,17 @@ impl ResultProducer {
                 .headers(headers);
             deliveries.push(self.producer.send(record, self.timeout));
         }
+        // A deleted tweet's key gets a tombstone (null value): a compacted output topic forgets
+        // it, and consumers learn to drop it.
+        for id in &batch.deleted {
+            let record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+                .key(id.as_bytes())
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "vaxpulse.deleted",
+                    value: Some("true".as_bytes()),
+                }));
+            deliveries.push(self.producer.send(record, self.timeout));
+        }
         for d in futures::future::join_all(deliveries).await {
             d.map_err(|(e, _)| SinkError::Kafka(e))?;
         }

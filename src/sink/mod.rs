@@ -68,6 +68,8 @@ impl Role {
 #[derive(Debug)]
 pub struct ClassifiedBatch {
     pub rows: Vec<Classification>,
+    /// Ids of tweets deleted by delete notices of this batch (their acks are in `acks` too).
+    pub deleted: Vec<String>,
     pub acks: Vec<Ack>,
     /// When each row's message was taken from the input topic (same order as `rows`).
     pub received: Vec<std::time::Instant>,
@@ -252,16 +254,19 @@ mod tests {
         let t = OffsetTracker::new();
         let a = ClassifiedBatch {
             rows: vec![row(0, 1), row(1, 5)],
+            deleted: Vec::new(),
             acks: vec![t.track(0, 1)],
             received: vec![],
         };
         let b = ClassifiedBatch {
             rows: vec![row(1, 5), row(0, 1)],
+            deleted: Vec::new(),
             acks: vec![],
             received: vec![],
         };
         let c = ClassifiedBatch {
             rows: vec![row(0, 1), row(1, 6)],
+            deleted: Vec::new(),
             acks: vec![],
             received: vec![],
         };

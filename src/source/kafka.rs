@@ -32,6 +32,9 @@ use crate::tweet::{decode, DecodeRules, Decoded, SkipReason, Tweet};
 #[derive(Debug)]
 pub struct Work {
     pub tweet: Tweet,
+    /// A delete notice for `tweet.id` (its text is empty): not scored; its sinks remove the
+    /// tweet (output-topic tombstone, ClickHouse delete) before its offset is acknowledged.
+    pub delete: bool,
     pub ack: Ack,
     /// The input record's Kafka timestamp (ms), when it has one.
     pub source_timestamp_ms: Option<i64>,
@@ -365,6 +368,25 @@ impl Source {
                 .tweets
                 .push_back(Work {
                     tweet,
+                    delete: false,
+                    ack,
+                    source_timestamp_ms,
+                    received,
+                }),
+            // Through the same queue and sinks as tweets, so it is ordered after any earlier
+            // copy of its tweet on this partition and acknowledged only once applied.
+            Decoded::Delete(id) => held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .tweets
+                .push_back(Work {
+                    tweet: Tweet {
+                        id,
+                        text: String::new(),
+                        created_at: fallback,
+                        lang: "und".into(),
+                    },
+                    delete: true,
                     ack,
                     source_timestamp_ms,
                     received,
