@@ -28,6 +28,7 @@ async fn a_dead_letter_outage_pauses_its_partition_while_the_others_flow() {
     let k = &cfg.kafka;
     create_topic(k, &names.input, 2, &[]).await.unwrap();
     create_topic(k, &names.output, 1, &[]).await.unwrap();
+    create_topic(k, &names.control, 1, &[]).await.unwrap();
     create_topic(k, &names.dlq, 1, &[("max.message.bytes", "100")])
         .await
         .unwrap();

@@ -15,6 +15,8 @@ use vaxpulse::synthetic::{v1_payload, Generator};
 struct Traffic {
     messages: Vec<Vec<u8>>,
     valid_ids: HashSet<String>,
+    /// Delete notices among the control messages (each yields an output-topic tombstone).
+    deletes: usize,
     /// payload → expected DLQ reason
     malformed: HashMap<Vec<u8>, &'static str>,
 }
@@ -26,13 +28,16 @@ fn mixed_traffic(n: usize) -> Traffic {
     let mut t = Traffic {
         messages: Vec::new(),
         valid_ids: HashSet::new(),
+        deletes: 0,
         malformed: HashMap::new(),
     };
     for i in 0..n {
         match i % 10 {
-            0 => t
-                .messages
-                .push(controls[i / 10 % controls.len()].as_bytes().to_vec()),
+            0 => {
+                let line = controls[i / 10 % controls.len()];
+                t.deletes += usize::from(line.starts_with("{\"delete\""));
+                t.messages.push(line.as_bytes().to_vec());
+            }
             1 => {
                 let mut v = v1_payload(&g.tweet());
                 v["lang"] = "en".into();
@@ -141,13 +146,20 @@ async fn mixed_traffic_is_classified_once_dead_lettered_with_reasons_and_committ
     })
     .await;
 
-    // Output topic: every valid tweet exactly once, keyed by its id, with the documented fields.
-    let out = read_topic(
+    // Output topic: every valid tweet exactly once, keyed by its id, with the documented fields,
+    // and a tombstone per delete notice.
+    let all = read_topic(
         &names.output,
-        valid,
+        valid + traffic.deletes,
         Duration::from_secs(2),
         Duration::from_secs(60),
     );
+    let (tombstones, out): (Vec<_>, Vec<_>) = all.into_iter().partition(|m| m.payload.is_empty());
+    assert!(traffic.deletes > 0);
+    assert_eq!(tombstones.len(), traffic.deletes);
+    assert!(tombstones
+        .iter()
+        .all(|m| m.key.as_deref() == Some(b"1414512376543211520".as_slice())));
     assert_eq!(
         out.len(),
         valid,
@@ -261,13 +273,13 @@ async fn mixed_traffic_is_classified_once_dead_lettered_with_reasons_and_committ
     .await;
     let out = read_topic(
         &names.output,
-        total,
+        total + traffic.deletes,
         Duration::from_secs(2),
         Duration::from_secs(30),
     );
     assert_eq!(
         out.len(),
-        total,
+        total + traffic.deletes,
         "only the 10 new tweets were published after the restart"
     );
 

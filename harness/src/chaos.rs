@@ -277,6 +277,7 @@ impl<'a> Run<'a> {
             for t in [&names.input, &names.output, &names.dlq] {
                 mock.create_topic(t, partitions, 1)?;
             }
+            mock.create_topic(&names.control, 1, 1)?;
             cfg.kafka.brokers = mock.bootstrap_servers();
             Some(mock)
         } else {
