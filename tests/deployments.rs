@@ -214,6 +214,34 @@ async fn shadow_promotion_rollback_and_a_refused_version_on_a_running_worker() {
         expect(&[("demo@1", "champion"), ("demo@2", "shadow")])
     );
 
+    // Stability views: demo@1 and demo@2 are the same weights, so they agree on every tweet
+    // (agreement 1, kappa 1) in every window; 600 tweets had a shadow.
+    for (view, col) in [
+        ("champion_shadow_agreement_hourly", "agreement"),
+        ("champion_shadow_agreement_hourly", "kappa"),
+        ("champion_shadow_agreement_daily", "kappa"),
+    ] {
+        assert_eq!(
+            ch_scalar(&format!("SELECT toString(min({col})) FROM {db}.{view}")).await,
+            "1",
+            "{view}.{col}"
+        );
+    }
+    assert_eq!(
+        ch_scalar(&format!(
+            "SELECT sum(tweets) FROM {db}.champion_shadow_agreement_daily"
+        ))
+        .await,
+        "600"
+    );
+    assert_eq!(
+        ch_scalar(&format!(
+            "SELECT concat(toString(sum(predictions)), ' ', toString(min(mean_confidence) > 0.3 AND max(mean_confidence) <= 1 AND min(mean_entropy) >= 0)) FROM {db}.model_hourly_stats"
+        ))
+        .await,
+        "1400 1"
+    );
+
     // Exactly one champion label per tweet, and the champion series counts each once.
     assert_eq!(
         ch_scalar(&format!("SELECT count() FROM {db}.champion_predictions")).await,

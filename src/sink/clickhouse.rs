@@ -21,7 +21,7 @@ use crate::telemetry::{self, Health};
 
 /// Statements creating the database, tables and views; each is idempotent.
 pub fn schema_statements(db: &str) -> Vec<String> {
-    vec![
+    let mut out = vec![
         format!("CREATE DATABASE IF NOT EXISTS {db}"),
         // Each tweet once, whatever number of versions scored it.
         format!(
@@ -165,6 +165,46 @@ pub fn schema_statements(db: &str) -> Vec<String> {
                   FROM {db}.tweets GROUP BY tweet_id) AS t
             INNER JOIN {db}.champion_predictions AS c USING (tweet_id)"
         ),
+        // Stability per hour and version: volume, mean confidence (the top probability) and
+        // mean entropy of the score vectors. Per-day figures: weight the means by `predictions`.
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.model_hourly_stats AS
+            SELECT toStartOfHour(created_at) AS hour, model_version, model_hash,
+                   count() AS predictions,
+                   avg(arrayMax(mapValues(scores))) AS mean_confidence,
+                   avg(arraySum(arrayMap(p -> if(p > 0, -p * log(p), 0), mapValues(scores))))
+                       AS mean_entropy
+            FROM {db}.predictions FINAL
+            GROUP BY hour, model_version, model_hash"
+        ),
+    ];
+    // Champion vs each shadow on the same tweets, per hour and per day: share of identical
+    // labels and Cohen's kappa (agreement beyond what the two label distributions give by
+    // chance). The flip matrix is a GROUP BY of the same join (README).
+    for (name, window) in [("hourly", "toStartOfHour"), ("daily", "toStartOfDay")] {
+        out.push(format!(
+            "CREATE VIEW IF NOT EXISTS {db}.champion_shadow_agreement_{name} AS
+            SELECT window, shadow_version, shadow_hash, tweets, agreement,
+                   if(chance < 1, (agreement - chance) / (1 - chance), 1) AS kappa
+            FROM (
+                SELECT window, shadow_version, shadow_hash, tweets, agreement,
+                       arraySum(arrayMap(l -> (countEqual(cl, l) / tweets) * (countEqual(sl, l) / tweets),
+                                         arrayDistinct(arrayConcat(cl, sl)))) AS chance
+                FROM (
+                    SELECT {window}(c.created_at) AS window, s.model_version AS shadow_version,
+                           s.model_hash AS shadow_hash, count() AS tweets,
+                           avg(c.label = s.label) AS agreement,
+                           groupArray(c.label) AS cl, groupArray(s.label) AS sl
+                    FROM {db}.champion_predictions AS c
+                    INNER JOIN (SELECT tweet_id, model_version, model_hash, label
+                                FROM {db}.predictions FINAL WHERE role = 'shadow') AS s
+                    USING (tweet_id)
+                    GROUP BY window, shadow_version, shadow_hash
+                )
+            )"
+        ));
+    }
+    out.extend([
         // Every change of the group's deployment (who, what, when, from → to), written by the
         // `vaxpulse models` command that published it.
         format!(
@@ -213,7 +253,8 @@ pub fn schema_statements(db: &str) -> Vec<String> {
                 message String
             ) ENGINE = MergeTree ORDER BY (group_id, epoch, at)"
         ),
-    ]
+    ]);
+    out
 }
 
 /// A row of `ingest`: one result (tweet and prediction).
