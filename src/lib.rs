@@ -25,6 +25,7 @@ pub mod config;
 pub mod deploy;
 pub mod eval;
 pub mod model;
+pub mod monitor;
 pub mod produce;
 pub mod report;
 pub mod sink;

@@ -91,6 +91,23 @@ enum Command {
         #[arg(long)]
         no_store: bool,
     },
+    /// Prediction stability: the champion's label distribution per window, its PSI against a
+    /// reference (watch ≥ 0.1, alert ≥ 0.25), champion–shadow agreement; exits 2 on an alert.
+    Monitor {
+        /// Daily windows (default hourly).
+        #[arg(long)]
+        daily: bool,
+        /// Reference = the first N days of data (unless pinned).
+        #[arg(long, default_value_t = 1)]
+        reference_days: u32,
+        /// Pinned reference start (RFC 3339), with --reference-to.
+        #[arg(long, requires = "reference_to")]
+        reference_from: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, requires = "reference_from")]
+        reference_to: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, default_value = "bench-results/monitor.json")]
+        json: PathBuf,
+    },
     /// Tweets per day (or hour) × label from ClickHouse.
     Report {
         #[arg(long)]
@@ -374,6 +391,23 @@ fn main() -> anyhow::Result<()> {
                         sink.record("model_evaluations", &row).await?;
                     }
                     println!("stored in {}.model_evaluations", cfg.clickhouse.database);
+                }
+            }
+            Command::Monitor {
+                daily,
+                reference_days,
+                reference_from,
+                reference_to,
+                json,
+            } => {
+                let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
+                let pinned = reference_from.zip(reference_to);
+                let report =
+                    vaxpulse::monitor::monitor(&sink, daily, reference_days, pinned).await?;
+                print!("{}", report.render());
+                vaxpulse::bench::write_json(&json, &report)?;
+                if report.worst() == "alert" {
+                    std::process::exit(2);
                 }
             }
             Command::Report {

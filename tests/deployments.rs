@@ -384,3 +384,85 @@ async fn a_replay_straddling_a_promotion_keeps_one_champion_label() {
         "demo@1:1,demo@2:1"
     );
 }
+
+/// `vaxpulse monitor` on a real ClickHouse: a day like the reference is ok, a day whose label
+/// distribution moved is an alert (PSI by hand: 0.4·ln 1.8 + 0.4·ln 5 = 0.8789), and the
+/// command exits 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_flags_a_shifted_label_distribution() {
+    use vaxpulse::sink::{Classification, ClassifiedBatch, Role};
+    let names = Names::fresh("monitor");
+    let cfg = names.test_config("");
+    let sink = vaxpulse::sink::clickhouse::ClickHouseSink::new(
+        &cfg.clickhouse,
+        &cfg.clickhouse_password().unwrap(),
+    );
+    sink.apply_schema().await.expect("ClickHouse up");
+    let day0 = chrono::DateTime::parse_from_rfc3339("2021-07-01T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let mut rows = Vec::new();
+    for (day, favour) in [(0, 50), (1, 50), (2, 90)] {
+        for i in 0..100 {
+            let label = if i < favour { "favour" } else { "against" };
+            rows.push(Classification {
+                tweet_id: format!("d{day}-{i}"),
+                created_at: day0 + chrono::Duration::days(day),
+                lang: "fr".into(),
+                text: "t".into(),
+                label: label.into(),
+                scores: [(label.to_string(), serde_json::Value::from(0.9))]
+                    .into_iter()
+                    .collect(),
+                model_version: "demo@1".into(),
+                model_hash: "aaaaaaaaaaaa".into(),
+                role: Role::Champion,
+                deployment_epoch: 0,
+                classified_at: Utc::now(),
+                source_partition: 0,
+                source_offset: day * 100 + i,
+                source_timestamp_ms: None,
+            });
+        }
+    }
+    sink.insert(&ClassifiedBatch {
+        rows,
+        deleted: Vec::new(),
+        acks: Vec::new(),
+        received: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let r = vaxpulse::monitor::monitor(&sink, true, 1, None)
+        .await
+        .unwrap();
+    assert_eq!(r.reference_tweets, 100);
+    let levels: Vec<(&str, &str)> = r
+        .windows
+        .iter()
+        .map(|w| (w.window.as_str(), w.level))
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            ("2021-07-02 00:00:00", "ok"),
+            ("2021-07-03 00:00:00", "alert")
+        ]
+    );
+    assert!(
+        (r.windows[1].psi - 0.878_890).abs() < 1e-5,
+        "{}",
+        r.windows[1].psi
+    );
+    assert_eq!(r.worst(), "alert");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vaxpulse"))
+        .args(["monitor", "--daily", "--json"])
+        .arg(std::env::temp_dir().join(unique("monitor.json")))
+        .env("VAXPULSE_CLICKHOUSE_URL", clickhouse_url())
+        .env("VAXPULSE_CLICKHOUSE_DATABASE", &names.database)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("status: alert"), "{text}");
+}

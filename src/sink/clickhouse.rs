@@ -345,6 +345,10 @@ impl ClickHouseSink {
         &self.client
     }
 
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
     /// Creates database, tables and views if missing (safe to run any number of times).
     pub async fn apply_schema(&self) -> Result<(), SinkError> {
         // The database may not exist yet, so DDL runs without a default database.
