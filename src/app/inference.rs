@@ -308,10 +308,7 @@ impl ReplicaInfo {
     /// `kafka.group_instance_id` when set, else `host-pid`.
     pub fn of(cfg: &Config) -> Self {
         let replica = if cfg.kafka.group_instance_id.is_empty() {
-            let host = std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "host".into());
-            format!("{host}-{}", std::process::id())
+            format!("{}-{}", crate::deploy::hostname(), std::process::id())
         } else {
             cfg.kafka.group_instance_id.clone()
         };

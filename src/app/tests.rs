@@ -127,18 +127,13 @@ fn config() -> Config {
 }
 
 fn work(tracker: &OffsetTracker, partition: i32, offset: i64) -> Work {
-    Work {
-        tweet: Tweet {
-            id: format!("{partition}-{offset}"),
-            text: format!("Le vaccin numéro {offset} arrive en pharmacie"),
-            created_at: chrono::Utc::now(),
-            lang: "fr".into(),
-        },
-        delete: false,
-        ack: tracker.track(partition, offset),
-        source_timestamp_ms: None,
-        received: Instant::now(),
-    }
+    let tweet = Tweet {
+        id: format!("{partition}-{offset}"),
+        text: format!("Le vaccin numéro {offset} arrive en pharmacie"),
+        created_at: chrono::Utc::now(),
+        lang: "fr".into(),
+    };
+    Work::new(tweet, tracker.track(partition, offset))
 }
 
 fn id_in(cfg: &Config, name: &str) -> ModelId {

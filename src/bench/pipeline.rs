@@ -157,13 +157,7 @@ fn one_run(
         n
     });
     let tracker = OffsetTracker::new();
-    let work = |i: usize, t: &Tweet| Work {
-        tweet: t.clone(),
-        delete: false,
-        ack: tracker.track(0, i as i64),
-        source_timestamp_ms: None,
-        received: Instant::now(),
-    };
+    let work = |i: usize, t: &Tweet| Work::new(t.clone(), tracker.track(0, i as i64));
     // Model loaded and warmed up before the clock starts.
     inf.input.send(work(usize::MAX >> 1, &tweets[0]))?;
     inf.output
@@ -186,14 +180,7 @@ fn one_run(
                         std::thread::sleep(wait);
                     }
                 }
-                let w = Work {
-                    tweet: t,
-                    delete: false,
-                    ack,
-                    source_timestamp_ms: None,
-                    received: Instant::now(),
-                };
-                if input.send(w).is_err() {
+                if input.send(Work::new(t, ack)).is_err() {
                     break;
                 }
             }

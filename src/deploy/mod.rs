@@ -212,10 +212,14 @@ pub fn actor() -> String {
         }
     }
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname")
+    format!("{user}@{}", hostname())
+}
+
+/// This machine's (or container's) host name; `unknown-host` when it cannot be read.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into());
-    format!("{user}@{host}")
+        .unwrap_or_else(|_| "unknown-host".into())
 }
 
 #[cfg(test)]

@@ -165,17 +165,16 @@ pub struct EvalReport {
     pub mcnemar: Option<McNemar>,
 }
 
-/// Loads `id` from the store (or `model.dir` when it names the configured model) and scores
-/// every item through the worker's inference stages.
+/// Loads `resolved` (an identity with its weights hash) from the store, checked like a
+/// deployment, and scores every item through the worker's inference stages.
 fn evaluate(
     cfg: &Config,
-    id: &ModelId,
+    resolved: &ModelId,
     data: &Dataset,
     factory: &ClassifierFactory,
 ) -> anyhow::Result<ModelEval> {
-    let dir = version_dir(&cfg.model.store_dir, id);
-    let (resolved, _) = resolve(&cfg.model.store_dir, id)?;
-    let champion = Arc::new(load_checked(cfg, &dir, Some(&resolved), factory)?);
+    let dir = version_dir(&cfg.model.store_dir, resolved);
+    let champion = Arc::new(load_checked(cfg, &dir, Some(resolved), factory)?);
     let labels = champion.labels.clone();
     let active = Active {
         deployment: Deployment::bootstrap(resolved.clone()),
@@ -193,18 +192,13 @@ fn evaluate(
         .collect();
     let feeder = std::thread::spawn(move || {
         for ((i, item), ack) in items.into_iter().enumerate().zip(acks) {
-            let w = Work {
-                tweet: Tweet {
-                    id: i.to_string(),
-                    text: item.text,
-                    created_at: Utc::now(),
-                    lang: "fr".into(),
-                },
-                delete: false,
-                ack,
-                source_timestamp_ms: None,
-                received: Instant::now(),
+            let tweet = Tweet {
+                id: i.to_string(),
+                text: item.text,
+                created_at: Utc::now(),
+                lang: "fr".into(),
             };
+            let w = Work::new(tweet, ack);
             if input.send(w).is_err() {
                 break;
             }
@@ -266,11 +260,12 @@ pub fn run(
     strict: bool,
     factory: &ClassifierFactory,
 ) -> anyhow::Result<EvalReport> {
-    let (_, manifest) = resolve(&cfg.model.store_dir, model)?;
+    let (model, manifest) = resolve(&cfg.model.store_dir, model)?;
     let data = read_dataset(data_path, &manifest.labels, strict)?;
-    let mut models = vec![evaluate(cfg, model, &data, factory)?];
+    let mut models = vec![evaluate(cfg, &model, &data, factory)?];
     if let Some(other) = compare {
-        models.push(evaluate(cfg, other, &data, factory)?);
+        let (other, _) = resolve(&cfg.model.store_dir, other)?;
+        models.push(evaluate(cfg, &other, &data, factory)?);
     }
     let mcnemar = (models.len() == 2).then(|| McNemar::new(&models[0].correct, &models[1].correct));
     Ok(EvalReport {

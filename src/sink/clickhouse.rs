@@ -469,12 +469,8 @@ impl ClickHouseSink {
         if rows.is_empty() {
             return Ok(());
         }
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        for b in batches {
-            h.update(b.dedup_token().as_bytes());
-        }
-        let token = format!("{:x}", h.finalize());
+        let tokens: Vec<String> = batches.iter().map(ClassifiedBatch::dedup_token).collect();
+        let token = combined_token(tokens.iter().map(String::as_str));
         self.insert_retrying("ingest", &rows, &token, false).await
     }
 
@@ -489,6 +485,18 @@ impl ClickHouseSink {
         insert.end().await?;
         Ok(())
     }
+}
+
+/// The deduplication token of one insert made of several parts (batch tokens, tweet ids): the
+/// same parts in the same order give the same token.
+fn combined_token<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update(b"\n");
+    }
+    format!("{:x}", h.finalize())
 }
 
 /// A row of `deleted_tweets`.
@@ -514,15 +522,7 @@ impl ClickHouseSink {
                 deleted_at: now,
             })
             .collect();
-        let token = {
-            use sha2::Digest;
-            let mut h = sha2::Sha256::new();
-            for id in ids {
-                h.update(id.as_bytes());
-                h.update(b"\n");
-            }
-            format!("delete-{:x}", h.finalize())
-        };
+        let token = format!("delete-{}", combined_token(ids.iter().map(String::as_str)));
         self.insert_retrying("deleted_tweets", &rows, &token, true)
             .await?;
         retry_until_done(
@@ -584,14 +584,7 @@ async fn group_writer(
             }
         }
         let started = Instant::now();
-        let token = {
-            use sha2::Digest;
-            let mut h = sha2::Sha256::new();
-            for p in &group {
-                h.update(p.token.as_bytes());
-            }
-            format!("{:x}", h.finalize())
-        };
+        let token = combined_token(group.iter().map(|p| p.token.as_str()));
         let mut rows = Vec::with_capacity(group.iter().map(|p| p.rows.len()).sum());
         let mut deleted = Vec::new();
         let mut waiting = Vec::with_capacity(group.len());
@@ -649,17 +642,5 @@ impl super::ResultSink for GroupedClickHouse {
                 .map_err(|_| gone())?
                 .map_err(SinkError::Stopped)
         })
-    }
-}
-
-impl super::ResultSink for ClickHouseSink {
-    fn name(&self) -> &'static str {
-        "clickhouse"
-    }
-    fn store<'a>(
-        &'a self,
-        batch: &'a ClassifiedBatch,
-    ) -> futures::future::BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(self.insert(batch))
     }
 }

@@ -42,6 +42,20 @@ pub struct Work {
     pub received: std::time::Instant,
 }
 
+impl Work {
+    /// A tweet handed to the inference stages in process (benches, `eval`): no Kafka timestamp,
+    /// received now.
+    pub fn new(tweet: Tweet, ack: Ack) -> Self {
+        Work {
+            tweet,
+            delete: false,
+            ack,
+            source_timestamp_ms: None,
+            received: std::time::Instant::now(),
+        }
+    }
+}
+
 /// Everything the consumer thread needs.
 pub struct Source {
     pub cfg: KafkaConfig,
