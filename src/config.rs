@@ -89,6 +89,12 @@ pub struct Config {
     /// Prometheus metrics and health endpoints.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Probe set and the worker's drift/agreement gauges.
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+    /// What deletions remove.
+    #[serde(default)]
+    pub retention: RetentionConfig,
 }
 
 /// Where a consumer group without committed offsets starts reading.
@@ -354,6 +360,58 @@ pub struct MetricsConfig {
     pub listen: String,
 }
 
+/// Stability checks run by every replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Fixed texts (JSONL, `{"id": ..., "text": ...}`) that each replica scores with every
+    /// deployed version at start, at each deployment and every `probe_interval_s`; results go to
+    /// ClickHouse `probe_runs`. Empty = no probes.
+    #[serde(default = "default_probe_file")]
+    pub probe_file: PathBuf,
+    /// Seconds between probe runs (besides start and deployments); 0 = only those.
+    #[serde(default = "default_probe_interval_s")]
+    pub probe_interval_s: u64,
+    /// A version whose probe probabilities differ from its first stored run (or its previous
+    /// one) by more than this is flagged: a library, device or precision changed its outputs.
+    #[serde(default = "default_probe_max_abs_diff")]
+    pub probe_max_abs_diff: f64,
+    /// Seconds between the queries behind the drift/agreement gauges
+    /// (`vaxpulse_drift_psi`, `vaxpulse_shadow_agreement_ratio`); 0 = no gauges.
+    #[serde(default = "default_gauges_interval_s")]
+    pub gauges_interval_s: u64,
+    /// Reference of those gauges: the first N days of each series (as `vaxpulse monitor`).
+    #[serde(default = "default_reference_days")]
+    pub reference_days: u32,
+}
+
+/// Deletions (delete notices of the stream).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Also remove deleted tweets from the counts (`champion_hourly`, `opinion_hourly`, the
+    /// predictions). Off: the tweet and its text leave `tweets`/`classified_tweets`, the counts
+    /// keep it as an anonymous number. Fixed when the database's schema is created (the
+    /// worker refuses to start on a schema made with the other setting).
+    #[serde(default)]
+    pub delete_counts: bool,
+}
+
+fn default_probe_file() -> PathBuf {
+    "data/probe_fr.jsonl".into()
+}
+fn default_probe_interval_s() -> u64 {
+    3600
+}
+fn default_probe_max_abs_diff() -> f64 {
+    1e-3
+}
+fn default_gauges_interval_s() -> u64 {
+    300
+}
+fn default_reference_days() -> u32 {
+    1
+}
 fn default_brokers() -> String {
     "127.0.0.1:9092".into()
 }
@@ -479,7 +537,9 @@ default_from_serde!(
     BatchConfig,
     DecodeConfig,
     PipelineConfig,
-    MetricsConfig
+    MetricsConfig,
+    MonitorConfig,
+    RetentionConfig
 );
 
 impl Default for Config {
@@ -496,6 +556,8 @@ const SECTIONS: &[&str] = &[
     "decode",
     "pipeline",
     "metrics",
+    "monitor",
+    "retention",
 ];
 
 impl Config {
@@ -688,6 +750,16 @@ impl Config {
         }
         if self.kafka.commit_interval_ms == 0 {
             return bad("kafka.commit_interval_ms", "must be at least 1".into());
+        }
+        let d = self.monitor.probe_max_abs_diff;
+        if !(d.is_finite() && d > 0.0) {
+            return bad(
+                "monitor.probe_max_abs_diff",
+                format!("{d} must be a positive number (1e-3 is the usual bound)"),
+            );
+        }
+        if self.monitor.reference_days == 0 {
+            return bad("monitor.reference_days", "must be at least 1".into());
         }
         Ok(())
     }

@@ -21,11 +21,13 @@
 pub mod app;
 pub mod batch;
 pub mod bench;
+pub mod chart;
 pub mod config;
 pub mod deploy;
 pub mod eval;
 pub mod model;
 pub mod monitor;
+pub mod probe;
 pub mod produce;
 pub mod report;
 pub mod sink;

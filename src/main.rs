@@ -107,13 +107,24 @@ enum Command {
         reference_to: Option<chrono::DateTime<chrono::Utc>>,
         #[arg(long, default_value = "bench-results/monitor.json")]
         json: PathBuf,
+        /// Also write the drift chart (PSI per window with the thresholds, agreement with each
+        /// shadow) to this .svg or .png file.
+        #[arg(long)]
+        chart: Option<PathBuf>,
     },
-    /// Tweets per day (or hour) × label from ClickHouse.
+    /// Tweets per day (or hour) × label from ClickHouse: the champion series, or one version's
+    /// own predictions; as a table, CSV or JSON, and optionally a chart.
     Report {
         #[arg(long)]
         hourly: bool,
         #[arg(long)]
         model_version: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: vaxpulse::report::Format,
+        /// Also write the opinion chart (share per label with the volume beneath) to this
+        /// .svg or .png file.
+        #[arg(long)]
+        chart: Option<PathBuf>,
     },
 }
 
@@ -399,6 +410,7 @@ fn main() -> anyhow::Result<()> {
                 reference_from,
                 reference_to,
                 json,
+                chart,
             } => {
                 let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
                 let pinned = reference_from.zip(reference_to);
@@ -406,6 +418,11 @@ fn main() -> anyhow::Result<()> {
                     vaxpulse::monitor::monitor(&sink, daily, reference_days, pinned).await?;
                 print!("{}", report.render());
                 vaxpulse::bench::write_json(&json, &report)?;
+                if let Some(path) = chart {
+                    vaxpulse::chart::drift(&report.drift_chart(), &path)
+                        .with_context(|| format!("writing the drift chart {}", path.display()))?;
+                    eprintln!("drift chart written to {}", path.display());
+                }
                 if report.worst() == "alert" {
                     std::process::exit(2);
                 }
@@ -413,12 +430,18 @@ fn main() -> anyhow::Result<()> {
             Command::Report {
                 hourly,
                 model_version,
+                format,
+                chart,
             } => {
                 let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
-                print!(
-                    "{}",
-                    vaxpulse::report::report(&sink, hourly, model_version.as_deref()).await?
-                );
+                let opinion =
+                    vaxpulse::report::opinion(&sink, hourly, model_version.as_deref()).await?;
+                print!("{}", opinion.render(format)?);
+                if let Some(path) = chart {
+                    vaxpulse::chart::opinion(&opinion, &path)
+                        .with_context(|| format!("writing the opinion chart {}", path.display()))?;
+                    eprintln!("opinion chart written to {}", path.display());
+                }
             }
         }
         Ok(())

@@ -1,11 +1,13 @@
-//! `vaxpulse monitor`: prediction stability from ClickHouse — per window (hour or day) the
-//! champion's label distribution and its population stability index (PSI) against a reference
-//! (the first `reference_days` days of data, or a pinned range), and the champion–shadow
-//! agreement and kappa of the latest window. The command exits 2 when a window is on alert
-//! (PSI ≥ 0.25; a watch is reported, not an exit code), 1 on an error, so a cron job or CI step
-//! can act on it.
+//! Prediction stability from ClickHouse, for `vaxpulse monitor`, the worker's monitor gauges and
+//! the drift chart. Per window (hour or day): the champion's label distribution and the
+//! population stability index (PSI) of its labels and of its binned confidence against a
+//! reference (the first `reference_days` days of data, or a pinned range); the same per model
+//! version against that version's own first days; champion–shadow agreement, kappa and the
+//! label-flip matrix; the latest probe run of each version on each replica. The command exits 2
+//! when anything is on alert (PSI ≥ 0.25, or a probe flag), 1 on an error, so a cron job or CI
+//! step can act on it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
@@ -18,6 +20,8 @@ use crate::sink::clickhouse::ClickHouseSink;
 pub const PSI_WATCH: f64 = 0.1;
 /// PSI at or above which a window raises an alert.
 pub const PSI_ALERT: f64 = 0.25;
+/// Confidence (top probability) is binned in tenths for its PSI.
+pub const CONFIDENCE_BINS: usize = 10;
 
 /// Population stability index of `actual` against `reference` (both counts over the same
 /// categories): Σ (a − r) · ln(a / r) over shares, each share floored at 1e-4 so that an empty
@@ -49,199 +53,559 @@ pub fn level(psi: f64) -> &'static str {
     }
 }
 
-#[derive(Row, Deserialize)]
+fn rank(level: &str) -> u8 {
+    match level {
+        "alert" => 2,
+        "watch" => 1,
+        _ => 0,
+    }
+}
+
+fn worst<'a>(levels: impl IntoIterator<Item = &'a str>) -> &'static str {
+    match levels.into_iter().map(rank).max().unwrap_or(0) {
+        2 => "alert",
+        1 => "watch",
+        _ => "ok",
+    }
+}
+
+/// Predictions of one series in one window: label and confidence bin.
+#[derive(Row, Deserialize, Debug, Clone)]
 struct Cell {
+    series: String,
     window: String,
     label: String,
+    bin: u8,
     tweets: u64,
 }
 
 #[derive(Row, Deserialize)]
-struct Agreement {
+struct AgreementCell {
     window: String,
     shadow_version: String,
+    shadow_hash: String,
     tweets: u64,
     agreement: f64,
     kappa: f64,
 }
 
-/// One window of the champion series.
+#[derive(Row, Deserialize)]
+struct FlipCell {
+    shadow: String,
+    champion_label: String,
+    shadow_label: String,
+    tweets: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct ProbeCell {
+    last_at: String,
+    model: String,
+    replica: String,
+    device: String,
+    max_deviation: f64,
+    flagged: u8,
+}
+
+/// One window of a series.
 #[derive(Debug, Clone, Serialize)]
 pub struct WindowStatus {
     pub window: String,
     pub tweets: u64,
     pub shares: BTreeMap<String, f64>,
+    /// PSI of the label distribution.
     pub psi: f64,
+    /// PSI of the binned confidence (top probability, tenths).
+    pub confidence_psi: f64,
+    pub mean_confidence: f64,
     pub level: &'static str,
+}
+
+/// A series (the champion, or one version's own predictions) against its reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesStatus {
+    /// `champion` or `NAME@VERSION#HASH`.
+    pub series: String,
+    pub reference: String,
+    pub reference_tweets: u64,
+    pub windows: Vec<WindowStatus>,
+}
+
+impl SeriesStatus {
+    pub fn latest(&self) -> Option<&WindowStatus> {
+        self.windows.last()
+    }
+}
+
+/// Champion vs one shadow in one window.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgreementStatus {
+    pub window: String,
+    pub shadow: String,
+    pub tweets: u64,
+    pub agreement: f64,
+    pub kappa: f64,
+}
+
+/// The latest probe run of a version on a replica.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeStatus {
+    pub at: String,
+    pub model: String,
+    pub replica: String,
+    pub device: String,
+    pub max_deviation: f64,
+    pub flagged: bool,
 }
 
 /// What `vaxpulse monitor` found.
 #[derive(Debug, Clone, Serialize)]
 pub struct MonitorReport {
-    pub reference: String,
-    pub reference_tweets: u64,
-    pub windows: Vec<WindowStatus>,
-    /// (window, shadow, tweets, agreement, kappa) of the latest window with shadows.
-    pub agreement: Vec<(String, String, u64, f64, f64)>,
+    pub period: &'static str,
+    pub champion: SeriesStatus,
+    /// Each version's own predictions (champion and shadow roles alike) against its first days.
+    pub versions: Vec<SeriesStatus>,
+    /// Every window with shadow predictions, oldest first.
+    pub agreement: Vec<AgreementStatus>,
+    /// Label flips (shadow, champion label, shadow label, tweets) in the latest agreement window.
+    pub flips: Vec<(String, String, String, u64)>,
+    pub probes: Vec<ProbeStatus>,
 }
 
 impl MonitorReport {
-    /// The worst level over the windows after the reference.
+    /// The worst level: champion windows after the reference, each version's latest window,
+    /// probe flags (alert).
     pub fn worst(&self) -> &'static str {
-        let rank = |l: &str| match l {
-            "alert" => 2,
-            "watch" => 1,
-            _ => 0,
-        };
-        self.windows
+        worst(
+            self.champion
+                .windows
+                .iter()
+                .map(|w| w.level)
+                .chain(
+                    self.versions
+                        .iter()
+                        .filter_map(|v| v.latest().map(|w| w.level)),
+                )
+                .chain(self.probes.iter().filter(|p| p.flagged).map(|_| "alert")),
+        )
+    }
+
+    /// The latest agreement window's rows.
+    pub fn latest_agreement(&self) -> Vec<&AgreementStatus> {
+        let last = self.agreement.last().map(|a| a.window.clone());
+        self.agreement
             .iter()
-            .map(|w| w.level)
-            .max_by_key(|l| rank(l))
-            .unwrap_or("ok")
+            .filter(|a| Some(&a.window) == last.as_ref())
+            .collect()
     }
 
     pub fn render(&self) -> String {
-        let labels: Vec<String> = self
+        let c = &self.champion;
+        let labels: Vec<String> = c
             .windows
             .iter()
             .flat_map(|w| w.shares.keys().cloned())
-            .collect::<std::collections::BTreeSet<_>>()
+            .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
         let mut header = vec!["window", "tweets"];
         header.extend(labels.iter().map(String::as_str));
-        header.extend(["PSI", "level"]);
+        header.extend(["mean conf.", "PSI labels", "PSI conf.", "level"]);
         let mut t = Table::new(&header);
-        for w in &self.windows {
+        for w in &c.windows {
             let mut row = vec![w.window.clone(), w.tweets.to_string()];
             row.extend(
                 labels
                     .iter()
                     .map(|l| format!("{:.3}", w.shares.get(l).copied().unwrap_or(0.0))),
             );
+            row.push(format!("{:.3}", w.mean_confidence));
             row.push(format!("{:.4}", w.psi));
+            row.push(format!("{:.4}", w.confidence_psi));
             row.push(w.level.into());
             t.row(row);
         }
         let mut out = format!(
-            "## monitor: champion label distribution vs reference {} ({} tweets); PSI watch ≥ {PSI_WATCH}, alert ≥ {PSI_ALERT}\n\n{}",
-            self.reference,
-            self.reference_tweets,
+            "## monitor: champion per {} vs reference {} ({} tweets); PSI watch ≥ {PSI_WATCH}, alert ≥ {PSI_ALERT}\n\n{}",
+            self.period,
+            c.reference,
+            c.reference_tweets,
             t.render()
         );
-        if !self.agreement.is_empty() {
+        if !self.versions.is_empty() {
+            let mut t = Table::new(&[
+                "version",
+                "reference tweets",
+                "latest window",
+                "tweets",
+                "PSI labels",
+                "PSI conf.",
+                "level",
+            ]);
+            for v in &self.versions {
+                if let Some(w) = v.latest() {
+                    t.row(vec![
+                        v.series.clone(),
+                        v.reference_tweets.to_string(),
+                        w.window.clone(),
+                        w.tweets.to_string(),
+                        format!("{:.4}", w.psi),
+                        format!("{:.4}", w.confidence_psi),
+                        w.level.into(),
+                    ]);
+                } else {
+                    t.row(vec![
+                        v.series.clone(),
+                        v.reference_tweets.to_string(),
+                        "(reference only)".into(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        "ok".into(),
+                    ]);
+                }
+            }
+            out.push_str("\n### each version against its own first days\n\n");
+            out.push_str(&t.render());
+        }
+        let latest = self.latest_agreement();
+        if !latest.is_empty() {
             let mut t = Table::new(&["window", "shadow", "tweets", "agreement", "kappa"]);
-            for (w, s, n, a, k) in &self.agreement {
+            for a in latest {
                 t.row(vec![
-                    w.clone(),
-                    s.clone(),
-                    n.to_string(),
-                    format!("{a:.4}"),
-                    format!("{k:.4}"),
+                    a.window.clone(),
+                    a.shadow.clone(),
+                    a.tweets.to_string(),
+                    format!("{:.4}", a.agreement),
+                    format!("{:.4}", a.kappa),
                 ]);
             }
             out.push_str("\n### champion vs shadows, latest window\n\n");
+            out.push_str(&t.render());
+            let mut t = Table::new(&["shadow", "champion label", "shadow label", "tweets"]);
+            for (s, cl, sl, n) in self.flips.iter().filter(|f| f.1 != f.2) {
+                t.row(vec![s.clone(), cl.clone(), sl.clone(), n.to_string()]);
+            }
+            if !t.rows.is_empty() {
+                out.push_str("\n### label flips, latest window\n\n");
+                out.push_str(&t.render());
+            }
+        }
+        if !self.probes.is_empty() {
+            let mut t = Table::new(&[
+                "version",
+                "replica",
+                "device",
+                "latest run",
+                "max |Δp| vs first run",
+                "flag",
+            ]);
+            for p in &self.probes {
+                t.row(vec![
+                    p.model.clone(),
+                    p.replica.clone(),
+                    p.device.clone(),
+                    p.at.clone(),
+                    format!("{:.2e}", p.max_deviation),
+                    if p.flagged { "alert" } else { "ok" }.into(),
+                ]);
+            }
+            out.push_str("\n### probe set\n\n");
             out.push_str(&t.render());
         }
         out.push_str(&format!("\nstatus: {}\n", self.worst()));
         out
     }
+
+    /// The drift chart's data: champion PSI (labels, confidence) and agreement per shadow.
+    pub fn drift_chart(&self) -> crate::chart::Drift {
+        let windows: Vec<String> = self
+            .champion
+            .windows
+            .iter()
+            .map(|w| w.window.clone())
+            .chain(self.agreement.iter().map(|a| a.window.clone()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let at = |w: &str| windows.iter().position(|x| x == w);
+        let mut labels = vec![None; windows.len()];
+        let mut conf = vec![None; windows.len()];
+        for w in &self.champion.windows {
+            if let Some(i) = at(&w.window) {
+                labels[i] = Some(w.psi);
+                conf[i] = Some(w.confidence_psi);
+            }
+        }
+        let mut shadows: BTreeMap<String, Vec<Option<f64>>> = BTreeMap::new();
+        for a in &self.agreement {
+            if let Some(i) = at(&a.window) {
+                shadows
+                    .entry(a.shadow.clone())
+                    .or_insert_with(|| vec![None; windows.len()])[i] = Some(a.agreement);
+            }
+        }
+        crate::chart::Drift {
+            title: format!(
+                "Champion drift per {} (reference {}) and agreement with shadows",
+                self.period, self.champion.reference
+            ),
+            windows,
+            psi: vec![
+                crate::chart::Line {
+                    name: "PSI of labels".into(),
+                    values: labels,
+                },
+                crate::chart::Line {
+                    name: "PSI of confidence".into(),
+                    values: conf,
+                },
+            ],
+            agreement: shadows
+                .into_iter()
+                .map(|(name, values)| crate::chart::Line {
+                    name: format!("agreement {name}"),
+                    values,
+                })
+                .collect(),
+            watch: PSI_WATCH,
+            alert: PSI_ALERT,
+        }
+    }
 }
 
-/// Reads the champion series per `day` (else hour) window; the reference is `[from, to)` when
-/// given, else the first `reference_days` days of data.
+/// Counts of one series keyed by window, indexed by label and by confidence bin.
+struct Counts {
+    labels: Vec<u64>,
+    bins: Vec<u64>,
+    confidence_sum: f64,
+}
+
+fn series_status(
+    series: String,
+    cells: &[&Cell],
+    labels: &[String],
+    reference_days: u32,
+    pinned: Option<(DateTime<Utc>, DateTime<Utc>)>,
+) -> SeriesStatus {
+    let (from, to) = pinned.unwrap_or_else(|| {
+        let first = cells
+            .iter()
+            .filter_map(|c| parse_window(&c.window))
+            .min()
+            .unwrap_or_else(Utc::now);
+        (
+            first,
+            first + chrono::Duration::days(i64::from(reference_days)),
+        )
+    });
+    let index = |l: &str| labels.iter().position(|x| x == l).unwrap_or(0);
+    let empty = || Counts {
+        labels: vec![0; labels.len()],
+        bins: vec![0; CONFIDENCE_BINS],
+        confidence_sum: 0.0,
+    };
+    let mut reference = empty();
+    let mut windows: BTreeMap<String, Counts> = BTreeMap::new();
+    for c in cells {
+        let in_reference = parse_window(&c.window).is_some_and(|t| t >= from && t < to);
+        let counts = if in_reference {
+            &mut reference
+        } else {
+            windows.entry(c.window.clone()).or_insert_with(empty)
+        };
+        let bin = usize::from(c.bin).min(CONFIDENCE_BINS - 1);
+        counts.labels[index(&c.label)] += c.tweets;
+        counts.bins[bin] += c.tweets;
+        // The bin's middle: the mean is good to ±0.05, enough to see a shift.
+        counts.confidence_sum += (bin as f64 + 0.5) / CONFIDENCE_BINS as f64 * c.tweets as f64;
+    }
+    let reference_tweets = reference.labels.iter().sum();
+    let windows = if reference_tweets == 0 {
+        Vec::new()
+    } else {
+        windows
+            .into_iter()
+            .map(|(window, c)| {
+                let n: u64 = c.labels.iter().sum();
+                let (p, cp) = (
+                    psi(&reference.labels, &c.labels),
+                    psi(&reference.bins, &c.bins),
+                );
+                WindowStatus {
+                    window,
+                    tweets: n,
+                    shares: labels
+                        .iter()
+                        .zip(&c.labels)
+                        .map(|(l, &k)| (l.clone(), k as f64 / n.max(1) as f64))
+                        .collect(),
+                    psi: p,
+                    confidence_psi: cp,
+                    mean_confidence: c.confidence_sum / n.max(1) as f64,
+                    level: worst([level(p), level(cp)]),
+                }
+            })
+            .collect()
+    };
+    SeriesStatus {
+        series,
+        reference: format!(
+            "{} .. {}",
+            from.format("%Y-%m-%d %H:%M"),
+            to.format("%Y-%m-%d %H:%M")
+        ),
+        reference_tweets,
+        windows,
+    }
+}
+
+/// Reads the series per `day` (else hour) window; each reference is `[from, to)` when pinned,
+/// else the first `reference_days` days of that series.
 pub async fn monitor(
     sink: &ClickHouseSink,
     day: bool,
     reference_days: u32,
     pinned: Option<(DateTime<Utc>, DateTime<Utc>)>,
 ) -> anyhow::Result<MonitorReport> {
-    let bucket = if day { "toStartOfDay(hour)" } else { "hour" };
-    let cells: Vec<Cell> = sink
+    let bucket = if day {
+        "toStartOfDay(created_at)"
+    } else {
+        "toStartOfHour(created_at)"
+    };
+    let bin = format!(
+        "toUInt8(least(floor(arrayMax(mapValues(scores)) * {CONFIDENCE_BINS}), {}))",
+        CONFIDENCE_BINS - 1
+    );
+    let champion: Vec<Cell> = sink
         .client()
         .query(&format!(
-            "SELECT toString({bucket}) AS window, toString(label) AS label, toUInt64(sum(tweets)) AS tweets
-             FROM champion_hourly GROUP BY window, label ORDER BY window, label"
+            "SELECT 'champion' AS series, toString({bucket}) AS window, toString(label) AS label,
+                    {bin} AS bin, count() AS tweets
+             FROM champion_predictions GROUP BY window, label, bin ORDER BY window, label, bin"
         ))
         .fetch_all()
         .await?;
     anyhow::ensure!(
-        !cells.is_empty(),
+        !champion.is_empty(),
         "no champion predictions in database {} yet: nothing to monitor",
         sink.database()
     );
-    let (from, to) = match pinned {
-        Some(p) => p,
-        None => {
-            let first: DateTime<Utc> = cells
-                .first()
-                .and_then(|c| parse_window(&c.window))
-                .unwrap_or_else(Utc::now);
-            (
-                first,
-                first + chrono::Duration::days(i64::from(reference_days)),
-            )
-        }
-    };
-    let mut labels: Vec<String> = cells.iter().map(|c| c.label.clone()).collect();
-    labels.sort();
-    labels.dedup();
-    let index = |l: &str| labels.iter().position(|x| x == l).unwrap_or(0);
-    let mut reference = vec![0u64; labels.len()];
-    let mut windows: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for c in &cells {
-        let at = parse_window(&c.window);
-        if at.is_some_and(|t| t >= from && t < to) {
-            reference[index(&c.label)] += c.tweets;
-        } else {
-            windows
-                .entry(c.window.clone())
-                .or_insert_with(|| vec![0; labels.len()])[index(&c.label)] += c.tweets;
-        }
-    }
-    let reference_tweets = reference.iter().sum();
-    anyhow::ensure!(
-        reference_tweets > 0,
-        "the reference {from} .. {to} holds no champion predictions: pin another with --reference-from/--reference-to"
-    );
-    let windows = windows
+    // One prediction per tweet and version, whichever role produced it.
+    let versions: Vec<Cell> = sink
+        .client()
+        .query(&format!(
+            "SELECT concat(model_version, '#', model_hash) AS series, toString({bucket}) AS window,
+                    toString(label) AS label, {bin} AS bin, count() AS tweets
+             FROM (SELECT model_version, model_hash, tweet_id, any(created_at) AS created_at,
+                          any(label) AS label, any(scores) AS scores
+                   FROM predictions GROUP BY model_version, model_hash, tweet_id)
+             GROUP BY series, window, label, bin ORDER BY series, window, label, bin"
+        ))
+        .fetch_all()
+        .await?;
+    let labels: Vec<String> = champion
+        .iter()
+        .chain(&versions)
+        .map(|c| c.label.clone())
+        .collect::<BTreeSet<_>>()
         .into_iter()
-        .map(|(window, counts)| {
-            let n: u64 = counts.iter().sum();
-            let p = psi(&reference, &counts);
-            WindowStatus {
-                window,
-                tweets: n,
-                shares: labels
-                    .iter()
-                    .zip(&counts)
-                    .map(|(l, &c)| (l.clone(), c as f64 / n.max(1) as f64))
-                    .collect(),
-                psi: p,
-                level: level(p),
-            }
-        })
         .collect();
+    let champion_status = series_status(
+        "champion".into(),
+        &champion.iter().collect::<Vec<_>>(),
+        &labels,
+        reference_days,
+        pinned,
+    );
+    anyhow::ensure!(
+        champion_status.reference_tweets > 0,
+        "the reference {} holds no champion predictions: pin another with --reference-from/--reference-to",
+        champion_status.reference
+    );
+    let mut by_version: BTreeMap<&str, Vec<&Cell>> = BTreeMap::new();
+    for c in &versions {
+        by_version.entry(c.series.as_str()).or_default().push(c);
+    }
+    let versions = by_version
+        .into_iter()
+        .map(|(s, cells)| series_status(s.to_string(), &cells, &labels, reference_days, pinned))
+        .collect();
+
     let view = if day {
         "champion_shadow_agreement_daily"
     } else {
         "champion_shadow_agreement_hourly"
     };
-    let agreement: Vec<Agreement> = sink
+    let agreement: Vec<AgreementCell> = sink
         .client()
         .query(&format!(
-            "SELECT toString(window) AS window, shadow_version, tweets, agreement, kappa FROM {view}
-             WHERE window = (SELECT max(window) FROM {view}) ORDER BY shadow_version"
+            "SELECT toString(window) AS window, shadow_version, shadow_hash, tweets, agreement, kappa
+             FROM {view} ORDER BY window, shadow_version, shadow_hash"
         ))
         .fetch_all()
         .await?;
+    let agreement: Vec<AgreementStatus> = agreement
+        .into_iter()
+        .map(|a| AgreementStatus {
+            window: a.window,
+            shadow: format!("{}#{}", a.shadow_version, a.shadow_hash),
+            tweets: a.tweets,
+            agreement: a.agreement,
+            kappa: a.kappa,
+        })
+        .collect();
+    let flips: Vec<FlipCell> = match agreement.last() {
+        None => Vec::new(),
+        Some(last) => {
+            sink.client()
+                .query(&format!(
+                    "SELECT concat(s.model_version, '#', s.model_hash) AS shadow,
+                            toString(c.label) AS champion_label, toString(s.label) AS shadow_label,
+                            count() AS tweets
+                     FROM champion_predictions AS c
+                     INNER JOIN (SELECT tweet_id, model_version, model_hash, label
+                                 FROM predictions FINAL WHERE role = 'shadow') AS s
+                     USING (tweet_id)
+                     WHERE toString({}) = ?
+                     GROUP BY shadow, champion_label, shadow_label
+                     ORDER BY shadow, champion_label, shadow_label",
+                    bucket.replace("created_at", "c.created_at")
+                ))
+                .bind(&last.window)
+                .fetch_all()
+                .await?
+        }
+    };
+    let probes: Vec<ProbeCell> = sink
+        .client()
+        .query(
+            "SELECT toString(max(at)) AS last_at, concat(model_version, '#', model_hash) AS model,
+                    replica, argMax(device, at) AS device,
+                    argMax(max_deviation, at) AS max_deviation, argMax(flagged, at) AS flagged
+             FROM probe_runs GROUP BY model, replica ORDER BY model, replica",
+        )
+        .fetch_all()
+        .await?;
     Ok(MonitorReport {
-        reference: format!("{} .. {}", from.to_rfc3339(), to.to_rfc3339()),
-        reference_tweets,
-        windows,
-        agreement: agreement
+        period: if day { "day" } else { "hour" },
+        champion: champion_status,
+        versions,
+        agreement,
+        flips: flips
             .into_iter()
-            .map(|a| (a.window, a.shadow_version, a.tweets, a.agreement, a.kappa))
+            .map(|f| (f.shadow, f.champion_label, f.shadow_label, f.tweets))
+            .collect(),
+        probes: probes
+            .into_iter()
+            .map(|p| ProbeStatus {
+                at: p.last_at,
+                model: p.model,
+                replica: p.replica,
+                device: p.device,
+                max_deviation: p.max_deviation,
+                flagged: p.flagged != 0,
+            })
             .collect(),
     })
 }
@@ -267,5 +631,87 @@ mod tests {
         let p = psi(&[50, 50], &[100, 0]);
         assert!(p.is_finite() && p > PSI_ALERT, "{p}");
         assert_eq!(level(0.05), "ok");
+    }
+
+    fn cell(window: &str, label: &str, bin: u8, tweets: u64) -> Cell {
+        Cell {
+            series: "s".into(),
+            window: window.into(),
+            label: label.into(),
+            bin,
+            tweets,
+        }
+    }
+
+    #[test]
+    fn a_series_is_compared_with_its_first_days_on_labels_and_confidence() {
+        let labels = vec!["a".to_string(), "b".to_string()];
+        let cells = [
+            // Reference day: labels 50/50, confidence all in bin 9.
+            cell("2026-11-01 00:00:00", "a", 9, 50),
+            cell("2026-11-01 00:00:00", "b", 9, 50),
+            // Same labels, confidence moved to bin 5: only the confidence PSI moves.
+            cell("2026-11-02 00:00:00", "a", 5, 50),
+            cell("2026-11-02 00:00:00", "b", 5, 50),
+            // Labels 70/30, confidence unchanged.
+            cell("2026-11-03 00:00:00", "a", 9, 70),
+            cell("2026-11-03 00:00:00", "b", 9, 30),
+        ];
+        let s = series_status(
+            "s".into(),
+            &cells.iter().collect::<Vec<_>>(),
+            &labels,
+            1,
+            None,
+        );
+        assert_eq!(s.reference_tweets, 100);
+        assert_eq!(s.windows.len(), 2);
+        let (w2, w3) = (&s.windows[0], &s.windows[1]);
+        assert_eq!(w2.psi, 0.0);
+        // Bin 9 share 1 → 1e-4 floor, bin 5 share 1e-4 → 1: 2 · (1 − 1e-4) · ln(1e4).
+        let expected = 2.0 * (1.0 - 1e-4) * (1e4f64).ln();
+        assert!(
+            (w2.confidence_psi - expected).abs() < 1e-9,
+            "{}",
+            w2.confidence_psi
+        );
+        assert_eq!(w2.level, "alert");
+        assert!((w2.mean_confidence - 0.55).abs() < 1e-12);
+        assert!((w3.psi - 0.169_459_5).abs() < 1e-6);
+        assert_eq!(w3.confidence_psi, 0.0);
+        assert_eq!(w3.level, "watch");
+        assert!((w3.shares["a"] - 0.7).abs() < 1e-12);
+    }
+
+    #[test]
+    fn probe_flags_and_version_alerts_make_the_report_alert() {
+        let labels = vec!["a".to_string()];
+        let cells = [cell("2026-11-01 00:00:00", "a", 9, 10)];
+        let champion = series_status(
+            "champion".into(),
+            &cells.iter().collect::<Vec<_>>(),
+            &labels,
+            1,
+            None,
+        );
+        let mut r = MonitorReport {
+            period: "day",
+            champion,
+            versions: Vec::new(),
+            agreement: Vec::new(),
+            flips: Vec::new(),
+            probes: vec![ProbeStatus {
+                at: "2026-11-01 00:00:00".into(),
+                model: "demo@1#abc".into(),
+                replica: "r1".into(),
+                device: "cpu".into(),
+                max_deviation: 0.0,
+                flagged: false,
+            }],
+        };
+        assert_eq!(r.worst(), "ok");
+        r.probes[0].flagged = true;
+        assert_eq!(r.worst(), "alert");
+        assert!(r.render().contains("status: alert"));
     }
 }

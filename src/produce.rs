@@ -88,7 +88,7 @@ pub async fn produce(
         }
         Input::Synthetic { count, seed, days } => {
             let start = Utc::now() - chrono::Duration::days(i64::from(days));
-            let mut g = Generator::new(seed, start, days);
+            let mut g = Generator::new(seed, start, days).with_trend();
             Box::new((0..count).map(move |_| {
                 let (t, p) = g.payload();
                 (Some(t.id), p)

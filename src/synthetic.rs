@@ -38,6 +38,7 @@ pub struct Generator {
     start: DateTime<Utc>,
     span_secs: i64,
     next_id: u64,
+    trend: bool,
 }
 
 /// One generated tweet, before it is put in a payload shape.
@@ -63,7 +64,41 @@ impl Generator {
             span_secs: i64::from(days.max(1)) * 86_400,
             next_id: 1_400_000_000_000_000_000
                 + seed.wrapping_mul(1_000_000_007) % 1_000_000_000_000,
+            trend: false,
         }
+    }
+
+    /// Opinion that moves over the span, as real opinion does: `against` falls from 45 % to
+    /// 20 %, `favour` rises from 20 % to 50 % (other labels share the rest), so the charts and
+    /// `vaxpulse monitor` of a synthetic run have a trend and a drift to show. Without it, labels
+    /// are uniform and the draws are those of earlier releases (held-out files stay
+    /// reproducible).
+    pub fn with_trend(mut self) -> Self {
+        self.trend = true;
+        self
+    }
+
+    fn trending_label(&mut self, fraction: f64) -> String {
+        let labels = &BANK.labels;
+        let (against, favour) = (0.45 - 0.25 * fraction, 0.20 + 0.30 * fraction);
+        let others = labels
+            .iter()
+            .filter(|l| *l != "against" && *l != "favour")
+            .count()
+            .max(1) as f64;
+        let weight = |l: &str| match l {
+            "against" => against,
+            "favour" => favour,
+            _ => (1.0 - against - favour) / others,
+        };
+        let mut x = self.rng.random_range(0.0..1.0);
+        for l in labels {
+            x -= weight(l);
+            if x < 0.0 {
+                return l.clone();
+            }
+        }
+        labels.last().cloned().unwrap_or_default()
     }
 
     fn fill(&mut self, template: &str) -> String {
@@ -112,8 +147,20 @@ impl Generator {
         text
     }
 
-    /// The next tweet (opinion drawn uniformly, time uniform over the span).
+    /// The next tweet (time uniform over the span; opinion uniform, or trending: [`Self::with_trend`]).
     pub fn tweet(&mut self) -> SyntheticTweet {
+        if self.trend {
+            let offset = self.rng.random_range(0..self.span_secs);
+            let label = self.trending_label(offset as f64 / self.span_secs as f64);
+            let text = self.text(&label);
+            self.next_id += 1 + self.rng.random_range(0..1000);
+            return SyntheticTweet {
+                id: self.next_id.to_string(),
+                text,
+                created_at: self.start + Duration::seconds(offset),
+                label,
+            };
+        }
         let label = pick(&mut self.rng, &BANK.labels).to_string();
         let text = self.text(&label);
         self.next_id += 1 + self.rng.random_range(0..1000);
@@ -296,5 +343,29 @@ mod tests {
             hostile_payload(1002).2.len() > 2 << 20,
             "one in a thousand is 2 MB"
         );
+    }
+
+    #[test]
+    fn a_trending_generator_moves_opinion_from_against_to_favour() {
+        let start = Utc::now();
+        let mut g = Generator::new(7, start, 10).with_trend();
+        let (mut early, mut late) = ([0u32; 2], [0u32; 2]);
+        for _ in 0..20_000 {
+            let t = g.tweet();
+            let f = (t.created_at - start).num_seconds() as f64 / (10.0 * 86_400.0);
+            let bucket = if f < 0.2 {
+                &mut early
+            } else if f >= 0.8 {
+                &mut late
+            } else {
+                continue;
+            };
+            bucket[0] += 1;
+            bucket[1] += u32::from(t.label == "against");
+        }
+        let share = |b: [u32; 2]| f64::from(b[1]) / f64::from(b[0]);
+        // Expected 0.425 early and 0.225 late (mean of the linear weight over each fifth).
+        assert!((share(early) - 0.425).abs() < 0.03, "{}", share(early));
+        assert!((share(late) - 0.225).abs() < 0.03, "{}", share(late));
     }
 }

@@ -165,19 +165,23 @@ pub fn schema_statements(db: &str) -> Vec<String> {
                   FROM {db}.tweets GROUP BY tweet_id) AS t
             INNER JOIN {db}.champion_predictions AS c USING (tweet_id)"
         ),
-        // Stability per hour and version: volume, mean confidence (the top probability) and
-        // mean entropy of the score vectors. Per-day figures: weight the means by `predictions`.
-        format!(
-            "CREATE VIEW IF NOT EXISTS {db}.model_hourly_stats AS
-            SELECT toStartOfHour(created_at) AS hour, model_version, model_hash,
+    ];
+    // Stability per hour and day and version: volume, label distribution, mean confidence (the
+    // top probability) and mean entropy of the score vectors.
+    for (name, window) in [("hourly", "toStartOfHour"), ("daily", "toStartOfDay")] {
+        let key = if name == "hourly" { "hour" } else { "day" };
+        out.push(format!(
+            "CREATE VIEW IF NOT EXISTS {db}.model_{name}_stats AS
+            SELECT {window}(created_at) AS {key}, model_version, model_hash,
                    count() AS predictions,
+                   sumMap(map(toString(label), toUInt64(1))) AS labels,
                    avg(arrayMax(mapValues(scores))) AS mean_confidence,
                    avg(arraySum(arrayMap(p -> if(p > 0, -p * log(p), 0), mapValues(scores))))
                        AS mean_entropy
             FROM {db}.predictions FINAL
-            GROUP BY hour, model_version, model_hash"
-        ),
-    ];
+            GROUP BY {key}, model_version, model_hash"
+        ));
+    }
     // Champion vs each shadow on the same tweets, per hour and per day: share of identical
     // labels and Cohen's kappa (agreement beyond what the two label distributions give by
     // chance). The flip matrix is a GROUP BY of the same join (README).
@@ -236,6 +240,25 @@ pub fn schema_statements(db: &str) -> Vec<String> {
                 compared_with String,
                 mcnemar_p Float64
             ) ENGINE = MergeTree ORDER BY (model, evaluated_at)"
+        ),
+        // Probe runs: each version's probabilities on the fixed probe set, per replica and run,
+        // with the largest change against the version's first and previous runs.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.probe_runs (
+                at DateTime64(3, 'UTC'),
+                group_id LowCardinality(String),
+                replica String,
+                device LowCardinality(String),
+                model_version LowCardinality(String),
+                model_hash LowCardinality(String),
+                probe_set String,
+                probe_ids Array(String),
+                labels Array(String),
+                scores Array(Array(Float32)),
+                max_deviation Float64,
+                max_deviation_previous Float64,
+                flagged UInt8
+            ) ENGINE = MergeTree ORDER BY (model_version, model_hash, at)"
         ),
         // What each replica did with each deployment: applied (and how long after the change),
         // or refused (and why).
