@@ -77,6 +77,8 @@ struct Cell {
     label: String,
     bin: u8,
     tweets: u64,
+    /// Sum of the top probabilities.
+    confidence: f64,
 }
 
 #[derive(Row, Deserialize)]
@@ -417,8 +419,7 @@ fn series_status(
         let bin = usize::from(c.bin).min(CONFIDENCE_BINS - 1);
         counts.labels[index(&c.label)] += c.tweets;
         counts.bins[bin] += c.tweets;
-        // The bin's middle: the mean is good to ±0.05, enough to see a shift.
-        counts.confidence_sum += (bin as f64 + 0.5) / CONFIDENCE_BINS as f64 * c.tweets as f64;
+        counts.confidence_sum += c.confidence;
     }
     let reference_tweets = reference.labels.iter().sum();
     let windows = if reference_tweets == 0 {
@@ -481,7 +482,8 @@ pub async fn monitor(
         .client()
         .query(&format!(
             "SELECT 'champion' AS series, toString({bucket}) AS window, toString(label) AS label,
-                    {bin} AS bin, count() AS tweets
+                    {bin} AS bin, count() AS tweets,
+                    sum(toFloat64(arrayMax(mapValues(scores)))) AS confidence
              FROM champion_predictions GROUP BY window, label, bin ORDER BY window, label, bin"
         ))
         .fetch_all()
@@ -496,7 +498,8 @@ pub async fn monitor(
         .client()
         .query(&format!(
             "SELECT concat(model_version, '#', model_hash) AS series, toString({bucket}) AS window,
-                    toString(label) AS label, {bin} AS bin, count() AS tweets
+                    toString(label) AS label, {bin} AS bin, count() AS tweets,
+                    sum(toFloat64(arrayMax(mapValues(scores)))) AS confidence
              FROM (SELECT model_version, model_hash, tweet_id, any(created_at) AS created_at,
                           any(label) AS label, any(scores) AS scores
                    FROM predictions GROUP BY model_version, model_hash, tweet_id)
@@ -640,6 +643,8 @@ mod tests {
             label: label.into(),
             bin,
             tweets,
+            // Every tweet at the bin's middle.
+            confidence: (f64::from(bin) + 0.5) / 10.0 * tweets as f64,
         }
     }
 

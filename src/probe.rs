@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::deploy::store::LoadedModel;
 use crate::model::PaddedBatch;
 use crate::sink::clickhouse::ClickHouseSink;
+use crate::sink::SinkError;
 
 /// The texts, by id, and the sha256 of the file (runs compare only within one probe set).
 #[derive(Debug, Clone)]
@@ -164,8 +165,8 @@ pub async fn record(
             .bind(&run.labels)
             .fetch_optional::<StoredScores>()
     };
-    let first = stored("ASC").await?;
-    let previous = stored("DESC").await?;
+    let first = stored("ASC").await.map_err(SinkError::from)?;
+    let previous = stored("DESC").await.map_err(SinkError::from)?;
     let dev = |s: Option<StoredScores>| s.map_or(0.0, |s| max_abs_diff(&s.scores, &run.scores));
     let (max_deviation, max_deviation_previous) = (dev(first), dev(previous));
     let flagged = max_deviation.max(max_deviation_previous) > bound;
@@ -191,6 +192,16 @@ pub async fn record(
 
 /// What the model thread hands to the probe recorder.
 pub type ProbeSender = tokio::sync::mpsc::Sender<ProbeRun>;
+
+/// Where the probe ran: the resolved device and the precision (`cpu fp32`, `cuda:0 fp16`).
+pub fn device_label(cfg: &crate::config::Config) -> String {
+    let device = match cfg.model.device {
+        crate::model::DeviceSpec::Auto if tch::Cuda::is_available() => "cuda:0".to_string(),
+        crate::model::DeviceSpec::Auto => "cpu".to_string(),
+        d => d.to_string(),
+    };
+    format!("{device} {}", cfg.model.precision)
+}
 
 /// The probe set when `monitor.probe_file` is set.
 pub fn configured(cfg: &crate::config::Config) -> anyhow::Result<Option<Arc<ProbeSet>>> {

@@ -125,6 +125,36 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "gauge",
         "1 for each model version this replica scores, by model version and role",
     ),
+    (
+        "vaxpulse_probe_deviation_max",
+        "gauge",
+        "Largest probe probability change of a version against its first and previous runs",
+    ),
+    (
+        "vaxpulse_probe_runs_total",
+        "counter",
+        "Probe runs per version, by outcome (stable, flagged)",
+    ),
+    (
+        "vaxpulse_drift_psi",
+        "gauge",
+        "PSI of the latest hourly window against the reference, by series and kind (labels, confidence)",
+    ),
+    (
+        "vaxpulse_shadow_agreement_ratio",
+        "gauge",
+        "Share of identical labels, champion vs shadow, latest hourly window",
+    ),
+    (
+        "vaxpulse_shadow_kappa",
+        "gauge",
+        "Cohen's kappa, champion vs shadow, latest hourly window",
+    ),
+    (
+        "vaxpulse_drift_alert",
+        "gauge",
+        "1 while vaxpulse monitor's status is alert (PSI >= 0.25 or a probe flag)",
+    ),
 ];
 
 fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
@@ -414,6 +444,83 @@ impl ShadowSkipped<'_> {
                 rows = self.rows,
                 "shadow batch skipped"
             ),
+        }
+    }
+}
+
+/// A probe run of one version was compared with its earlier runs and stored.
+pub struct ProbeScored<'a> {
+    pub model: &'a str,
+    pub hash: &'a str,
+    /// Largest probability change against the first and the previous stored run.
+    pub deviation: f64,
+    pub bound: f64,
+    pub texts: usize,
+}
+
+impl ProbeScored<'_> {
+    pub fn emit(&self) {
+        let flagged = self.deviation > self.bound;
+        gauge!("vaxpulse_probe_deviation_max", "model" => self.model.to_string())
+            .set(self.deviation);
+        counter!(
+            "vaxpulse_probe_runs_total",
+            "model" => self.model.to_string(),
+            "outcome" => if flagged { "flagged" } else { "stable" }
+        )
+        .increment(1);
+        if flagged {
+            tracing::error!(
+                model = self.model,
+                hash = self.hash,
+                deviation = self.deviation,
+                bound = self.bound,
+                "probe probabilities moved: the same weights now predict differently (library, device or precision changed?)"
+            );
+        } else {
+            tracing::info!(
+                model = self.model,
+                deviation = self.deviation,
+                texts = self.texts,
+                "probe run stable"
+            );
+        }
+    }
+}
+
+/// The worker read the latest window's drift and agreement from ClickHouse.
+pub struct MonitorObserved<'a> {
+    pub report: &'a crate::monitor::MonitorReport,
+}
+
+impl MonitorObserved<'_> {
+    pub fn emit(&self) {
+        let r = self.report;
+        let series = std::iter::once(&r.champion).chain(&r.versions);
+        for s in series {
+            if let Some(w) = s.latest() {
+                gauge!("vaxpulse_drift_psi", "series" => s.series.clone(), "kind" => "labels")
+                    .set(w.psi);
+                gauge!("vaxpulse_drift_psi", "series" => s.series.clone(), "kind" => "confidence")
+                    .set(w.confidence_psi);
+            }
+        }
+        for a in r.latest_agreement() {
+            gauge!("vaxpulse_shadow_agreement_ratio", "shadow" => a.shadow.clone())
+                .set(a.agreement);
+            gauge!("vaxpulse_shadow_kappa", "shadow" => a.shadow.clone()).set(a.kappa);
+        }
+        let level = r.worst();
+        gauge!("vaxpulse_drift_alert").set(f64::from(u8::from(level == "alert")));
+        let psi = r.champion.latest().map_or(0.0, |w| w.psi);
+        if level == "ok" {
+            tracing::debug!(level, champion_psi = psi, "monitor gauges updated");
+        } else {
+            tracing::warn!(
+                level,
+                champion_psi = psi,
+                "prediction drift (vaxpulse monitor for details)"
+            );
         }
     }
 }

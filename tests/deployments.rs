@@ -386,8 +386,9 @@ async fn a_replay_straddling_a_promotion_keeps_one_champion_label() {
 }
 
 /// `vaxpulse monitor` on a real ClickHouse: a day like the reference is ok, a day whose label
-/// distribution moved is an alert (PSI by hand: 0.4·ln 1.8 + 0.4·ln 5 = 0.8789), and the
-/// command exits 2.
+/// distribution moved is an alert (PSI by hand: 0.4·ln 1.8 + 0.4·ln 5 = 0.8789), the shadow's
+/// agreement and kappa match the hand computation, a flagged probe run is an alert by itself,
+/// the command exits 2, and both charts render from the same database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_flags_a_shifted_label_distribution() {
     use vaxpulse::sink::{Classification, ClassifiedBatch, Role};
@@ -401,43 +402,55 @@ async fn monitor_flags_a_shifted_label_distribution() {
     let day0 = chrono::DateTime::parse_from_rfc3339("2021-07-01T10:00:00Z")
         .unwrap()
         .with_timezone(&Utc);
-    let mut rows = Vec::new();
+    let row = |day: i64, i: i64, label: &str, version: &str, role: Role| Classification {
+        tweet_id: format!("d{day}-{i}"),
+        created_at: day0 + chrono::Duration::days(day),
+        lang: "fr".into(),
+        text: "t".into(),
+        label: label.into(),
+        scores: [(label.to_string(), serde_json::Value::from(0.9))]
+            .into_iter()
+            .collect(),
+        model_version: version.into(),
+        model_hash: if role == Role::Champion {
+            "aaaaaaaaaaaa"
+        } else {
+            "bbbbbbbbbbbb"
+        }
+        .into(),
+        role,
+        deployment_epoch: 0,
+        classified_at: Utc::now(),
+        source_partition: 0,
+        source_offset: day * 100 + i,
+        source_timestamp_ms: None,
+    };
+    let (mut champion, mut shadow) = (Vec::new(), Vec::new());
     for (day, favour) in [(0, 50), (1, 50), (2, 90)] {
         for i in 0..100 {
             let label = if i < favour { "favour" } else { "against" };
-            rows.push(Classification {
-                tweet_id: format!("d{day}-{i}"),
-                created_at: day0 + chrono::Duration::days(day),
-                lang: "fr".into(),
-                text: "t".into(),
-                label: label.into(),
-                scores: [(label.to_string(), serde_json::Value::from(0.9))]
-                    .into_iter()
-                    .collect(),
-                model_version: "demo@1".into(),
-                model_hash: "aaaaaaaaaaaa".into(),
-                role: Role::Champion,
-                deployment_epoch: 0,
-                classified_at: Utc::now(),
-                source_partition: 0,
-                source_offset: day * 100 + i,
-                source_timestamp_ms: None,
-            });
+            champion.push(row(day, i, label, "demo@1", Role::Champion));
+            if day == 2 {
+                // The shadow says `against` on 10 of the champion's 90 `favour` tweets.
+                let label = if i < 10 { "against" } else { label };
+                shadow.push(row(day, i, label, "demo@2", Role::Shadow));
+            }
         }
     }
-    sink.insert(&ClassifiedBatch {
+    let batch = |rows| ClassifiedBatch {
         rows,
         deleted: Vec::new(),
         acks: Vec::new(),
         received: Vec::new(),
-    })
-    .await
-    .unwrap();
+    };
+    sink.insert(&batch(champion)).await.unwrap();
+    sink.insert_shadows(&[batch(shadow)]).await.unwrap();
     let r = vaxpulse::monitor::monitor(&sink, true, 1, None)
         .await
         .unwrap();
-    assert_eq!(r.reference_tweets, 100);
+    assert_eq!(r.champion.reference_tweets, 100);
     let levels: Vec<(&str, &str)> = r
+        .champion
         .windows
         .iter()
         .map(|w| (w.window.as_str(), w.level))
@@ -449,20 +462,146 @@ async fn monitor_flags_a_shifted_label_distribution() {
             ("2021-07-03 00:00:00", "alert")
         ]
     );
-    assert!(
-        (r.windows[1].psi - 0.878_890).abs() < 1e-5,
-        "{}",
-        r.windows[1].psi
+    let w = &r.champion.windows[1];
+    assert!((w.psi - 0.878_890).abs() < 1e-5, "{}", w.psi);
+    // Every score is 0.9: the confidence distribution did not move.
+    assert_eq!(w.confidence_psi, 0.0);
+    assert!((w.mean_confidence - 0.9).abs() < 1e-6, "{}", w.mean_confidence);
+    // Per version: demo@1 alone has windows after its first day; demo@2 has only its first.
+    let versions: Vec<(&str, usize)> = r
+        .versions
+        .iter()
+        .map(|v| (v.series.as_str(), v.windows.len()))
+        .collect();
+    assert_eq!(
+        versions,
+        [("demo@1#aaaaaaaaaaaa", 2), ("demo@2#bbbbbbbbbbbb", 0)]
+    );
+    // Agreement 0.9; chance 0.9·0.8 + 0.1·0.2 = 0.74; kappa 0.16 / 0.26 = 0.615385.
+    let a = r.latest_agreement();
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        (a[0].window.as_str(), a[0].shadow.as_str(), a[0].tweets),
+        ("2021-07-03 00:00:00", "demo@2#bbbbbbbbbbbb", 100)
+    );
+    assert!((a[0].agreement - 0.9).abs() < 1e-9, "{}", a[0].agreement);
+    assert!((a[0].kappa - 0.615_385).abs() < 1e-6, "{}", a[0].kappa);
+    let flips: Vec<(&str, &str, u64)> = r
+        .flips
+        .iter()
+        .map(|f| (f.1.as_str(), f.2.as_str(), f.3))
+        .collect();
+    assert_eq!(
+        flips,
+        [
+            ("against", "against", 10),
+            ("favour", "against", 10),
+            ("favour", "favour", 80)
+        ]
     );
     assert_eq!(r.worst(), "alert");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vaxpulse"))
-        .args(["monitor", "--daily", "--json"])
-        .arg(std::env::temp_dir().join(unique("monitor.json")))
-        .env("VAXPULSE_CLICKHOUSE_URL", clickhouse_url())
-        .env("VAXPULSE_CLICKHOUSE_DATABASE", &names.database)
-        .output()
-        .unwrap();
+
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vaxpulse"))
+            .args(args)
+            .env("VAXPULSE_CLICKHOUSE_URL", clickhouse_url())
+            .env("VAXPULSE_CLICKHOUSE_DATABASE", &names.database)
+            .output()
+            .unwrap()
+    };
+    let dir = std::env::temp_dir().join(unique("charts"));
+    let (drift_svg, opinion_png) = (dir.join("drift.svg"), dir.join("opinion.png"));
+    let json = dir.join("monitor.json");
+    let out = cli(&[
+        "monitor",
+        "--daily",
+        "--json",
+        json.to_str().unwrap(),
+        "--chart",
+        drift_svg.to_str().unwrap(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("status: alert"), "{text}");
+    assert!(
+        text.contains("| demo@2#bbbbbbbbbbbb | favour | against | 10 |"),
+        "{text}"
+    );
+    let svg = std::fs::read_to_string(&drift_svg).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("width=\"1200\""),
+        "{svg:.200}"
+    );
+    for expected in [
+        "watch (0.1)",
+        "alert (0.25)",
+        "PSI of labels",
+        "agreement demo@2#bbbbbbbbbbbb",
+        "2021-07-03",
+    ] {
+        assert!(
+            svg.contains(expected),
+            "{expected} missing from the drift chart"
+        );
+    }
+
+    let out = cli(&[
+        "report",
+        "--format",
+        "csv",
+        "--chart",
+        opinion_png.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("period,label,tweets,share\n2021-07-01,against,50,0.500000\n"),
+        "{text}"
+    );
+    assert!(text.contains("2021-07-03,favour,90,0.900000\n"), "{text}");
+    let png = std::fs::File::open(&opinion_png).unwrap();
+    let reader = png::Decoder::new(std::io::BufReader::new(png))
+        .read_info()
+        .unwrap();
+    let info = reader.info();
+    assert_eq!((info.width, info.height), (1200, 720));
+    let size = std::fs::metadata(&opinion_png).unwrap().len();
+    assert!(size > 10_000, "{size} bytes: a blank chart?");
+
+    // A probe run that moved is an alert by itself.
+    let probe = |flagged: u8, replica: &str| vaxpulse::probe::ProbeRow {
+        at: Utc::now(),
+        group_id: names.group.clone(),
+        replica: replica.into(),
+        device: "cpu fp32".into(),
+        model_version: "demo@2".into(),
+        model_hash: "bbbbbbbbbbbb".into(),
+        probe_set: "x".into(),
+        probe_ids: vec!["p1".into()],
+        labels: vec!["against".into(), "favour".into()],
+        scores: vec![vec![0.5, 0.5]],
+        max_deviation: if flagged == 1 { 0.02 } else { 0.0 },
+        max_deviation_previous: 0.0,
+        flagged,
+    };
+    sink.record("probe_runs", &probe(0, "r1")).await.unwrap();
+    sink.record("probe_runs", &probe(1, "r2")).await.unwrap();
+    let r = vaxpulse::monitor::monitor(&sink, true, 3, None)
+        .await
+        .unwrap();
+    assert!(
+        r.champion.windows.is_empty(),
+        "three reference days: no window after them"
+    );
+    let probes: Vec<(&str, bool)> = r
+        .probes
+        .iter()
+        .map(|p| (p.replica.as_str(), p.flagged))
+        .collect();
+    assert_eq!(probes, [("r1", false), ("r2", true)]);
+    assert_eq!(r.worst(), "alert");
 }

@@ -32,9 +32,12 @@ async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_versi
         .unwrap();
     let port = free_port();
     let logs = std::env::temp_dir().join(unique("metrics"));
+    let mut env = names.test_env();
+    // The drift gauges are read from ClickHouse on this timer (300 s by default).
+    env.push(("VAXPULSE_MONITOR_GAUGES_INTERVAL_S".into(), "1".into()));
     let mut fleet = Fleet::new(
         WorkerCmd::Vaxpulse(env!("CARGO_BIN_EXE_vaxpulse").into()),
-        names.test_env(),
+        env,
         &logs,
         Some(port),
     )
@@ -48,7 +51,10 @@ async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_versi
             Duration::from_secs(180),
             || {
                 text = http_get(port, "/metrics").unwrap_or_default();
-                output.count() >= 300 && text.contains("vaxpulse_consumer_lag_messages{")
+                output.count() >= 300
+                    && text.contains("vaxpulse_consumer_lag_messages{")
+                    && text.contains("vaxpulse_probe_runs_total{")
+                    && text.contains("\nvaxpulse_drift_alert ")
             },
             || format!("{} of 300 tweets, metrics on :{port}", output.count()),
         )
@@ -81,12 +87,16 @@ async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_versi
     );
 
     // Every metric is present but those of events this run does not have: dead letters (no
-    // bad input), shadow skips (no shadow), deployment apply times (no change published).
+    // bad input), shadow skips and agreement (no shadow), deployment apply times (no change
+    // published), drift PSI (one day of tweets: all of it is the reference, no window after it).
     for (name, _, _) in vaxpulse::telemetry::METRICS {
         if [
             "vaxpulse_messages_dead_lettered_total",
             "vaxpulse_shadow_skipped_tweets_total",
             "vaxpulse_deployment_apply_seconds",
+            "vaxpulse_drift_psi",
+            "vaxpulse_shadow_agreement_ratio",
+            "vaxpulse_shadow_kappa",
         ]
         .contains(name)
         {
@@ -97,6 +107,12 @@ async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_versi
             "{name} missing:\n{text}"
         );
     }
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("vaxpulse_probe_runs_total{model=\"demo@1\",outcome=\"stable\"}")
+        ),
+        "the probe set ran at start and was stable:\n{text}"
+    );
     assert!(
         text.lines()
             .any(|l| l.starts_with("vaxpulse_tweets_classified_total{")

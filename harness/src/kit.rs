@@ -145,6 +145,13 @@ listen = ""
                 ),
                 ("VAXPULSE_MODEL_DEVICE", "cpu".into()),
                 ("VAXPULSE_MODEL_INTRA_OP_THREADS", "1".into()),
+                (
+                    "VAXPULSE_MONITOR_PROBE_FILE",
+                    repo_root()
+                        .join("data/probe_fr.jsonl")
+                        .display()
+                        .to_string(),
+                ),
                 ("VAXPULSE_METRICS_LISTEN", String::new()),
             ]
             .map(|(k, v)| (k.to_string(), v)),

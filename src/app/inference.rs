@@ -27,6 +27,7 @@ use crate::deploy::Deployment;
 use crate::model::load::ClassifierFactory;
 use crate::model::tokenizer::TweetTokenizer;
 use crate::model::{argmax, Classifier, PaddedBatch};
+use crate::probe::{ProbeSender, ProbeSet};
 use crate::sink::clickhouse::DeploymentEventRow;
 use crate::sink::{Classification, ClassifiedBatch, Role};
 use crate::source::kafka::Work;
@@ -322,6 +323,23 @@ impl ReplicaInfo {
 /// Where deployment events go besides the log and the metrics (ClickHouse, through the app).
 pub type EventSender = tokio::sync::mpsc::UnboundedSender<DeploymentEventRow>;
 
+/// Probe runs of the model thread: the set, where runs go, how often besides start and each
+/// deployment.
+pub struct Probes {
+    pub set: Arc<ProbeSet>,
+    pub tx: ProbeSender,
+    pub interval: Option<Duration>,
+}
+
+/// Where the inference stages report besides the log and the metrics.
+#[derive(Default)]
+pub struct Observers {
+    /// A row per deployment applied or refused.
+    pub events: Option<EventSender>,
+    /// Probe runs of every deployed version.
+    pub probes: Option<Probes>,
+}
+
 fn deployment_event(
     who: &ReplicaInfo,
     events: Option<&EventSender>,
@@ -431,9 +449,26 @@ struct ModelStage {
     events: Option<EventSender>,
     tx: tokio::sync::mpsc::Sender<ClassifiedBatch>,
     shadow_tx: Sender<ShadowJob>,
+    probes: Option<Probes>,
 }
 
 impl ModelStage {
+    /// Scores the probe set with every version of `active`, here between batches: the model
+    /// thread is where the champion runs, so the probe sees exactly what the traffic sees.
+    fn probe(&self, active: &Active) {
+        let Some(p) = &self.probes else { return };
+        for m in std::iter::once(&active.champion).chain(&active.shadows) {
+            match crate::probe::score(&p.set, m) {
+                Ok(run) => {
+                    if p.tx.try_send(run).is_err() {
+                        tracing::warn!(model = %m.id, "probe run dropped: the recorder is behind or gone");
+                    }
+                }
+                Err(e) => tracing::warn!(model = %m.id, error = %e, "probe run failed"),
+            }
+        }
+    }
+
     fn swap(&self, active: &mut Arc<Active>, new: Arc<Active>) {
         *self
             .tokenizer
@@ -463,15 +498,27 @@ impl ModelStage {
             &active.deployment,
             Ok((&active, None)),
         );
+        self.probe(&active);
+        let tick = match self.probes.as_ref().and_then(|p| p.interval) {
+            Some(every) => crossbeam_channel::tick(every),
+            None => crossbeam_channel::never(),
+        };
         let mut swaps = swaps;
         loop {
             // A deployment takes effect between batches, also while no tweet arrives.
             let mut batch = crossbeam_channel::select! {
                 recv(swaps) -> a => {
                     match a {
-                        Ok(a) => self.swap(&mut active, a),
+                        Ok(a) => {
+                            self.swap(&mut active, a);
+                            self.probe(&active);
+                        }
                         Err(_) => swaps = crossbeam_channel::never(),
                     }
+                    continue;
+                }
+                recv(tick) -> _ => {
+                    self.probe(&active);
                     continue;
                 }
                 recv(rx) -> b => match b {
@@ -481,6 +528,7 @@ impl ModelStage {
             };
             while let Ok(a) = swaps.try_recv() {
                 self.swap(&mut active, a);
+                self.probe(&active);
             }
             if let Some(t) = &self.live {
                 batch.retain(|e| {
@@ -715,15 +763,16 @@ pub struct Inference {
 /// [`load_active`]). `live`, when given, lets the model stage drop work of partitions this
 /// replica no longer owns: their next owner reads them again, so computing them here would only
 /// produce duplicates — after a rebalance that is up to `pipeline.queue_tweets` tweets of wasted
-/// compute, and a revocation would wait for all of it. `events` receives a row per deployment
+/// compute, and a revocation would wait for all of it. `observers.events` receives a row per deployment
 /// applied or refused.
 pub fn start_inference(
     cfg: &Config,
     active: Active,
     factory: ClassifierFactory,
     live: Option<Arc<OffsetTracker>>,
-    events: Option<EventSender>,
+    observers: Observers,
 ) -> Inference {
+    let Observers { events, probes } = observers;
     let (work_tx, work_rx) = bounded::<Work>(cfg.pipeline.queue_tweets);
     // Room for about eight full batches of encoded tweets: the batcher picks similar lengths
     // out of what waits here, so a window of a single batch would leave nothing to choose from.
@@ -776,6 +825,7 @@ pub fn start_inference(
         events: events.clone(),
         tx: out_tx,
         shadow_tx,
+        probes,
     };
     let (first, threads_n) = (active.clone(), cfg.model.intra_op_threads);
     threads.push(spawn("vaxpulse-model", move || {

@@ -38,7 +38,7 @@ use crate::source::kafka::Source;
 use crate::telemetry::{self, Health};
 use crate::tweet::DecodeRules;
 
-pub use inference::{load_active, start_inference, Active, Inference};
+pub use inference::{load_active, start_inference, Active, Inference, Observers, Probes};
 
 /// What a finished run reports.
 #[derive(Debug, Default)]
@@ -115,6 +115,27 @@ pub async fn run(
     };
 
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let probe_set = crate::probe::configured(&cfg)?;
+    let (probe_tx, probe_rx) = tokio::sync::mpsc::channel(64);
+    let probes_task = probe_set.clone().map(|set| {
+        tokio::spawn(record_probes(
+            clickhouse.clone(),
+            set,
+            inference::ReplicaInfo::of(&cfg),
+            crate::probe::device_label(&cfg),
+            cfg.monitor.probe_max_abs_diff,
+            probe_rx,
+        ))
+    });
+    let gauges_stop = CancellationToken::new();
+    let gauges_task = (cfg.monitor.gauges_interval_s > 0).then(|| {
+        tokio::spawn(monitor_gauges(
+            clickhouse.clone(),
+            Duration::from_secs(cfg.monitor.gauges_interval_s),
+            cfg.monitor.reference_days,
+            gauges_stop.clone(),
+        ))
+    });
     let Inference {
         input: work_tx,
         output: out_rx,
@@ -127,7 +148,15 @@ pub async fn run(
         active,
         factory,
         Some(tracker.clone()),
-        Some(events_tx),
+        Observers {
+            events: Some(events_tx),
+            probes: probe_set.map(|set| Probes {
+                set,
+                tx: probe_tx,
+                interval: (cfg.monitor.probe_interval_s > 0)
+                    .then(|| Duration::from_secs(cfg.monitor.probe_interval_s)),
+            }),
+        },
     );
     let events_task = tokio::spawn(record_events(clickhouse.clone(), events_rx));
     let shadow_topic = if cfg.kafka.shadow_topic.is_empty() {
@@ -219,6 +248,13 @@ pub async fn run(
     }
     let _ = shadows_task.await;
     let _ = events_task.await;
+    if let Some(t) = probes_task {
+        let _ = t.await;
+    }
+    gauges_stop.cancel();
+    if let Some(t) = gauges_task {
+        let _ = t.await;
+    }
     metrics_stop.cancel();
     if let Some(t) = metrics_task {
         let _ = t.await;
@@ -245,6 +281,72 @@ async fn record_events(
             .await
         {
             tracing::error!(error = %e, epoch = row.epoch, outcome = %row.outcome, "cannot record the deployment event in ClickHouse");
+        }
+    }
+}
+
+/// Compares each probe run with the version's stored runs and stores it (`probe_runs`); emits
+/// the deviation gauge and, past the bound, the flag. Failures are logged, never fatal.
+async fn record_probes(
+    clickhouse: ClickHouseSink,
+    set: Arc<crate::probe::ProbeSet>,
+    who: inference::ReplicaInfo,
+    device: String,
+    bound: f64,
+    mut rx: tokio::sync::mpsc::Receiver<crate::probe::ProbeRun>,
+) {
+    while let Some(run) = rx.recv().await {
+        let model = format!("{}#{}", run.model_version, run.model_hash);
+        let record = || {
+            crate::probe::record(
+                &clickhouse,
+                &set,
+                &who.group_id,
+                &who.replica,
+                &device,
+                bound,
+                run.clone(),
+            )
+        };
+        match record
+            .retry(crate::sink::retry_policy().with_max_times(4))
+            .when(|e| {
+                e.downcast_ref::<crate::sink::SinkError>()
+                    .is_some_and(crate::sink::SinkError::is_retriable)
+            })
+            .await
+        {
+            Ok(row) => telemetry::ProbeScored {
+                model: &row.model_version,
+                hash: &row.model_hash,
+                deviation: row.max_deviation.max(row.max_deviation_previous),
+                bound,
+                texts: row.probe_ids.len(),
+            }
+            .emit(),
+            Err(e) => {
+                tracing::error!(model = %model, error = %e, "cannot compare or store the probe run")
+            }
+        }
+    }
+}
+
+/// Every `every`, reads the drift and agreement of the latest hourly window (as `vaxpulse
+/// monitor` does) into the gauges; nothing to read yet is not an error.
+async fn monitor_gauges(
+    clickhouse: ClickHouseSink,
+    every: Duration,
+    reference_days: u32,
+    stop: CancellationToken,
+) {
+    loop {
+        match crate::monitor::monitor(&clickhouse, false, reference_days, None).await {
+            Ok(report) => telemetry::MonitorObserved { report: &report }.emit(),
+            Err(e) => tracing::debug!(error = %e, "monitor gauges not updated"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use super::acks::store_and_ack;
-use super::inference::start_inference;
+use super::inference::{start_inference, Observers};
 use crate::batch::offsets::OffsetTracker;
 use crate::config::Config;
 use std::path::{Path, PathBuf};
@@ -196,7 +196,16 @@ fn run_stages(
 ) -> anyhow::Result<Out> {
     let active = load_active(cfg, start, &factory, None)?;
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut inf = start_inference(cfg, active, factory, Some(tracker.clone()), Some(events_tx));
+    let mut inf = start_inference(
+        cfg,
+        active,
+        factory,
+        Some(tracker.clone()),
+        Observers {
+            events: Some(events_tx),
+            ..Default::default()
+        },
+    );
     let half = works.len() / 2;
     let mut champion = Vec::new();
     let mut works = works.into_iter();

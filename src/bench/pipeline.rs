@@ -146,7 +146,7 @@ fn one_run(
     raw_best: f64,
 ) -> anyhow::Result<PipelineRun> {
     let active = active_with_shadows(cfg, shadows)?;
-    let mut inf = start_inference(cfg, active, torch_factory(cfg), None, None);
+    let mut inf = start_inference(cfg, active, torch_factory(cfg), None, Default::default());
     drop(inf.deployments);
     let mut shadow_output = inf.shadow_output;
     let shadow_rows = std::thread::spawn(move || {

@@ -182,7 +182,7 @@ fn evaluate(
         shadows: Vec::new(),
     };
     let started = Instant::now();
-    let mut inf = start_inference(cfg, active, factory.clone(), None, None);
+    let mut inf = start_inference(cfg, active, factory.clone(), None, Default::default());
     drop(inf.deployments);
     let tracker = OffsetTracker::new();
     let input = inf.input;
