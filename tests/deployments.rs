@@ -306,6 +306,18 @@ async fn shadow_promotion_rollback_and_a_refused_version_on_a_running_worker() {
     .await;
     stop.cancel();
     late.await.unwrap().expect("late worker stops cleanly");
+    // Both versions were probed (at start and at each deployment: 1 + 2 + 2 + ... runs), and the
+    // same weights on the same machine gave the same probabilities every time.
+    assert_eq!(
+        ch_scalar(&format!(
+            "SELECT concat(arrayStringConcat(arraySort(groupUniqArray(model_version)), ','), ' ',
+                           toString(count() >= 6), ' ', toString(max(flagged)), ' ',
+                           toString(max(greatest(max_deviation, max_deviation_previous)) <= 1e-6))
+             FROM {db}.probe_runs"
+        ))
+        .await,
+        "demo@1,demo@2 1 0 1"
+    );
     let status = vaxpulse::deploy::ops::status(&cfg).await.unwrap();
     assert!(status.contains("epoch 5: champion demo@1#"), "{status}");
     let _ = std::fs::remove_dir_all(&root);
@@ -466,7 +478,11 @@ async fn monitor_flags_a_shifted_label_distribution() {
     assert!((w.psi - 0.878_890).abs() < 1e-5, "{}", w.psi);
     // Every score is 0.9: the confidence distribution did not move.
     assert_eq!(w.confidence_psi, 0.0);
-    assert!((w.mean_confidence - 0.9).abs() < 1e-6, "{}", w.mean_confidence);
+    assert!(
+        (w.mean_confidence - 0.9).abs() < 1e-6,
+        "{}",
+        w.mean_confidence
+    );
     // Per version: demo@1 alone has windows after its first day; demo@2 has only its first.
     let versions: Vec<(&str, usize)> = r
         .versions
@@ -604,4 +620,65 @@ async fn monitor_flags_a_shifted_label_distribution() {
         .collect();
     assert_eq!(probes, [("r1", false), ("r2", true)]);
     assert_eq!(r.worst(), "alert");
+}
+
+/// Probe runs of one version are compared with its first and previous stored runs: a change
+/// within the bound passes, one past it is flagged, and a run on another probe set starts its
+/// own reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_runs_that_move_past_the_bound_are_flagged() {
+    use vaxpulse::probe::{record, ProbeRun, ProbeSet};
+    let names = Names::fresh("probe");
+    let cfg = names.test_config("");
+    let sink = vaxpulse::sink::clickhouse::ClickHouseSink::new(
+        &cfg.clickhouse,
+        &cfg.clickhouse_password().unwrap(),
+    );
+    sink.apply_schema().await.expect("ClickHouse up");
+    let set = ProbeSet {
+        sha256: "s1".into(),
+        ids: vec!["p1".into(), "p2".into()],
+        texts: vec!["a".into(), "b".into()],
+    };
+    let run = |shift: f32| ProbeRun {
+        at: Utc::now(),
+        model_version: "demo@1".into(),
+        model_hash: "aaaaaaaaaaaa".into(),
+        labels: vec!["against".into(), "favour".into()],
+        scores: vec![vec![0.3 + shift, 0.7 - shift], vec![0.9, 0.1]],
+    };
+    let mut seen = Vec::new();
+    for (set, shift) in [(&set, 0.0), (&set, 5e-4), (&set, 2e-3)] {
+        // Runs are ordered by time (ms): keep them apart as real runs are.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let row = record(&sink, set, "g", "r1", "cpu fp32", 1e-3, run(shift))
+            .await
+            .unwrap();
+        seen.push((
+            (row.max_deviation * 1e4).round() / 1e4,
+            (row.max_deviation_previous * 1e4).round() / 1e4,
+            row.flagged,
+        ));
+    }
+    // Third run: 2e-3 from the first (flagged), 1.5e-3 from the previous.
+    assert_eq!(
+        seen,
+        [(0.0, 0.0, 0), (0.0005, 0.0005, 0), (0.002, 0.0015, 1)]
+    );
+    let other = ProbeSet {
+        sha256: "s2".into(),
+        ..set.clone()
+    };
+    let row = record(&sink, &other, "g", "r1", "cpu fp32", 1e-3, run(0.01))
+        .await
+        .unwrap();
+    assert_eq!((row.max_deviation, row.flagged), (0.0, 0));
+    let db = &names.database;
+    assert_eq!(
+        ch_scalar(&format!(
+            "SELECT toString(count()) || ' ' || toString(sum(flagged)) FROM {db}.probe_runs"
+        ))
+        .await,
+        "4 1"
+    );
 }
