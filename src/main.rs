@@ -305,7 +305,7 @@ fn main() -> anyhow::Result<()> {
             }
             },
             Command::Schema => {
-                let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
+                let sink = ClickHouseSink::from_config(&cfg)?;
                 sink.apply_schema()
                     .await
                     .with_context(|| format!("applying the schema at {}", cfg.clickhouse.url))?;
@@ -394,7 +394,7 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", report.render());
                 vaxpulse::bench::write_json(&json, &report)?;
                 if !no_store {
-                    let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
+                    let sink = ClickHouseSink::from_config(&cfg)?;
                     sink.apply_schema().await.with_context(|| {
                         format!("cannot reach ClickHouse at {} to store the evaluation (or pass --no-store)", cfg.clickhouse.url)
                     })?;
@@ -412,7 +412,7 @@ fn main() -> anyhow::Result<()> {
                 json,
                 chart,
             } => {
-                let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
+                let sink = ClickHouseSink::from_config(&cfg)?;
                 let pinned = reference_from.zip(reference_to);
                 let report =
                     vaxpulse::monitor::monitor(&sink, daily, reference_days, pinned).await?;
@@ -433,7 +433,7 @@ fn main() -> anyhow::Result<()> {
                 format,
                 chart,
             } => {
-                let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
+                let sink = ClickHouseSink::from_config(&cfg)?;
                 let opinion =
                     vaxpulse::report::opinion(&sink, hourly, model_version.as_deref()).await?;
                 print!("{}", opinion.render(format)?);

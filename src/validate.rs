@@ -101,7 +101,7 @@ fn check_broker(cfg: &Config) -> anyhow::Result<String> {
 }
 
 async fn check_clickhouse(cfg: &Config) -> anyhow::Result<String> {
-    let sink = ClickHouseSink::new(&cfg.clickhouse, &cfg.clickhouse_password()?);
+    let sink = ClickHouseSink::from_config(&cfg)?;
     let version: String = sink
         .client()
         .clone()

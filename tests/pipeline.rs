@@ -325,8 +325,20 @@ async fn mixed_traffic_is_classified_once_dead_lettered_with_reasons_and_committ
 /// the champion counts keep them (anonymous); the offsets commit to the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delete_notices_remove_tweets_stored_before_and_arriving_after() {
+    deletes(false).await;
+}
+
+/// The same with `retention.delete_counts`: the deleted tweets also leave the champion series
+/// and the per-version aggregates (rebuilt for their hours).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_delete_counts_deleted_tweets_also_leave_the_counts() {
+    deletes(true).await;
+}
+
+async fn deletes(delete_counts: bool) {
     let names = Names::fresh("del");
-    let cfg = names.test_config("");
+    let mut cfg = names.test_config("");
+    cfg.retention.delete_counts = delete_counts;
     create_topics(&cfg.kafka, &names, 1)
         .await
         .expect("topics created (scripts/services.sh start)");
@@ -361,17 +373,24 @@ async fn delete_notices_remove_tweets_stored_before_and_arriving_after() {
     produce_payloads(&names.input, Some(0), &messages)
         .await
         .expect("produced");
+    // Without delete_counts all three predictions stay; with it only c's.
+    let (stored, kept) = if delete_counts {
+        (c.id.clone(), "1")
+    } else {
+        let mut ids = [a.id.clone(), b.id.clone(), c.id.clone()];
+        ids.sort();
+        (ids.join(","), "3")
+    };
     run_worker_until(cfg.clone(), || {
-        let db = db.clone();
+        let (db, stored) = (db.clone(), stored.clone());
         async move {
             deleted(db.clone()).await
                 && ch_try(&format!(
-                    "SELECT count() FROM {db}.predictions WHERE role = 'champion'"
+                    "SELECT arrayStringConcat(arraySort(groupArray(tweet_id)), ',') FROM {db}.predictions WHERE role = 'champion'"
                 ))
                 .await
                 .ok()
-                .as_deref()
-                    == Some("3")
+                    == Some(stored)
         }
     })
     .await;
@@ -390,9 +409,24 @@ async fn delete_notices_remove_tweets_stored_before_and_arriving_after() {
     );
     assert_eq!(
         ch_scalar(&format!("SELECT sum(tweets) FROM {db}.champion_hourly")).await,
-        "3",
-        "the counts keep deleted tweets, anonymously"
+        kept,
+        "the counts keep deleted tweets, anonymously, unless retention.delete_counts"
     );
+    assert_eq!(
+        ch_scalar(&format!(
+            "SELECT sum(tweets) FROM {db}.opinion_hourly_counts"
+        ))
+        .await,
+        kept
+    );
+    // The schema remembers the setting: a worker configured the other way refuses to start.
+    let other = vaxpulse::sink::clickhouse::ClickHouseSink::new(
+        &cfg.clickhouse,
+        &cfg.clickhouse_password().unwrap(),
+    )
+    .with_delete_counts(!delete_counts);
+    let e = other.apply_schema().await.unwrap_err().to_string();
+    assert!(e.contains("retention.delete_counts"), "{e}");
     let out = read_topic(
         &names.output,
         5,

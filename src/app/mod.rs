@@ -81,7 +81,9 @@ pub async fn run(
     let health = Arc::new(Health::default());
     health.sinks_ok.store(true, Ordering::Relaxed);
     let password = cfg.clickhouse_password()?;
-    let clickhouse = ClickHouseSink::new(&cfg.clickhouse, &password).with_health(health.clone());
+    let clickhouse = ClickHouseSink::new(&cfg.clickhouse, &password)
+        .with_delete_counts(cfg.retention.delete_counts)
+        .with_health(health.clone());
     clickhouse
         .apply_schema()
         .await

@@ -20,7 +20,14 @@ use crate::config::{ClickHouseConfig, Secret};
 use crate::telemetry::{self, Health};
 
 /// Statements creating the database, tables and views; each is idempotent.
-pub fn schema_statements(db: &str) -> Vec<String> {
+/// With `delete_counts` (`retention.delete_counts`), predictions of deleted tweets are not
+/// stored either, so a delete that arrived first also keeps the tweet out of the counts.
+pub fn schema_statements(db: &str, delete_counts: bool) -> Vec<String> {
+    let predictions_filter = if delete_counts {
+        format!("WHERE tweet_id NOT IN (SELECT tweet_id FROM {db}.deleted_tweets)")
+    } else {
+        String::new()
+    };
     let mut out = vec![
         format!("CREATE DATABASE IF NOT EXISTS {db}"),
         // Each tweet once, whatever number of versions scored it.
@@ -95,7 +102,7 @@ pub fn schema_statements(db: &str) -> Vec<String> {
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.predictions_mv TO {db}.predictions AS
             SELECT tweet_id, created_at, model_version, model_hash, role, deployment_epoch,
                    label, scores, classified_at
-            FROM {db}.ingest"
+            FROM {db}.ingest {predictions_filter}"
         ),
         // Per-version opinion (champion and shadow results alike): distinct tweets per hour ×
         // version × label, so a replay adds nothing.
@@ -339,9 +346,22 @@ pub struct ClickHouseSink {
     database: String,
     timeout: Duration,
     health: Option<Arc<Health>>,
+    delete_counts: bool,
 }
 
 impl ClickHouseSink {
+    /// The sink of `cfg`: `clickhouse` settings and `retention`.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
+        Ok(Self::new(&cfg.clickhouse, &cfg.clickhouse_password()?)
+            .with_delete_counts(cfg.retention.delete_counts))
+    }
+
+    /// `retention.delete_counts`: deletions also leave the counts.
+    pub fn with_delete_counts(mut self, delete_counts: bool) -> Self {
+        self.delete_counts = delete_counts;
+        self
+    }
+
     pub fn new(cfg: &ClickHouseConfig, password: &Secret) -> Self {
         let mut client = Client::default()
             .with_url(&cfg.url)
@@ -355,6 +375,7 @@ impl ClickHouseSink {
             database: cfg.database.clone(),
             timeout: Duration::from_millis(cfg.insert_timeout_ms),
             health: None,
+            delete_counts: false,
         }
     }
 
@@ -376,13 +397,28 @@ impl ClickHouseSink {
     pub async fn apply_schema(&self) -> Result<(), SinkError> {
         // The database may not exist yet, so DDL runs without a default database.
         let admin = self.client.clone().with_database("default");
-        for stmt in schema_statements(&self.database) {
+        for stmt in schema_statements(&self.database, self.delete_counts) {
             (|| admin.query(&stmt).execute())
                 .retry(retry_policy())
                 .when(|e: &clickhouse::error::Error| {
                     matches!(e, clickhouse::error::Error::Network(_))
                 })
                 .await?;
+        }
+        // The views were made once, maybe with the other setting: say so rather than half-apply.
+        let ddl: String = admin
+            .query("SELECT create_table_query FROM system.tables WHERE database = ? AND name = 'predictions_mv'")
+            .bind(&self.database)
+            .fetch_one()
+            .await?;
+        let made_with = ddl.contains("deleted_tweets");
+        if made_with != self.delete_counts {
+            return Err(SinkError::Schema(format!(
+                "database {} was created with retention.delete_counts = {made_with}, the config says {}: \
+                 set it back, or recreate the view (DROP VIEW {}.predictions_mv, then start again) — \
+                 rows stored so far keep the old behaviour",
+                self.database, self.delete_counts, self.database
+            )));
         }
         Ok(())
     }
@@ -548,11 +584,25 @@ impl ClickHouseSink {
         let token = format!("delete-{}", combined_token(ids.iter().map(String::as_str)));
         self.insert_retrying("deleted_tweets", &rows, &token, true)
             .await?;
+        self.until_done("DELETE FROM tweets WHERE has(?, tweet_id)", ids)
+            .await?;
+        if self.delete_counts {
+            self.delete_counts_of(ids).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` with `ids` bound until it succeeds (or fails for good).
+    async fn until_done<T: Serialize + Sync + ?Sized>(
+        &self,
+        sql: &str,
+        ids: &T,
+    ) -> Result<(), SinkError> {
         retry_until_done(
             "clickhouse",
             || async {
                 self.client
-                    .query("DELETE FROM tweets WHERE has(?, tweet_id)")
+                    .query(sql)
                     .bind(ids)
                     .execute()
                     .await
@@ -560,6 +610,41 @@ impl ClickHouseSink {
             },
             SinkError::is_retriable,
             self.health.as_deref(),
+        )
+        .await
+    }
+
+    /// `retention.delete_counts`: the predictions of `ids` go, and the hours they counted in are
+    /// rebuilt in `opinion_hourly` from what remains. Rebuilding is safe beside concurrent
+    /// inserts: the hour's state is a set of tweet ids, and a set merged twice is the same set.
+    async fn delete_counts_of(&self, ids: &[String]) -> Result<(), SinkError> {
+        let hours: Vec<u32> = self
+            .client
+            .query(
+                "SELECT DISTINCT toUInt32(toStartOfHour(created_at)) FROM predictions WHERE has(?, tweet_id)",
+            )
+            .bind(ids)
+            .fetch_all()
+            .await?;
+        self.until_done("DELETE FROM predictions WHERE has(?, tweet_id)", ids)
+            .await?;
+        if hours.is_empty() {
+            return Ok(());
+        }
+        self.until_done(
+            "DELETE FROM opinion_hourly WHERE has(?, toUInt32(hour))",
+            &hours,
+        )
+        .await?;
+        // Not deduplicated: the same hour rebuilt twice must be written twice.
+        self.until_done(
+            "INSERT INTO opinion_hourly
+             SELECT toStartOfHour(created_at) AS hour, model_version, model_hash, label,
+                    uniqExactState(tweet_id)
+             FROM predictions WHERE has(?, toUInt32(toStartOfHour(created_at)))
+             GROUP BY hour, model_version, model_hash, label
+             SETTINGS insert_deduplicate = 0",
+            &hours,
         )
         .await
     }

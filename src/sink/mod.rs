@@ -137,6 +137,9 @@ pub enum SinkError {
     /// there), or that task is gone.
     #[error("{0}")]
     Stopped(String),
+    /// The database's schema does not match the configuration.
+    #[error("schema: {0}")]
+    Schema(String),
 }
 
 impl SinkError {
@@ -168,7 +171,7 @@ impl SinkError {
                 .any(|k| msg.contains(k)),
                 _ => false,
             },
-            SinkError::Encode(_) | SinkError::Stopped(_) => false,
+            SinkError::Encode(_) | SinkError::Stopped(_) | SinkError::Schema(_) => false,
         }
     }
 }
