@@ -13,6 +13,8 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY harness harness
 COPY src src
 COPY data data
+# The charts' font is compiled in.
+COPY assets assets
 RUN cargo build --release --locked -p vaxpulse --bin vaxpulse
 
 FROM python:3.11-slim-bookworm
@@ -21,6 +23,8 @@ COPY --from=build /opt/venv/lib/python3.11/site-packages/torch/lib /opt/torch/li
 COPY --from=build /src/target/release/vaxpulse /usr/local/bin/vaxpulse
 COPY models /models
 COPY config /config
+# The probe set every replica scores (monitor.probe_file).
+COPY data/probe_fr.jsonl /data/probe_fr.jsonl
 ENV LD_LIBRARY_PATH=/opt/torch/lib VAXPULSE_CONFIG=/config/compose.toml
 USER 65534
 EXPOSE 9464

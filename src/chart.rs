@@ -270,9 +270,14 @@ fn draw_drift<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, d: &Drift) -> a
         .iter()
         .flat_map(|l| l.values.iter().flatten())
         .fold(d.alert * 1.2, |a, &b| a.max(b * 1.1));
-    let panels: [(&DrawingArea<DB, Shift>, &[Line], f64, &str); 2] = [
-        (&top, &d.psi, max_psi, "PSI vs reference"),
-        (&bottom, &d.agreement, 1.0, "agreement with the champion"),
+    let panels = [
+        (&top, d.psi.as_slice(), max_psi, "PSI vs reference"),
+        (
+            &bottom,
+            d.agreement.as_slice(),
+            1.0,
+            "agreement with the champion",
+        ),
     ];
     for (pi, (area, lines, ymax, ydesc)) in panels.into_iter().enumerate() {
         let mut chart = ChartBuilder::on(area)

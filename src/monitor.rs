@@ -103,8 +103,8 @@ struct FlipCell {
 struct ProbeCell {
     last_at: String,
     model: String,
-    replica: String,
     device: String,
+    replicas: u64,
     max_deviation: f64,
     flagged: u8,
 }
@@ -149,16 +149,23 @@ pub struct AgreementStatus {
     pub kappa: f64,
 }
 
-/// The latest probe run of a version on a replica.
+/// Probe runs of a version on a device over the last [`PROBE_WINDOW_HOURS`].
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeStatus {
+    /// The latest run.
     pub at: String,
     pub model: String,
-    pub replica: String,
     pub device: String,
+    /// Replicas that ran it.
+    pub replicas: u64,
+    /// Largest change against the first or previous run, over the runs.
     pub max_deviation: f64,
+    /// Any run flagged.
     pub flagged: bool,
 }
+
+/// Probe runs older than this no longer count (replicas come and go; an old flag was seen).
+pub const PROBE_WINDOW_HOURS: u32 = 24;
 
 /// What `vaxpulse monitor` found.
 #[derive(Debug, Clone, Serialize)]
@@ -296,23 +303,25 @@ impl MonitorReport {
         if !self.probes.is_empty() {
             let mut t = Table::new(&[
                 "version",
-                "replica",
                 "device",
+                "replicas",
                 "latest run",
-                "max |Δp| vs first run",
+                "max |Δp| vs first/previous run",
                 "flag",
             ]);
             for p in &self.probes {
                 t.row(vec![
                     p.model.clone(),
-                    p.replica.clone(),
                     p.device.clone(),
+                    p.replicas.to_string(),
                     p.at.clone(),
                     format!("{:.2e}", p.max_deviation),
                     if p.flagged { "alert" } else { "ok" }.into(),
                 ]);
             }
-            out.push_str("\n### probe set\n\n");
+            out.push_str(&format!(
+                "\n### probe set, runs of the last {PROBE_WINDOW_HOURS} h\n\n"
+            ));
             out.push_str(&t.render());
         }
         out.push_str(&format!("\nstatus: {}\n", self.worst()));
@@ -582,12 +591,14 @@ pub async fn monitor(
     };
     let probes: Vec<ProbeCell> = sink
         .client()
-        .query(
+        .query(&format!(
             "SELECT toString(max(at)) AS last_at, concat(model_version, '#', model_hash) AS model,
-                    replica, argMax(device, at) AS device,
-                    argMax(max_deviation, at) AS max_deviation, argMax(flagged, at) AS flagged
-             FROM probe_runs GROUP BY model, replica ORDER BY model, replica",
-        )
+                    toString(device) AS device, uniqExact(replica) AS replicas,
+                    max(greatest(max_deviation, max_deviation_previous)) AS max_deviation,
+                    max(flagged) AS flagged
+             FROM probe_runs WHERE at >= now() - INTERVAL {PROBE_WINDOW_HOURS} HOUR
+             GROUP BY model, device ORDER BY model, device"
+        ))
         .fetch_all()
         .await?;
     Ok(MonitorReport {
@@ -604,8 +615,8 @@ pub async fn monitor(
             .map(|p| ProbeStatus {
                 at: p.last_at,
                 model: p.model,
-                replica: p.replica,
                 device: p.device,
+                replicas: p.replicas,
                 max_deviation: p.max_deviation,
                 flagged: p.flagged != 0,
             })
@@ -708,8 +719,8 @@ mod tests {
             probes: vec![ProbeStatus {
                 at: "2026-11-01 00:00:00".into(),
                 model: "demo@1#abc".into(),
-                replica: "r1".into(),
                 device: "cpu".into(),
+                replicas: 1,
                 max_deviation: 0.0,
                 flagged: false,
             }],

@@ -1,7 +1,7 @@
 //! `vaxpulse validate`: what operators and the deploy pipeline run before starting a worker.
 //! Checks, in order, and stops at the first problem with a message saying what to do: the
 //! configuration (already loaded and validated), the model directory (manifest, checksums,
-//! tokenizer, one forward pass on a real tweet), the broker (metadata and the three topics), and
+//! tokenizer, one forward pass on a real tweet), the probe set, the broker (metadata and the three topics), and
 //! ClickHouse (a query with the configured credentials). Prints the effective configuration
 //! with secrets as `***`.
 
@@ -101,7 +101,7 @@ fn check_broker(cfg: &Config) -> anyhow::Result<String> {
 }
 
 async fn check_clickhouse(cfg: &Config) -> anyhow::Result<String> {
-    let sink = ClickHouseSink::from_config(&cfg)?;
+    let sink = ClickHouseSink::from_config(cfg)?;
     let version: String = sink
         .client()
         .clone()
@@ -131,6 +131,18 @@ pub async fn validate(cfg: &Config) -> anyhow::Result<()> {
         .await?
         .context("model check failed")?;
     ok("model", model);
+    match crate::probe::configured(cfg).context("probe set check failed")? {
+        Some(set) => ok(
+            "probe set",
+            format!(
+                "{} texts in {} (sha256 {:.12})",
+                set.ids.len(),
+                cfg.monitor.probe_file.display(),
+                set.sha256
+            ),
+        ),
+        None => ok("probe set", "none (monitor.probe_file is empty)"),
+    }
     let c = cfg.clone();
     let broker = tokio::task::spawn_blocking(move || check_broker(&c))
         .await?

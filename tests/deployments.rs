@@ -613,12 +613,12 @@ async fn monitor_flags_a_shifted_label_distribution() {
         r.champion.windows.is_empty(),
         "three reference days: no window after them"
     );
-    let probes: Vec<(&str, bool)> = r
+    let probes: Vec<(&str, u64, bool)> = r
         .probes
         .iter()
-        .map(|p| (p.replica.as_str(), p.flagged))
+        .map(|p| (p.model.as_str(), p.replicas, p.flagged))
         .collect();
-    assert_eq!(probes, [("r1", false), ("r2", true)]);
+    assert_eq!(probes, [("demo@2#bbbbbbbbbbbb", 2, true)]);
     assert_eq!(r.worst(), "alert");
 }
 

@@ -108,7 +108,7 @@ pub async fn status(cfg: &Config) -> anyhow::Result<String> {
             format!(" ({})", d.reason)
         }
     );
-    let ch = ClickHouseSink::from_config(&cfg)?;
+    let ch = ClickHouseSink::from_config(cfg)?;
     let changes = ch
         .client()
         .query(
@@ -240,7 +240,7 @@ pub async fn change(
         after.summary()
     );
     tracing::info!(action = %after.action, actor = %after.actor, from = %before.summary(), to = %after.summary(), "deployment change published");
-    let ch = ClickHouseSink::from_config(&cfg)?;
+    let ch = ClickHouseSink::from_config(cfg)?;
     let row = DeploymentChangeRow {
         changed_at: after.changed_at,
         group_id: cfg.kafka.group_id.clone(),
