@@ -317,6 +317,11 @@ pub struct DecodeConfig {
     /// Messages larger than this go to the dead-letter topic as `too_large`.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Relevance filter: a tweet is classified only if its full text matches one entry (a word
+    /// or phrase at a word start, `#hashtag`, or `re:REGEX`; case- and accent-insensitive);
+    /// others are skipped as `off_topic` and committed. Empty = keep all.
+    #[serde(default)]
+    pub keywords: Vec<String>,
 }
 
 /// Queue sizes and shutdown.
@@ -750,6 +755,9 @@ impl Config {
         }
         if self.kafka.commit_interval_ms == 0 {
             return bad("kafka.commit_interval_ms", "must be at least 1".into());
+        }
+        if let Err(e) = crate::relevance::KeywordFilter::new(&self.decode.keywords) {
+            return bad("decode.keywords", e.to_string());
         }
         let d = self.monitor.probe_max_abs_diff;
         if !(d.is_finite() && d > 0.0) {

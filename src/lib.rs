@@ -29,6 +29,7 @@ pub mod model;
 pub mod monitor;
 pub mod probe;
 pub mod produce;
+pub mod relevance;
 pub mod report;
 pub mod sink;
 pub mod source;

@@ -304,6 +304,7 @@ mod tests {
         let rules = DecodeRules {
             langs: vec!["fr".into()],
             max_message_bytes: 65536,
+            keywords: None,
         };
         let mut ids = std::collections::HashSet::new();
         for _ in 0..500 {
@@ -328,6 +329,7 @@ mod tests {
         let rules = DecodeRules {
             langs: vec!["fr".into()],
             max_message_bytes: 64 * 1024,
+            keywords: None,
         };
         let mut kinds = std::collections::HashSet::new();
         for i in 0..2000u64 {

@@ -155,6 +155,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "gauge",
         "1 while vaxpulse monitor's status is alert (PSI >= 0.25 or a probe flag)",
     ),
+    (
+        "vaxpulse_ready",
+        "gauge",
+        "1 while /health/ready answers ready (consuming, sinks healthy), read at scrape time",
+    ),
 ];
 
 fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
@@ -250,6 +255,7 @@ pub struct PollRound {
     pub consumed: u64,
     pub skipped_control: u64,
     pub skipped_language: u64,
+    pub skipped_off_topic: u64,
     pub dead_lettered: Vec<(&'static str, u64)>,
     /// Messages in flight now.
     pub in_flight: usize,
@@ -266,6 +272,7 @@ impl PollRound {
         for (reason, n) in [
             ("control", self.skipped_control),
             ("language", self.skipped_language),
+            ("off_topic", self.skipped_off_topic),
         ] {
             if n > 0 {
                 counter!("vaxpulse_messages_skipped_total", "reason" => reason).increment(n);
@@ -630,10 +637,14 @@ pub async fn serve(
     use axum::http::StatusCode;
     use axum::routing::get;
     let addr = listener.local_addr()?;
+    let scraped = health.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
+                // Readiness as a metric too, read at scrape time: dashboards count ready
+                // replicas and alerts fire on a replica not ready for minutes.
+                gauge!("vaxpulse_ready").set(f64::from(u8::from(scraped.ready())));
                 let text = metrics.render();
                 async move { ([("content-type", "text/plain; version=0.0.4")], text) }
             }),

@@ -26,6 +26,8 @@ pub enum SkipReason {
     Control,
     /// `lang` outside the configured list.
     Language,
+    /// No `decode.keywords` entry in the tweet's full text.
+    OffTopic,
 }
 
 impl SkipReason {
@@ -33,6 +35,7 @@ impl SkipReason {
         match self {
             SkipReason::Control => "control",
             SkipReason::Language => "language",
+            SkipReason::OffTopic => "off_topic",
         }
     }
 }
@@ -93,6 +96,8 @@ pub struct DecodeRules {
     /// Accepted languages; empty accepts all.
     pub langs: Vec<String>,
     pub max_message_bytes: usize,
+    /// The relevance filter (`decode.keywords`); `None` keeps every tweet.
+    pub keywords: Option<std::sync::Arc<crate::relevance::KeywordFilter>>,
 }
 
 impl From<&crate::config::DecodeConfig> for DecodeRules {
@@ -100,6 +105,10 @@ impl From<&crate::config::DecodeConfig> for DecodeRules {
         DecodeRules {
             langs: c.langs.clone(),
             max_message_bytes: c.max_message_bytes,
+            keywords: crate::relevance::KeywordFilter::new(&c.keywords)
+                .ok()
+                .flatten()
+                .map(std::sync::Arc::new),
         }
     }
 }
@@ -169,6 +178,8 @@ pub fn decode(payload: &[u8], rules: &DecodeRules, fallback_time: DateTime<Utc>)
         Ok(t) => {
             if !rules.langs.is_empty() && t.lang != "und" && !rules.langs.contains(&t.lang) {
                 Decoded::Skip(SkipReason::Language)
+            } else if rules.keywords.as_ref().is_some_and(|k| !k.matches(&t.text)) {
+                Decoded::Skip(SkipReason::OffTopic)
             } else {
                 Decoded::Tweet(t)
             }
@@ -396,6 +407,7 @@ mod tests {
         DecodeRules {
             langs: vec!["fr".into()],
             max_message_bytes: 64 * 1024,
+            keywords: None,
         }
     }
     fn t0() -> DateTime<Utc> {

@@ -19,6 +19,7 @@ fn rules() -> DecodeRules {
     DecodeRules {
         langs: vec!["fr".into()],
         max_message_bytes: 4096,
+        keywords: None,
     }
 }
 

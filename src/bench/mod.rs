@@ -4,6 +4,7 @@
 //! The end-to-end bench through broker and ClickHouse lives in the harness crate
 //! (`vaxpulse-harness bench e2e`), which reuses these tables and the raw run.
 
+pub mod firehose;
 pub mod pipeline;
 pub mod raw;
 
@@ -22,6 +23,9 @@ pub enum Mode {
     Pipeline,
     /// raw and pipeline.
     All,
+    /// The decoder and relevance filter on firehose payloads, in process and through the broker
+    /// (no model).
+    Firehose,
 }
 
 /// The raw model run every ratio refers to (also used by the harness's e2e bench).
@@ -66,6 +70,8 @@ pub struct BenchArgs {
     /// ratios to the run without shadows; 0 alone = no shadow runs.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     pub shadows: Vec<usize>,
+    #[command(flatten)]
+    pub firehose: firehose::FirehoseArgs,
     /// Where the JSON results go.
     #[arg(long, default_value = "bench-results/bench.json")]
     pub json: PathBuf,
@@ -222,7 +228,16 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
 }
 
 /// Runs the benchmark of `args.mode`, prints its tables and writes its JSON.
-pub async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<Report> {
+pub async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<()> {
+    if args.mode == Mode::Firehose {
+        let report = firehose::run(&cfg, &args.firehose).await?;
+        return write_json(&args.json, &report);
+    }
+    run_model(cfg, args).await.map(|_| ())
+}
+
+/// The model benchmarks (raw, pipeline).
+async fn run_model(cfg: Config, args: BenchArgs) -> anyhow::Result<Report> {
     let machine = Machine::detect(&cfg);
     let manifest = crate::model::Manifest::load(&cfg.model.dir)?;
     println!(

@@ -65,6 +65,7 @@ pub fn read_dataset(path: &Path, labels: &[String], strict: bool) -> anyhow::Res
     let rules = DecodeRules {
         langs: Vec::new(),
         max_message_bytes: usize::MAX,
+        keywords: None,
     };
     let mut items = Vec::new();
     let mut skipped = Vec::new();

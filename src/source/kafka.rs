@@ -409,6 +409,7 @@ impl Source {
                 match reason {
                     SkipReason::Control => round.skipped_control += 1,
                     SkipReason::Language => round.skipped_language += 1,
+                    SkipReason::OffTopic => round.skipped_off_topic += 1,
                 }
                 self.tracker.done(ack);
             }
