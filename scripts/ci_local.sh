@@ -7,6 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GCL_VERSION=4.64.1
+# gitlab-ci-local copies the tracked files into .gitlab-ci-local/builds with rsync.
+if ! command -v rsync >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get install -y -qq rsync >/dev/null
+fi
 GCL_DIR=${VAXPULSE_HOME:-$HOME/.cache/vaxpulse}/gitlab-ci-local-$GCL_VERSION
 if [ ! -x "$GCL_DIR/node_modules/.bin/gitlab-ci-local" ]; then
   echo "ci-local: installing gitlab-ci-local $GCL_VERSION into $GCL_DIR"
@@ -17,9 +22,11 @@ jobs=("$@")
 [ ${#jobs[@]} -gt 0 ] || jobs=(lint unit)
 echo "ci-local: every job of .gitlab-ci.yml"
 "$G" --list-all
-# This machine's caches instead of the pipeline's per-project ones (same tools, no re-download).
+# This machine's caches instead of the pipeline's per-project ones (same tools, no re-download),
+# and this checkout's target directory (the job's copy would otherwise build from scratch).
 echo "ci-local: running ${jobs[*]} (shell executor)"
 "$G" --force-shell-executor \
   --variable "CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}" \
   --variable "VAXPULSE_HOME=${VAXPULSE_HOME:-$HOME/.cache/vaxpulse}" \
+  --variable "CARGO_TARGET_DIR=$PWD/target" \
   "${jobs[@]}"
