@@ -75,6 +75,148 @@ pub struct E2eRun {
     pub output_distinct: usize,
     pub output_duplicates: usize,
     pub clickhouse_distinct: Option<u64>,
+    /// Where the time went inside the workers during this run (their own histograms).
+    pub worker: Vec<Stage>,
+}
+
+/// One worker histogram over one run, summed over the replicas.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    pub what: String,
+    pub count: f64,
+    pub mean_ms: f64,
+    /// Upper bounds of the buckets holding the 50th and 99th percentiles.
+    pub p50_le_ms: f64,
+    pub p99_le_ms: f64,
+}
+
+/// Cumulative buckets (le → count), sum and count of histogram `name` whose label text
+/// contains `filter`, summed over series.
+#[derive(Debug, Clone, Default)]
+struct Hist {
+    buckets: std::collections::BTreeMap<u64, f64>,
+    sum: f64,
+    count: f64,
+}
+
+fn parse_hist(text: &str, name: &str, filter: &str) -> Hist {
+    let mut h = Hist::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        if !series.contains(filter) {
+            continue;
+        }
+        if let Some(rest) = series.strip_prefix(&format!("{name}_bucket{{")) {
+            let le = rest
+                .split("le=\"")
+                .nth(1)
+                .and_then(|x| x.split('"').next())
+                .and_then(|x| x.parse::<f64>().ok())
+                .unwrap_or(f64::INFINITY);
+            // Keyed by nanoseconds-ish so the map orders; +Inf last.
+            let key = if le.is_finite() {
+                (le * 1e9) as u64
+            } else {
+                u64::MAX
+            };
+            *h.buckets.entry(key).or_default() += v;
+        } else if series.starts_with(&format!("{name}_sum")) {
+            h.sum += v;
+        } else if series.starts_with(&format!("{name}_count")) {
+            h.count += v;
+        }
+    }
+    h
+}
+
+fn stage(what: &str, before: &Hist, after: &Hist, scale_ms: f64) -> Option<Stage> {
+    let count = after.count - before.count;
+    if count <= 0.0 {
+        return None;
+    }
+    let delta: Vec<(u64, f64)> = after
+        .buckets
+        .iter()
+        .map(|(le, n)| (*le, n - before.buckets.get(le).copied().unwrap_or(0.0)))
+        .collect();
+    let at = |q: f64| {
+        delta
+            .iter()
+            .find(|(_, n)| *n >= q * count)
+            .map_or(f64::INFINITY, |(le, _)| {
+                if *le == u64::MAX {
+                    f64::INFINITY
+                } else {
+                    *le as f64 / 1e9 * scale_ms
+                }
+            })
+    };
+    Some(Stage {
+        what: what.into(),
+        count,
+        mean_ms: (after.sum - before.sum) / count * scale_ms,
+        p50_le_ms: at(0.5),
+        p99_le_ms: at(0.99),
+    })
+}
+
+/// The histograms a latency breakdown needs, scraped from every replica.
+fn scrape(ports: &[u16]) -> Vec<(String, Hist)> {
+    let texts: Vec<String> = ports
+        .iter()
+        .filter_map(|p| crate::kit::http_get(*p, "/metrics"))
+        .collect();
+    let all = texts.join("\n");
+    [
+        (
+            "read → stored by every sink",
+            "vaxpulse_tweet_latency_seconds",
+            "",
+        ),
+        (
+            "inference per batch",
+            "vaxpulse_inference_duration_seconds",
+            "role=\"champion\"",
+        ),
+        (
+            "Kafka write per batch",
+            "vaxpulse_sink_write_duration_seconds",
+            "sink=\"kafka\"",
+        ),
+        (
+            "ClickHouse write per batch",
+            "vaxpulse_sink_write_duration_seconds",
+            "sink=\"clickhouse\"",
+        ),
+        (
+            "batch size (tweets, not ms)",
+            "vaxpulse_batch_size_tweets",
+            "",
+        ),
+    ]
+    .into_iter()
+    .map(|(what, name, filter)| (what.to_string(), parse_hist(&all, name, filter)))
+    .collect()
+}
+
+fn stages(before: &[(String, Hist)], after: &[(String, Hist)]) -> Vec<Stage> {
+    before
+        .iter()
+        .zip(after)
+        .filter_map(|((what, b), (_, a))| {
+            let scale = if what.starts_with("batch size") {
+                1e-3
+            } else {
+                1.0
+            };
+            stage(what, b, a, 1e3 * scale)
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +269,23 @@ impl E2eReport {
             ]);
         }
         out.push_str(&t.render());
+        for r in self.runs.iter().filter(|r| !r.worker.is_empty()) {
+            let mut t = Table::new(&["stage", "count", "mean ms", "p50 ≤ ms", "p99 ≤ ms"]);
+            for s in &r.worker {
+                t.row(vec![
+                    s.what.clone(),
+                    format!("{:.0}", s.count),
+                    format!("{:.1}", s.mean_ms),
+                    format!("{}", s.p50_le_ms),
+                    format!("{}", s.p99_le_ms),
+                ]);
+            }
+            out.push_str(&format!(
+                "\nwhere the time went inside the workers, {} (their histograms; percentiles are bucket bounds):\n\n{}",
+                r.name,
+                t.render()
+            ));
+        }
         out.push_str(&format!(
             "\nratios: tweets/s over raw best ({:.0} texts/s, this process, same intra-op threads as one replica).\n\n",
             self.raw_best_texts_per_second
@@ -183,7 +342,14 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
             Some(c) => WorkerCmd::Shell(c.clone()),
             None => WorkerCmd::vaxpulse()?,
         };
-        let mut workers = Fleet::new(cmd, names.env(args.config_path.as_deref()), &logs, None)?;
+        let port_base = crate::kit::free_port();
+        let ports: Vec<u16> = (0..args.replicas).map(|s| port_base + s as u16).collect();
+        let mut workers = Fleet::new(
+            cmd,
+            names.env(args.config_path.as_deref()),
+            &logs,
+            Some(port_base),
+        )?;
         for slot in 0..args.replicas {
             workers.spawn(slot)?;
         }
@@ -208,6 +374,7 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
         let from_start = backlog as f64 / o.end.duration_since(started).as_secs_f64();
         let capacity = o.tweets_per_second;
         runs.push(E2eRun {
+            worker: Vec::new(),
             name: format!("backlog {backlog}"),
             backlog: Some(backlog),
             offered_per_second: None,
@@ -231,6 +398,7 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
             let n = ((rate * args.paced.paced_seconds) as usize).max(50);
             println!("e2e: {:.0} % load: {n} tweets at {rate:.0}/s", load * 100.0);
             let since = Instant::now();
+            let before = scrape(&ports);
             let opts = ProduceOptions {
                 rate: Some(rate),
                 ..ProduceOptions::to(names.input.clone())
@@ -258,7 +426,9 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
                 logs.display()
             );
             let o = observe(&reader, since, n, clickhouse_cfg).await?;
+            let worker = stages(&before, &scrape(&ports));
             runs.push(E2eRun {
+                worker,
                 name: format!("{:.0} % load", load * 100.0),
                 backlog: None,
                 offered_per_second: Some(rate),
