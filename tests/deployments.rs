@@ -323,21 +323,24 @@ async fn shadow_promotion_rollback_and_a_refused_version_on_a_running_worker() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// Fresh names and a ClickHouse sink on their (new) database, schema applied.
+async fn fresh_database(prefix: &str) -> (Names, vaxpulse::sink::clickhouse::ClickHouseSink) {
+    let names = Names::fresh(prefix);
+    let cfg = names.test_config("");
+    let sink = vaxpulse::sink::clickhouse::ClickHouseSink::from_config(&cfg).unwrap();
+    sink.apply_schema()
+        .await
+        .expect("ClickHouse up (scripts/services.sh start)");
+    (names, sink)
+}
+
 /// A replay that straddles a promotion leaves two champion predictions for one tweet: the views
 /// still give exactly one label (the first stored), count it once in the champion series, and
 /// once per version in the per-version aggregates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_straddling_a_promotion_keeps_one_champion_label() {
     use vaxpulse::sink::{Classification, ClassifiedBatch, Role};
-    let names = Names::fresh("straddle");
-    let cfg = names.test_config("");
-    let sink = vaxpulse::sink::clickhouse::ClickHouseSink::new(
-        &cfg.clickhouse,
-        &cfg.clickhouse_password().unwrap(),
-    );
-    sink.apply_schema()
-        .await
-        .expect("ClickHouse up (scripts/services.sh start)");
+    let (names, sink) = fresh_database("straddle").await;
     let first = Utc::now();
     let row = |version: &str, hash: &str, label: &str, epoch: u64, secs: i64| Classification {
         tweet_id: "t1".into(),
@@ -404,13 +407,7 @@ async fn a_replay_straddling_a_promotion_keeps_one_champion_label() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_flags_a_shifted_label_distribution() {
     use vaxpulse::sink::{Classification, ClassifiedBatch, Role};
-    let names = Names::fresh("monitor");
-    let cfg = names.test_config("");
-    let sink = vaxpulse::sink::clickhouse::ClickHouseSink::new(
-        &cfg.clickhouse,
-        &cfg.clickhouse_password().unwrap(),
-    );
-    sink.apply_schema().await.expect("ClickHouse up");
+    let (names, sink) = fresh_database("monitor").await;
     let day0 = chrono::DateTime::parse_from_rfc3339("2021-07-01T10:00:00Z")
         .unwrap()
         .with_timezone(&Utc);
@@ -628,13 +625,7 @@ async fn monitor_flags_a_shifted_label_distribution() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_runs_that_move_past_the_bound_are_flagged() {
     use vaxpulse::probe::{record, ProbeRun, ProbeSet};
-    let names = Names::fresh("probe");
-    let cfg = names.test_config("");
-    let sink = vaxpulse::sink::clickhouse::ClickHouseSink::new(
-        &cfg.clickhouse,
-        &cfg.clickhouse_password().unwrap(),
-    );
-    sink.apply_schema().await.expect("ClickHouse up");
+    let (names, sink) = fresh_database("probe").await;
     let set = ProbeSet {
         sha256: "s1".into(),
         ids: vec!["p1".into(), "p2".into()],
