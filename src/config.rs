@@ -283,6 +283,14 @@ pub struct ModelConfig {
     /// parity check; above it the worker refuses to start.
     #[serde(default = "default_half_parity_max_abs_diff")]
     pub half_parity_max_abs_diff: f32,
+    /// For a quantised (int8) version: the largest |Δprobability| against its fp32 source's
+    /// parity reference accepted at load; above it the version is refused.
+    #[serde(default = "default_int8_parity_max_abs_diff")]
+    pub int8_parity_max_abs_diff: f64,
+    /// For a quantised (int8) version: the share of parity texts that must keep the fp32
+    /// reference's label.
+    #[serde(default = "default_int8_min_label_agreement")]
+    pub int8_min_label_agreement: f64,
     /// Run the model on typical batch shapes before consuming, so the first real batches do not
     /// pay for allocator growth, kernel selection and lazy initialisation.
     #[serde(default = "default_true")]
@@ -402,6 +410,12 @@ pub struct RetentionConfig {
     pub delete_counts: bool,
 }
 
+fn default_int8_parity_max_abs_diff() -> f64 {
+    0.05
+}
+fn default_int8_min_label_agreement() -> f64 {
+    0.9
+}
 fn default_probe_file() -> PathBuf {
     "data/probe_fr.jsonl".into()
 }
@@ -758,6 +772,16 @@ impl Config {
         }
         if let Err(e) = crate::relevance::KeywordFilter::new(&self.decode.keywords) {
             return bad("decode.keywords", e.to_string());
+        }
+        let (d8, a8) = (
+            self.model.int8_parity_max_abs_diff,
+            self.model.int8_min_label_agreement,
+        );
+        if !(d8.is_finite() && d8 > 0.0 && d8 <= 1.0) || !(0.0..=1.0).contains(&a8) {
+            return bad(
+                "model.int8_parity_max_abs_diff / int8_min_label_agreement",
+                format!("{d8} / {a8}: the bound must be in (0, 1], the agreement in [0, 1]"),
+            );
         }
         let d = self.monitor.probe_max_abs_diff;
         if !(d.is_finite() && d > 0.0) {

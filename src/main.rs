@@ -131,11 +131,13 @@ enum Command {
 #[derive(Subcommand)]
 enum ModelsCommand {
     /// Runs DIR's parity.json through the worker's serving path (CPU, fp32): token ids must be
-    /// equal and probabilities within --max-abs-diff of the reference; exits non-zero otherwise.
+    /// equal and probabilities within the bound of the reference (model.parity_max_abs_diff,
+    /// 1e-4; for a quantised export the int8 bounds); exits non-zero otherwise.
     Check {
         dir: PathBuf,
-        #[arg(long, default_value_t = 1e-4)]
-        max_abs_diff: f64,
+        /// Overrides the bound on |Δp|.
+        #[arg(long)]
+        max_abs_diff: Option<f64>,
     },
     /// Versions in the model store (model.store_dir) and their role in the group's deployment.
     List,
@@ -270,13 +272,14 @@ fn main() -> anyhow::Result<()> {
             Command::Validate => vaxpulse::validate::validate(&cfg).await?,
             Command::Models { command } => match command {
             ModelsCommand::Check { dir, max_abs_diff } => {
-                let r = tokio::task::spawn_blocking(move || {
-                    vaxpulse::model::check::check_dir(&dir, max_abs_diff)
+                let model_cfg = cfg.model.clone();
+                let (r, bounds) = tokio::task::spawn_blocking(move || {
+                    vaxpulse::model::check::check_dir(&dir, &model_cfg, max_abs_diff)
                 })
                 .await??;
                 println!(
-                    "models check: {} — {} texts through the Rust serving path, max |Δp| vs reference = {:.2e} (bound {max_abs_diff:.0e}), same label {}/{}",
-                    r.model, r.cases, r.max_abs_diff, r.same_label, r.cases
+                    "models check: {} — {} texts through the Rust serving path, max |Δp| vs reference = {:.2e} (bound {:.0e}), same label {}/{}",
+                    r.model, r.cases, r.max_abs_diff, bounds.max_abs_diff, r.same_label, r.cases
                 );
             }
             ModelsCommand::List => print!("{}", vaxpulse::deploy::ops::list(&cfg).await?),

@@ -191,19 +191,19 @@ pub struct ChangeOutcome {
 /// Completes `model` with its weights hash from the store (and checks parity for a version
 /// about to be deployed).
 async fn resolve_checked(cfg: &Config, model: &ModelId, parity: bool) -> anyhow::Result<ModelId> {
-    let (store, m, bound) = (
+    let (store, m, model_cfg) = (
         cfg.model.store_dir.clone(),
         model.clone(),
-        cfg.model.parity_max_abs_diff,
+        cfg.model.clone(),
     );
     tokio::task::spawn_blocking(move || {
         let (id, _) = resolve(&store, &m)?;
         let dir = super::store::version_dir(&store, &id);
         if parity && dir.join("parity.json").exists() {
-            let r = crate::model::check::check_dir(&dir, bound)?;
+            let (r, bounds) = crate::model::check::check_dir(&dir, &model_cfg, None)?;
             println!(
-                "checked {id}: {} parity texts, max |Δp| {:.2e} ≤ {bound:.0e}",
-                r.cases, r.max_abs_diff
+                "checked {id}: {} parity texts, max |Δp| {:.2e} ≤ {:.0e}, same label {}/{}",
+                r.cases, r.max_abs_diff, bounds.max_abs_diff, r.same_label, r.cases
             );
         }
         Ok(id)

@@ -11,10 +11,10 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::model::check::check_parity;
+use crate::model::check::{check_parity, ParityBounds};
 use crate::model::load::ClassifierFactory;
 use crate::model::tokenizer::TweetTokenizer;
-use crate::model::{warm_up, warmup_shapes, Classifier, Manifest, ModelId, PaddedBatch, Precision};
+use crate::model::{warm_up, warmup_shapes, Classifier, Manifest, ModelId, PaddedBatch};
 
 /// A version ready to score: checked, loaded and warmed up.
 pub struct LoadedModel {
@@ -138,11 +138,8 @@ pub fn load_checked(
         warm_up(model.as_mut(), &shapes).with_context(|| format!("{id}: warm-up failed"))?;
     }
     if dir.join("parity.json").exists() {
-        let bound = match cfg.model.precision {
-            Precision::Fp32 => cfg.model.parity_max_abs_diff,
-            _ => f64::from(cfg.model.half_parity_max_abs_diff),
-        };
-        let p = check_parity(dir, &manifest, &tokenizer, model.as_mut(), bound)
+        let bounds = ParityBounds::for_model(&cfg.model, &manifest);
+        let p = check_parity(dir, &manifest, &tokenizer, model.as_mut(), bounds)
             .with_context(|| format!("{id}: parity against the export's reference failed"))?;
         tracing::info!(model = %id, cases = p.cases, max_abs_diff = p.max_abs_diff, same_label = p.same_label, "parity against parity.json passed");
     } else {

@@ -21,10 +21,54 @@ pub struct ParityCheck {
     pub same_label: usize,
 }
 
-/// Runs the check; an error when the directory is unusable, ids differ, or a probability
-/// differs by more than `max_abs_diff`.
-pub fn check_dir(dir: &Path, max_abs_diff: f64) -> anyhow::Result<ParityCheck> {
+/// How close to `parity.json` a version must be.
+#[derive(Debug, Clone, Copy)]
+pub struct ParityBounds {
+    pub max_abs_diff: f64,
+    /// Share of parity texts that must keep the reference's label (0 = not checked).
+    pub min_label_agreement: f64,
+}
+
+impl ParityBounds {
+    /// The bounds for `manifest` served with `cfg`: a quantised export gets the int8 bounds,
+    /// a float one the fp32 bound (or the half-precision one when served in half precision).
+    pub fn for_model(cfg: &crate::config::ModelConfig, manifest: &Manifest) -> Self {
+        if manifest.quantization.is_some() {
+            return ParityBounds {
+                max_abs_diff: cfg.int8_parity_max_abs_diff,
+                min_label_agreement: cfg.int8_min_label_agreement,
+            };
+        }
+        ParityBounds {
+            max_abs_diff: match cfg.precision {
+                Precision::Fp32 => cfg.parity_max_abs_diff,
+                _ => f64::from(cfg.half_parity_max_abs_diff),
+            },
+            min_label_agreement: 0.0,
+        }
+    }
+}
+
+/// Runs the check on the CPU in fp32; an error when the directory is unusable, ids differ, or
+/// the probabilities are outside the bounds: `model.parity_max_abs_diff` (or `max_abs_diff`
+/// when given) for a float export, the int8 bounds for a quantised one.
+pub fn check_dir(
+    dir: &Path,
+    cfg: &crate::config::ModelConfig,
+    max_abs_diff: Option<f64>,
+) -> anyhow::Result<(ParityCheck, ParityBounds)> {
     let manifest = Manifest::load(dir)?;
+    let mut bounds = if manifest.quantization.is_some() {
+        ParityBounds::for_model(cfg, &manifest)
+    } else {
+        ParityBounds {
+            max_abs_diff: cfg.parity_max_abs_diff,
+            min_label_agreement: 0.0,
+        }
+    };
+    if let Some(m) = max_abs_diff {
+        bounds.max_abs_diff = m;
+    }
     manifest.verify(dir)?;
     let tok = TweetTokenizer::load(
         &dir.join(&manifest.files.tokenizer.path),
@@ -38,19 +82,23 @@ pub fn check_dir(dir: &Path, max_abs_diff: f64) -> anyhow::Result<ParityCheck> {
         parity_batch: None,
     };
     let mut model = TorchClassifier::load(dir, &manifest, opts)?;
-    check_parity(dir, &manifest, &tok, &mut model, max_abs_diff)
+    Ok((
+        check_parity(dir, &manifest, &tok, &mut model, bounds)?,
+        bounds,
+    ))
 }
 
 /// Runs `dir/parity.json` through `tok` and `model` (already loaded, on whatever device and
 /// precision it serves with); an error when ids differ or a probability differs by more than
-/// `max_abs_diff` from the reference.
+/// `bounds.max_abs_diff` from the reference, or too few texts keep the reference's label.
 pub fn check_parity(
     dir: &Path,
     manifest: &Manifest,
     tok: &TweetTokenizer,
     model: &mut dyn Classifier,
-    max_abs_diff: f64,
+    bounds: ParityBounds,
 ) -> anyhow::Result<ParityCheck> {
+    let max_abs_diff = bounds.max_abs_diff;
     let path = dir.join("parity.json");
     let fixture: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&path)
@@ -113,6 +161,14 @@ pub fn check_parity(
         "{}: max |Δp| = {worst:.2e} over {} texts exceeds {max_abs_diff:.0e}",
         report.model,
         report.cases
+    );
+    let agreement = same_label as f64 / cases.len() as f64;
+    anyhow::ensure!(
+        agreement >= bounds.min_label_agreement,
+        "{}: {same_label} of {} parity texts keep the reference's label, below {:.0} % (model.int8_min_label_agreement)",
+        report.model,
+        report.cases,
+        bounds.min_label_agreement * 100.0
     );
     Ok(report)
 }

@@ -42,8 +42,20 @@ pub fn load_torch(
     manifest: &Manifest,
 ) -> anyhow::Result<TorchClassifier> {
     let precision = cfg.model.precision;
+    let mut device = cfg.model.device;
+    if let Some(q) = &manifest.quantization {
+        // Dynamically quantised Linear layers have CPU kernels only (fbgemm/qnnpack).
+        anyhow::ensure!(
+            precision == Precision::Fp32 && !matches!(device, super::DeviceSpec::Cuda(_)),
+            "{} is quantised ({}, from {}): it runs on the CPU in fp32 only, but this replica has model.device = {device}, precision = {precision}; deploy the fp32 version here, or run this replica with device = \"cpu\"",
+            manifest.model_version(),
+            q.kind,
+            q.from
+        );
+        device = super::DeviceSpec::Cpu;
+    }
     let opts = TorchOptions {
-        device: cfg.model.device,
+        device,
         intra_op_threads: cfg.model.intra_op_threads,
         precision,
         half_parity_max_abs_diff: cfg.model.half_parity_max_abs_diff,

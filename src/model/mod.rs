@@ -200,6 +200,19 @@ pub struct Manifest {
     pub max_length: usize,
     pub pad_id: i64,
     pub files: ManifestFiles,
+    /// Set for a quantised export (`scripts/quantize_model.py`): CPU only, checked at load with
+    /// the int8 parity bounds against its fp32 source's reference.
+    #[serde(default)]
+    pub quantization: Option<Quantization>,
+}
+
+/// How a model version was derived from an fp32 one.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Quantization {
+    /// `dynamic-int8`: int8 weights of the Linear layers, activations quantised per batch.
+    pub kind: String,
+    /// The fp32 version it was made from, `NAME@VERSION#HASH`.
+    pub from: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
