@@ -30,6 +30,40 @@ sys.path.insert(0, str(HERE))
 from vaxmodel import CamembertClassifier, sha256  # noqa: E402
 
 
+SAMPLES = [
+    "Je viens de recevoir ma deuxième dose, trop content ! #vaccin",
+    "Le pass sanitaire est une honte, je ne me ferai jamais vacciner.",
+    "Le centre de vaccination de Lyon ouvre lundi à 9h.",
+    "Effets secondaires du vaccin : on ne nous dit pas tout https://t.co/xyz",
+    "Rendez-vous pris pour la 3e dose demain matin",
+    "Non à l'obligation vaccinale des soignants !!!",
+    "La HAS recommande le rappel pour les plus de 65 ans.",
+    "Vaccin " + "très " * 60 + "long",
+]
+
+
+def fp32_reference(model, src: Path, manifest: dict) -> dict:
+    """A parity reference from the fp32 module itself, for a source without parity.json (its
+    tokenizer and normalisation, as the worker applies them)."""
+    from tokenizers import Tokenizer
+    from vaxmodel import normalize, softmax_list
+    tok = Tokenizer.from_file(str(src / manifest["files"]["tokenizer"]["path"]))
+    limit = int(manifest["max_length"])
+    ids = [tok.encode(normalize(t)).ids[:limit] for t in SAMPLES]
+    width = max(len(i) for i in ids)
+    pad = int(manifest.get("pad_id", 1))
+    x = torch.full((len(ids), width), pad, dtype=torch.long)
+    m = torch.zeros((len(ids), width), dtype=torch.long)
+    for r, row in enumerate(ids):
+        x[r, :len(row)] = torch.tensor(row)
+        m[r, :len(row)] = 1
+    with torch.no_grad():
+        probs = softmax_list(model(x, m))
+    return {"model_dir": str(src), "reference": "fp32 (written by quantize_model.py)",
+            "cases": [{"text": t, "normalized": normalize(t), "ids": i, "probabilities": p}
+                      for t, i, p in zip(SAMPLES, ids, probs)]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("src", type=Path, help="models/NAME/VERSION (fp32)")
@@ -58,7 +92,10 @@ def main() -> None:
     model.load_state_dict(fp32.state_dict(), strict=True)
     q = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8).eval()
 
-    parity = json.loads((src / "parity.json").read_text(encoding="utf-8"))
+    if (src / "parity.json").is_file():
+        parity = json.loads((src / "parity.json").read_text(encoding="utf-8"))
+    else:
+        parity = fp32_reference(model, src, manifest)
     cases = parity["cases"]
     width = max(len(c["ids"]) for c in cases)
     ids = torch.full((len(cases), width), int(manifest.get("pad_id", 1)), dtype=torch.long)
