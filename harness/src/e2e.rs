@@ -354,7 +354,8 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
             workers.spawn(slot)?;
         }
         let bar = progress(backlog as u64, "results");
-        let timeout = Duration::from_secs_f64((backlog as f64 / 20.0).max(300.0));
+        // Base-sized models on a few cores run at a handful of tweets per second.
+        let timeout = Duration::from_secs_f64((backlog as f64 / 2.0).max(300.0));
         let ok = {
             let (reader, bar) = (&reader, bar.clone());
             tokio::task::block_in_place(|| {
