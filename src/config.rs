@@ -777,7 +777,7 @@ impl Config {
             self.model.int8_parity_max_abs_diff,
             self.model.int8_min_label_agreement,
         );
-        if !(d8.is_finite() && d8 > 0.0 && d8 <= 1.0) || !(0.0..=1.0).contains(&a8) {
+        if !(d8.is_finite() && d8 > 0.0 && d8 <= 1.0 && (0.0..=1.0).contains(&a8)) {
             return bad(
                 "model.int8_parity_max_abs_diff / int8_min_label_agreement",
                 format!("{d8} / {a8}: the bound must be in (0, 1], the agreement in [0, 1]"),
