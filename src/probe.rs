@@ -136,9 +136,12 @@ pub struct ProbeRow {
     pub flagged: u8,
 }
 
+/// The version's first and latest stored runs (empty when `runs` is 0).
 #[derive(Row, Deserialize)]
-struct StoredScores {
-    scores: Vec<Vec<f32>>,
+struct StoredRuns {
+    runs: u64,
+    first: Vec<Vec<f32>>,
+    previous: Vec<Vec<f32>>,
 }
 
 /// Compares `run` with the version's first and latest stored runs on this probe set (any
@@ -152,23 +155,28 @@ pub async fn record(
     bound: f64,
     run: ProbeRun,
 ) -> anyhow::Result<ProbeRow> {
-    let stored = |order: &'static str| {
-        sink.client()
-            .query(&format!(
-                "SELECT scores FROM probe_runs
-                 WHERE model_version = ? AND model_hash = ? AND probe_set = ? AND labels = ?
-                 ORDER BY at {order} LIMIT 1"
-            ))
-            .bind(&run.model_version)
-            .bind(&run.model_hash)
-            .bind(&set.sha256)
-            .bind(&run.labels)
-            .fetch_optional::<StoredScores>()
+    let stored: StoredRuns = sink
+        .client()
+        .query(
+            "SELECT count() AS runs, argMin(scores, at) AS first, argMax(scores, at) AS previous
+             FROM probe_runs
+             WHERE model_version = ? AND model_hash = ? AND probe_set = ? AND labels = ?",
+        )
+        .bind(&run.model_version)
+        .bind(&run.model_hash)
+        .bind(&set.sha256)
+        .bind(&run.labels)
+        .fetch_one()
+        .await
+        .map_err(SinkError::from)?;
+    let dev = |s: &[Vec<f32>]| {
+        if stored.runs == 0 {
+            0.0
+        } else {
+            max_abs_diff(s, &run.scores)
+        }
     };
-    let first = stored("ASC").await.map_err(SinkError::from)?;
-    let previous = stored("DESC").await.map_err(SinkError::from)?;
-    let dev = |s: Option<StoredScores>| s.map_or(0.0, |s| max_abs_diff(&s.scores, &run.scores));
-    let (max_deviation, max_deviation_previous) = (dev(first), dev(previous));
+    let (max_deviation, max_deviation_previous) = (dev(&stored.first), dev(&stored.previous));
     let flagged = max_deviation.max(max_deviation_previous) > bound;
     let row = ProbeRow {
         at: run.at,

@@ -461,13 +461,15 @@ pub struct ProbeScored<'a> {
     pub hash: &'a str,
     /// Largest probability change against the first and the previous stored run.
     pub deviation: f64,
+    /// Past `bound` (decided by `probe::record`, which stores it).
+    pub flagged: bool,
     pub bound: f64,
     pub texts: usize,
 }
 
 impl ProbeScored<'_> {
     pub fn emit(&self) {
-        let flagged = self.deviation > self.bound;
+        let flagged = self.flagged;
         gauge!("vaxpulse_probe_deviation_max", "model" => self.model.to_string())
             .set(self.deviation);
         counter!(

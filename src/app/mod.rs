@@ -298,7 +298,6 @@ async fn record_probes(
     mut rx: tokio::sync::mpsc::Receiver<crate::probe::ProbeRun>,
 ) {
     while let Some(run) = rx.recv().await {
-        let model = format!("{}#{}", run.model_version, run.model_hash);
         let record = || {
             crate::probe::record(
                 &clickhouse,
@@ -322,13 +321,15 @@ async fn record_probes(
                 model: &row.model_version,
                 hash: &row.model_hash,
                 deviation: row.max_deviation.max(row.max_deviation_previous),
+                flagged: row.flagged != 0,
                 bound,
                 texts: row.probe_ids.len(),
             }
             .emit(),
-            Err(e) => {
-                tracing::error!(model = %model, error = %e, "cannot compare or store the probe run")
-            }
+            Err(e) => tracing::error!(
+                model = %run.model_version, hash = %run.model_hash, error = %e,
+                "cannot compare or store the probe run"
+            ),
         }
     }
 }
