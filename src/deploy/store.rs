@@ -138,7 +138,7 @@ pub fn load_checked(
         warm_up(model.as_mut(), &shapes).with_context(|| format!("{id}: warm-up failed"))?;
     }
     if dir.join("parity.json").exists() {
-        let bounds = ParityBounds::for_model(&cfg.model, &manifest);
+        let bounds = ParityBounds::for_model(&cfg.model, &manifest, cfg.model.precision);
         let p = check_parity(dir, &manifest, &tokenizer, model.as_mut(), bounds)
             .with_context(|| format!("{id}: parity against the export's reference failed"))?;
         tracing::info!(model = %id, cases = p.cases, max_abs_diff = p.max_abs_diff, same_label = p.same_label, "parity against parity.json passed");

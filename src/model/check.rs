@@ -30,9 +30,13 @@ pub struct ParityBounds {
 }
 
 impl ParityBounds {
-    /// The bounds for `manifest` served with `cfg`: a quantised export gets the int8 bounds,
-    /// a float one the fp32 bound (or the half-precision one when served in half precision).
-    pub fn for_model(cfg: &crate::config::ModelConfig, manifest: &Manifest) -> Self {
+    /// The bounds for `manifest` served in `precision`: a quantised export gets the int8
+    /// bounds, a float one the fp32 bound (or the half-precision one in half precision).
+    pub fn for_model(
+        cfg: &crate::config::ModelConfig,
+        manifest: &Manifest,
+        precision: Precision,
+    ) -> Self {
         if manifest.quantization.is_some() {
             return ParityBounds {
                 max_abs_diff: cfg.int8_parity_max_abs_diff,
@@ -40,7 +44,7 @@ impl ParityBounds {
             };
         }
         ParityBounds {
-            max_abs_diff: match cfg.precision {
+            max_abs_diff: match precision {
                 Precision::Fp32 => cfg.parity_max_abs_diff,
                 _ => f64::from(cfg.half_parity_max_abs_diff),
             },
@@ -58,14 +62,8 @@ pub fn check_dir(
     max_abs_diff: Option<f64>,
 ) -> anyhow::Result<(ParityCheck, ParityBounds)> {
     let manifest = Manifest::load(dir)?;
-    let mut bounds = if manifest.quantization.is_some() {
-        ParityBounds::for_model(cfg, &manifest)
-    } else {
-        ParityBounds {
-            max_abs_diff: cfg.parity_max_abs_diff,
-            min_label_agreement: 0.0,
-        }
-    };
+    // This check runs in fp32 whatever precision the replicas serve in.
+    let mut bounds = ParityBounds::for_model(cfg, &manifest, Precision::Fp32);
     if let Some(m) = max_abs_diff {
         bounds.max_abs_diff = m;
     }
