@@ -592,21 +592,17 @@ impl ClickHouseSink {
         Ok(())
     }
 
-    /// Runs `sql` with `ids` bound until it succeeds (or fails for good).
-    async fn until_done<T: Serialize + Sync + ?Sized>(
-        &self,
-        sql: &str,
-        ids: &T,
-    ) -> Result<(), SinkError> {
+    /// Runs `sql` with `ids` bound to each of its `?` until it succeeds (or fails for good).
+    async fn until_done(&self, sql: &str, ids: &[String]) -> Result<(), SinkError> {
+        let params = sql.matches('?').count();
         retry_until_done(
             "clickhouse",
             || async {
-                self.client
-                    .query(sql)
-                    .bind(ids)
-                    .execute()
-                    .await
-                    .map_err(SinkError::from)
+                let mut q = self.client.query(sql);
+                for _ in 0..params {
+                    q = q.bind(ids);
+                }
+                q.execute().await.map_err(SinkError::from)
             },
             SinkError::is_retriable,
             self.health.as_deref(),
@@ -614,39 +610,35 @@ impl ClickHouseSink {
         .await
     }
 
-    /// `retention.delete_counts`: the predictions of `ids` go, and the hours they counted in are
-    /// rebuilt in `opinion_hourly` from what remains. Rebuilding is safe beside concurrent
-    /// inserts: the hour's state is a set of tweet ids, and a set merged twice is the same set.
+    /// `retention.delete_counts`: the hours `ids` counted in are rebuilt in `opinion_hourly`
+    /// without them, then their predictions go. Each step is retried until done, and the order
+    /// makes the whole safe to run again after a crash: the hours are found from the
+    /// predictions, which leave last. Rebuilding is safe beside concurrent inserts: the hour's
+    /// state is a set of tweet ids, and a set merged twice is the same set.
     async fn delete_counts_of(&self, ids: &[String]) -> Result<(), SinkError> {
-        let hours: Vec<u32> = self
-            .client
-            .query(
-                "SELECT DISTINCT toUInt32(toStartOfHour(created_at)) FROM predictions WHERE has(?, tweet_id)",
-            )
-            .bind(ids)
-            .fetch_all()
-            .await?;
-        self.until_done("DELETE FROM predictions WHERE has(?, tweet_id)", ids)
-            .await?;
-        if hours.is_empty() {
-            return Ok(());
-        }
+        let hours =
+            "SELECT DISTINCT toStartOfHour(created_at) FROM predictions WHERE has(?, tweet_id)";
         self.until_done(
-            "DELETE FROM opinion_hourly WHERE has(?, toUInt32(hour))",
-            &hours,
+            &format!("DELETE FROM opinion_hourly WHERE hour IN ({hours})"),
+            ids,
         )
         .await?;
         // Not deduplicated: the same hour rebuilt twice must be written twice.
         self.until_done(
-            "INSERT INTO opinion_hourly
-             SELECT toStartOfHour(created_at) AS hour, model_version, model_hash, label,
-                    uniqExactState(tweet_id)
-             FROM predictions WHERE has(?, toUInt32(toStartOfHour(created_at)))
-             GROUP BY hour, model_version, model_hash, label
-             SETTINGS insert_deduplicate = 0",
-            &hours,
+            &format!(
+                "INSERT INTO opinion_hourly
+                 SELECT toStartOfHour(created_at) AS hour, model_version, model_hash, label,
+                        uniqExactState(tweet_id)
+                 FROM predictions
+                 WHERE toStartOfHour(created_at) IN ({hours}) AND NOT has(?, tweet_id)
+                 GROUP BY hour, model_version, model_hash, label
+                 SETTINGS insert_deduplicate = 0"
+            ),
+            ids,
         )
-        .await
+        .await?;
+        self.until_done("DELETE FROM predictions WHERE has(?, tweet_id)", ids)
+            .await
     }
 }
 
