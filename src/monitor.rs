@@ -483,16 +483,17 @@ pub async fn monitor(
     } else {
         "toStartOfHour(created_at)"
     };
-    let bin = format!(
-        "toUInt8(least(floor(arrayMax(mapValues(scores)) * {CONFIDENCE_BINS}), {}))",
+    // Per window, label and confidence bin: tweets and the sum of their top probabilities.
+    let cell = format!(
+        "toString({bucket}) AS window, toString(label) AS label,
+         toUInt8(least(floor(arrayMax(mapValues(scores)) * {CONFIDENCE_BINS}), {})) AS bin,
+         count() AS tweets, sum(toFloat64(arrayMax(mapValues(scores)))) AS confidence",
         CONFIDENCE_BINS - 1
     );
     let champion: Vec<Cell> = sink
         .client()
         .query(&format!(
-            "SELECT 'champion' AS series, toString({bucket}) AS window, toString(label) AS label,
-                    {bin} AS bin, count() AS tweets,
-                    sum(toFloat64(arrayMax(mapValues(scores)))) AS confidence
+            "SELECT 'champion' AS series, {cell}
              FROM champion_predictions GROUP BY window, label, bin ORDER BY window, label, bin"
         ))
         .fetch_all()
@@ -506,9 +507,7 @@ pub async fn monitor(
     let versions: Vec<Cell> = sink
         .client()
         .query(&format!(
-            "SELECT concat(model_version, '#', model_hash) AS series, toString({bucket}) AS window,
-                    toString(label) AS label, {bin} AS bin, count() AS tweets,
-                    sum(toFloat64(arrayMax(mapValues(scores)))) AS confidence
+            "SELECT concat(model_version, '#', model_hash) AS series, {cell}
              FROM (SELECT model_version, model_hash, tweet_id, any(created_at) AS created_at,
                           any(label) AS label, any(scores) AS scores
                    FROM predictions GROUP BY model_version, model_hash, tweet_id)

@@ -175,8 +175,10 @@ pub fn schema_statements(db: &str, delete_counts: bool) -> Vec<String> {
     ];
     // Stability per hour and day and version: volume, label distribution, mean confidence (the
     // top probability) and mean entropy of the score vectors.
-    for (name, window) in [("hourly", "toStartOfHour"), ("daily", "toStartOfDay")] {
-        let key = if name == "hourly" { "hour" } else { "day" };
+    for (name, window, key) in [
+        ("hourly", "toStartOfHour", "hour"),
+        ("daily", "toStartOfDay", "day"),
+    ] {
         out.push(format!(
             "CREATE VIEW IF NOT EXISTS {db}.model_{name}_stats AS
             SELECT {window}(created_at) AS {key}, model_version, model_hash,
