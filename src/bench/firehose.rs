@@ -43,6 +43,13 @@ pub struct Rate {
     pub megabytes: f64,
     pub seconds: f64,
     pub messages_per_second: f64,
+    #[serde(flatten)]
+    pub decisions: Tally,
+}
+
+/// What the decoder decided, when it ran.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tally {
     pub kept: usize,
     pub off_topic: usize,
     pub other_language: usize,
@@ -175,25 +182,23 @@ pub fn payloads(n: usize, on_topic: f64, seed: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn tally(rules: &DecodeRules, payload: &[u8], rate: &mut Rate) {
+fn tally(rules: &DecodeRules, payload: &[u8], t: &mut Tally) {
     match decode(payload, rules, chrono::Utc::now()) {
-        Decoded::Tweet(_) => rate.kept += 1,
-        Decoded::Skip(crate::tweet::SkipReason::OffTopic) => rate.off_topic += 1,
-        Decoded::Skip(crate::tweet::SkipReason::Language) => rate.other_language += 1,
+        Decoded::Tweet(_) => t.kept += 1,
+        Decoded::Skip(crate::tweet::SkipReason::OffTopic) => t.off_topic += 1,
+        Decoded::Skip(crate::tweet::SkipReason::Language) => t.other_language += 1,
         _ => {}
     }
 }
 
-fn rate(what: &str, messages: usize, bytes: usize, seconds: f64) -> Rate {
+fn rate(what: &str, messages: usize, bytes: usize, seconds: f64, decisions: Tally) -> Rate {
     Rate {
         what: what.into(),
         messages,
         megabytes: bytes as f64 / 1e6,
         seconds,
         messages_per_second: messages as f64 / seconds.max(1e-9),
-        kept: 0,
-        off_topic: 0,
-        other_language: 0,
+        decisions,
     }
 }
 
@@ -221,7 +226,7 @@ fn consume(
     .context("cannot create the bench consumer")?;
     consumer.subscribe(&[topic])?;
     let (mut seen, mut bytes) = (0usize, 0usize);
-    let mut r = rate(what, 0, 0, 0.0);
+    let mut t = Tally::default();
     let mut started: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     while seen < n {
@@ -238,18 +243,12 @@ fn consume(
         let payload = m.payload().unwrap_or_default();
         bytes += payload.len();
         if let Some(rules) = rules {
-            tally(rules, payload, &mut r);
+            tally(rules, payload, &mut t);
         }
         seen += 1;
     }
     let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-    let base = rate(what, seen, bytes, seconds);
-    Ok(Rate {
-        kept: r.kept,
-        off_topic: r.off_topic,
-        other_language: r.other_language,
-        ..base
-    })
+    Ok(rate(what, seen, bytes, seconds, t))
 }
 
 /// Runs the firehose bench; prints its table and returns the report.
@@ -270,18 +269,19 @@ pub async fn run(cfg: &Config, args: &FirehoseArgs) -> anyhow::Result<FirehoseRe
 
     let slice = &all[..args.firehose_messages];
     let started = Instant::now();
-    let mut r = rate("decode + filter, in process (1 thread)", 0, 0, 0.0);
+    let mut t = Tally::default();
     for p in slice {
-        tally(&rules, p, &mut r);
+        tally(&rules, p, &mut t);
     }
     let seconds = started.elapsed().as_secs_f64();
     let bytes = slice.iter().map(Vec::len).sum();
-    rates.push(Rate {
-        kept: r.kept,
-        off_topic: r.off_topic,
-        other_language: r.other_language,
-        ..rate(&r.what, slice.len(), bytes, seconds)
-    });
+    rates.push(rate(
+        "decode + filter, in process (1 thread)",
+        slice.len(),
+        bytes,
+        seconds,
+        t,
+    ));
 
     let mut ratio = None;
     if args.broker_messages > 0 {
@@ -371,9 +371,9 @@ impl FirehoseReport {
                 format!("{:.2}", r.seconds),
                 format!("{:.0}", r.messages_per_second),
                 format!("{:.0}", r.megabytes / r.seconds.max(1e-9)),
-                r.kept.to_string(),
-                r.off_topic.to_string(),
-                r.other_language.to_string(),
+                r.decisions.kept.to_string(),
+                r.decisions.off_topic.to_string(),
+                r.decisions.other_language.to_string(),
             ]);
         }
         let mut out = format!(
@@ -407,7 +407,7 @@ mod tests {
         let sizes: Vec<usize> = all.iter().map(Vec::len).collect();
         let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
         assert!(*min >= 1_900 && *max < 6_500, "{min}..{max}");
-        let mut r = rate("t", 0, 0, 0.0);
+        let mut r = Tally::default();
         for p in &all {
             tally(&rules, p, &mut r);
         }
