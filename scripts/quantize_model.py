@@ -42,6 +42,17 @@ SAMPLES = [
 ]
 
 
+def padded(rows, pad: int):
+    """(input_ids, attention_mask) of token-id rows, right-padded with `pad` as the worker does."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+    return ids, mask
+
+
 def fp32_reference(model, src: Path, manifest: dict) -> dict:
     """A parity reference from the fp32 module itself, for a source without parity.json (its
     tokenizer and normalisation, as the worker applies them)."""
@@ -50,13 +61,7 @@ def fp32_reference(model, src: Path, manifest: dict) -> dict:
     tok = Tokenizer.from_file(str(src / manifest["files"]["tokenizer"]["path"]))
     limit = int(manifest["max_length"])
     ids = [tok.encode(normalize(t)).ids[:limit] for t in SAMPLES]
-    width = max(len(i) for i in ids)
-    pad = int(manifest.get("pad_id", 1))
-    x = torch.full((len(ids), width), pad, dtype=torch.long)
-    m = torch.zeros((len(ids), width), dtype=torch.long)
-    for r, row in enumerate(ids):
-        x[r, :len(row)] = torch.tensor(row)
-        m[r, :len(row)] = 1
+    x, m = padded(ids, int(manifest.get("pad_id", 1)))
     with torch.no_grad():
         probs = softmax_list(model(x, m))
     return {"model_dir": str(src), "reference": "fp32 (written by quantize_model.py)",
@@ -97,12 +102,7 @@ def main() -> None:
     else:
         parity = fp32_reference(model, src, manifest)
     cases = parity["cases"]
-    width = max(len(c["ids"]) for c in cases)
-    ids = torch.full((len(cases), width), int(manifest.get("pad_id", 1)), dtype=torch.long)
-    mask = torch.zeros((len(cases), width), dtype=torch.long)
-    for i, c in enumerate(cases):
-        ids[i, :len(c["ids"])] = torch.tensor(c["ids"])
-        mask[i, :len(c["ids"])] = 1
+    ids, mask = padded([c["ids"] for c in cases], int(manifest.get("pad_id", 1)))
     with torch.no_grad():
         p32 = torch.softmax(model(ids, mask).double(), dim=-1)
         p8 = torch.softmax(q(ids, mask).double(), dim=-1)
