@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Local services for development and tests: a Kafka-protocol broker (nisshi 0.8.1, durable SQLite
-# storage in .state/nisshi, survives restarts) and ClickHouse 26.9 (chdb-core over HTTP). Usage: scripts/services.sh start|stop|status [all|broker|clickhouse]
+# storage in .state/nisshi, survives restarts) and ClickHouse 26.9 (chdb-core over HTTP). Usage: scripts/services.sh start|stop|status [all|broker|clickhouse|bench-broker]
 # (one service alone is what the fault-injection suite stops and restarts).
+# bench-broker (not part of all): a second nisshi with in-memory storage on VAXPULSE_BENCH_BROKERS
+# (default 127.0.0.1:9094) for benchmarks: the SQLite broker commits a transaction per produce
+# request, which caps a 2-core machine at a few hundred requests/s; Kafka appends to the page
+# cache. Its topics are lost when it stops.
 # Addresses: VAXPULSE_KAFKA_BROKERS (default 127.0.0.1:9092), VAXPULSE_CLICKHOUSE_URL
 # (default http://127.0.0.1:8123). Safe to run twice.
 set -euo pipefail
@@ -18,7 +22,10 @@ CH_HOSTPORT=${CH_URL#http://}; CH_HOSTPORT=${CH_HOSTPORT%%/*}; CH_PORT=${CH_HOST
 CH_TCP_PORT=$((CH_PORT + 877))   # 8123 -> 9000, ClickHouse's usual pair
 mkdir -p "$STATE/nisshi" "$STATE/clickhouse" "$STATE/logs"
 
+BENCH_BROKERS=${VAXPULSE_BENCH_BROKERS:-127.0.0.1:9094}
+BHOST=${BENCH_BROKERS%%,*}; BPORT=${BHOST##*:}; BHOST=${BHOST%:*}
 kafka_up() { (exec 3<>"/dev/tcp/$KHOST/$KPORT") 2>/dev/null; }
+bench_up() { (exec 3<>"/dev/tcp/$BHOST/$BPORT") 2>/dev/null; }
 ch_up() { curl -fsS "$CH_URL/ping" >/dev/null 2>&1; }
 
 wait_for() { # name check seconds
@@ -49,13 +56,24 @@ start() {
     fi
     wait_for ClickHouse ch_up 120
   fi
+  if [ "$which" = bench-broker ]; then
+    if bench_up; then echo "services: bench broker already answering on $BHOST:$BPORT"; else
+      echo "services: starting nisshi (memory storage) on $BHOST:$BPORT"
+      (cd "$STATE" || exit 1; nohup nisshi broker --listener-url "tcp://$BHOST:$BPORT" \
+        --advertised-listener-url "tcp://$BHOST:$BPORT" --storage-engine memory://nisshi/ \
+        --group-initial-rebalance-delay 0s >>"$STATE/logs/bench-broker.log" 2>&1 & echo $! >"$STATE/bench-broker.pid")
+    fi
+    wait_for "bench broker" bench_up 60
+    echo "services: bench broker up (VAXPULSE_KAFKA_BROKERS=$BHOST:$BPORT)"
+    return
+  fi
   echo "services: up ($which; broker $KHOST:$KPORT, ClickHouse $CH_URL)"
 }
 
 stop() {
   local which=${1:-all} s pid
-  for s in nisshi clickhouse; do
-    case "$which:$s" in all:* | broker:nisshi | clickhouse:clickhouse) ;; *) continue ;; esac
+  for s in nisshi clickhouse bench-broker; do
+    case "$which:$s" in all:nisshi | all:clickhouse | broker:nisshi | clickhouse:clickhouse | bench-broker:bench-broker) ;; *) continue ;; esac
     if [ -f "$STATE/$s.pid" ]; then
       pid=$(cat "$STATE/$s.pid")
       if kill "$pid" 2>/dev/null; then
@@ -73,11 +91,12 @@ stop() {
 status() {
   kafka_up && echo "broker: up ($KHOST:$KPORT)" || echo "broker: down"
   ch_up && echo "clickhouse: up ($CH_URL)" || echo "clickhouse: down"
+  bench_up && echo "bench broker: up ($BHOST:$BPORT)" || echo "bench broker: down"
 }
 
 case "${1:-}" in
   start) start "${2:-all}" ;;
   stop) stop "${2:-all}" ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status [all|broker|clickhouse]" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status [all|broker|clickhouse|bench-broker]" >&2; exit 2 ;;
 esac

@@ -15,6 +15,7 @@ use vaxpulse::bench::{fmt_ms, progress, write_json, Machine, Paced, Percentiles,
 use vaxpulse::config::Config;
 use vaxpulse::produce::{produce, Input, ProduceOptions};
 
+use crate::cpu::{CpuSnapshot, CpuUse};
 use crate::fleet::{Fleet, WorkerCmd};
 use crate::kit::{clickhouse_distinct, create_topics, Names, TopicReader};
 
@@ -41,6 +42,11 @@ pub struct E2eArgs {
     /// Name of the system under test, for the tables.
     #[arg(long, default_value = "vaxpulse")]
     pub system: String,
+    /// `linger.ms` of the bench's own producer (the tweets' source), apart from the workers'
+    /// result producer (which follows the config): producers outside the system batch as they
+    /// like, and a local broker that stores every request in a transaction needs them to.
+    #[arg(long)]
+    pub feeder_linger_ms: Option<u64>,
     /// Where the JSON results go.
     #[arg(long, default_value = "bench-results/e2e.json")]
     pub json: PathBuf,
@@ -77,6 +83,8 @@ pub struct E2eRun {
     pub clickhouse_distinct: Option<u64>,
     /// Where the time went inside the workers during this run (their own histograms).
     pub worker: Vec<Stage>,
+    /// Cores in use during the run: machine, workers, the bench, the rest (broker, ClickHouse).
+    pub cpu: Option<CpuUse>,
 }
 
 /// One worker histogram over one run, summed over the replicas.
@@ -244,6 +252,7 @@ impl E2eReport {
             "p95 ms",
             "p99 ms",
             "peak RSS MiB",
+            "CPU cores: all / workers / bench / rest",
             "dup. in topic",
             "ClickHouse ids",
         ]);
@@ -264,6 +273,12 @@ impl E2eReport {
                 p99,
                 r.peak_worker_rss_mib
                     .map_or("–".into(), |m| format!("{m:.0}")),
+                r.cpu.map_or("–".into(), |c| {
+                    format!(
+                        "{:.2} / {:.2} / {:.2} / {:.2}",
+                        c.machine, c.workers, c.bench, c.other
+                    )
+                }),
                 r.output_duplicates.to_string(),
                 r.clickhouse_distinct.map_or("–".into(), |n| n.to_string()),
             ]);
@@ -284,6 +299,12 @@ impl E2eReport {
                 "\nwhere the time went inside the workers, {} (their histograms; percentiles are bucket bounds):\n\n{}",
                 r.name,
                 t.render()
+            ));
+        }
+        if let Some(c) = self.runs.iter().find_map(|r| r.cpu) {
+            out.push_str(&format!(
+                "\nCPU: busy cores of the machine's {} over each run (/proc): the workers, this bench (producer, reader), and the rest (broker, ClickHouse, anything else).\n",
+                c.cores
             ));
         }
         out.push_str(&format!(
@@ -316,6 +337,10 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
     std::fs::create_dir_all(&logs)?;
     let mut runs = Vec::new();
     let last = args.backlogs.len().saturating_sub(1);
+    let mut feeder = cfg.kafka.clone();
+    if let Some(ms) = args.feeder_linger_ms {
+        feeder.properties.insert("linger.ms".into(), ms.to_string());
+    }
     for (i, &backlog) in args.backlogs.iter().enumerate() {
         let names = Names::fresh("bench");
         let ncfg = names.apply(cfg);
@@ -335,7 +360,7 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
             seed: 10 + i as u64,
             days: 5,
         };
-        produce(&cfg.kafka, input, &opts).await?;
+        produce(&feeder, input, &opts).await?;
         let reader = TopicReader::start(&cfg.kafka, &names.output)?;
         let started = Instant::now();
         let cmd = match &args.worker_cmd {
@@ -353,6 +378,7 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
         for slot in 0..args.replicas {
             workers.spawn(slot)?;
         }
+        let cpu_start = CpuSnapshot::take(&workers.pids());
         let bar = progress(backlog as u64, "results");
         // Base-sized models on a few cores run at a handful of tweets per second.
         let timeout = Duration::from_secs_f64((backlog as f64 / 2.0).max(300.0));
@@ -363,6 +389,7 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
             })
         };
         bar.finish_and_clear();
+        let cpu = CpuSnapshot::take(&workers.pids()).since(&cpu_start);
         if !ok || workers.exited().is_some() {
             workers.stop_all(Duration::from_secs(30));
             anyhow::bail!(
@@ -376,6 +403,7 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
         let capacity = o.tweets_per_second;
         runs.push(E2eRun {
             worker: Vec::new(),
+            cpu,
             name: format!("backlog {backlog}"),
             backlog: Some(backlog),
             offered_per_second: None,
@@ -400,6 +428,7 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
             println!("e2e: {:.0} % load: {n} tweets at {rate:.0}/s", load * 100.0);
             let since = Instant::now();
             let before = scrape(&ports);
+            let cpu_before = CpuSnapshot::take(&workers.pids());
             let opts = ProduceOptions {
                 rate: Some(rate),
                 ..ProduceOptions::to(names.input.clone())
@@ -409,7 +438,7 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
                 seed: 100 + j as u64,
                 days: 5,
             };
-            produce(&cfg.kafka, input, &opts).await?;
+            produce(&feeder, input, &opts).await?;
             total += n;
             let bar = progress(total as u64, "results");
             let ok = {
@@ -421,6 +450,7 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
                 })
             };
             bar.finish_and_clear();
+            let cpu = CpuSnapshot::take(&workers.pids()).since(&cpu_before);
             anyhow::ensure!(
                 ok,
                 "paced run at {rate:.0}/s: results missing (worker logs: {})",
@@ -430,6 +460,7 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
             let worker = stages(&before, &scrape(&ports));
             runs.push(E2eRun {
                 worker,
+                cpu,
                 name: format!("{:.0} % load", load * 100.0),
                 backlog: None,
                 offered_per_second: Some(rate),

@@ -211,8 +211,7 @@ impl Fleet {
     }
 
     fn refresh_pids(&self) {
-        *self.pids.lock().unwrap_or_else(|e| e.into_inner()) =
-            self.slots.iter().flatten().map(Child::id).collect();
+        *self.pids.lock().unwrap_or_else(|e| e.into_inner()) = self.pids();
     }
 
     /// The log file of the latest start of `slot`.
@@ -333,6 +332,11 @@ impl Fleet {
             .iter()
             .enumerate()
             .any(|(i, c)| c.is_some() && probe_ready(base + i as u16) == Some(false))
+    }
+
+    /// Process ids of the running workers.
+    pub fn pids(&self) -> Vec<u32> {
+        self.slots.iter().flatten().map(Child::id).collect()
     }
 
     /// Peak RSS of any worker since the last call, in MiB; resets it.

@@ -5,10 +5,12 @@
 //!   and ClickHouse counts — shared by `tests/` and the commands below;
 //! - [`fleet`]: worker processes by slot (SIGTERM/SIGKILL, RSS, readiness), never outliving the
 //!   harness;
+//! - [`cpu`]: where the machine's CPU went during a run (machine, workers, the harness);
 //! - [`e2e`]: `bench e2e`, the whole system through broker and ClickHouse;
 //! - [`chaos`]: the fault-injection suite.
 
 pub mod chaos;
+pub mod cpu;
 pub mod e2e;
 pub mod fleet;
 pub mod kit;
