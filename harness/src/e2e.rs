@@ -120,10 +120,10 @@ fn parse_hist(text: &str, name: &str, filter: &str) -> Hist {
             continue;
         }
         if let Some(rest) = series.strip_prefix(&format!("{name}_bucket{{")) {
+            // The exporter writes `le` last; `role="…"` also contains `le="`, so from the right.
             let le = rest
-                .split("le=\"")
-                .nth(1)
-                .and_then(|x| x.split('"').next())
+                .rsplit_once("le=\"")
+                .and_then(|(_, x)| x.split('"').next())
                 .and_then(|x| x.parse::<f64>().ok())
                 .unwrap_or(f64::INFINITY);
             // Keyed by nanoseconds-ish so the map orders; +Inf last.
@@ -561,4 +561,43 @@ pub async fn bench(cfg: Config, args: E2eArgs) -> anyhow::Result<E2eBench> {
     };
     write_json(&args.json, &out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BEFORE: &str = r#"# TYPE vaxpulse_inference_duration_seconds histogram
+vaxpulse_inference_duration_seconds_bucket{model="demo@1",role="champion",le="0.004"} 0
+vaxpulse_inference_duration_seconds_bucket{model="demo@1",role="champion",le="0.008"} 1
+vaxpulse_inference_duration_seconds_bucket{model="demo@1",role="champion",le="0.016"} 1
+vaxpulse_inference_duration_seconds_bucket{model="demo@1",role="champion",le="+Inf"} 1
+vaxpulse_inference_duration_seconds_sum{model="demo@1",role="champion"} 0.006
+vaxpulse_inference_duration_seconds_count{model="demo@1",role="champion"} 1
+vaxpulse_inference_duration_seconds_bucket{model="demo@2",role="shadow",le="0.004"} 0
+vaxpulse_inference_duration_seconds_bucket{model="demo@2",role="shadow",le="0.008"} 0
+vaxpulse_inference_duration_seconds_bucket{model="demo@2",role="shadow",le="0.016"} 9
+vaxpulse_inference_duration_seconds_bucket{model="demo@2",role="shadow",le="+Inf"} 9
+vaxpulse_inference_duration_seconds_sum{model="demo@2",role="shadow"} 0.1
+vaxpulse_inference_duration_seconds_count{model="demo@2",role="shadow"} 9
+"#;
+
+    #[test]
+    fn a_stage_is_the_difference_of_two_scrapes_of_one_series() {
+        let after = BEFORE
+            .replace("le=\"0.004\"} 0\nvaxpulse_inference_duration_seconds_bucket{model=\"demo@1\",role=\"champion\",le=\"0.008\"} 1", "le=\"0.004\"} 60\nvaxpulse_inference_duration_seconds_bucket{model=\"demo@1\",role=\"champion\",le=\"0.008\"} 99")
+            .replace("role=\"champion\",le=\"0.016\"} 1", "role=\"champion\",le=\"0.016\"} 101")
+            .replace("role=\"champion\",le=\"+Inf\"} 1", "role=\"champion\",le=\"+Inf\"} 101")
+            .replace("role=\"champion\"} 0.006", "role=\"champion\"} 0.506")
+            .replace("role=\"champion\"} 1\n", "role=\"champion\"} 101\n");
+        let name = "vaxpulse_inference_duration_seconds";
+        let b = parse_hist(BEFORE, name, "role=\"champion\"");
+        let a = parse_hist(&after, name, "role=\"champion\"");
+        let s = stage("inference", &b, &a, 1e3).expect("100 new batches");
+        assert_eq!(s.count, 100.0);
+        assert!((s.mean_ms - 5.0).abs() < 1e-9, "{s:?}");
+        // 60 of 100 within 4 ms, 98 within 8 ms, all within 16 ms.
+        assert_eq!(s.p50_le_ms, 4.0);
+        assert_eq!(s.p99_le_ms, 16.0);
+    }
 }
