@@ -3,11 +3,18 @@
 # batching (batch_size / max_batch_delay), a Kafka -> HTTP bridge feeds it from the same topic,
 # and `vaxpulse-harness bench e2e` measures it and then vaxpulse itself, same machine, same run.
 #
+# Two phases. Sweep: every TorchServe setting in TS_SWEEP and every vaxpulse setting in VX_SWEEP
+# (for the fp32 model and, when INT8_MODEL_DIR is set, the int8 one) runs a SWEEP_BACKLOG alone;
+# the best of each system by steady backlog throughput goes on. Final: each best runs the full
+# BACKLOG, then paced LOADS (fractions of its own capacity) for PACED_SECONDS each.
+#
 # Usage: scripts/bench_torchserve.sh [MODEL_DIR]    (default: a base-sized model, built if missing)
-# Env: BACKLOG (default 600), LOADS (0.5), PACED_SECONDS (20), TS_BATCH_SIZE (32),
-#      TS_MAX_BATCH_DELAY_MS (20), WORKERS (TorchServe workers = vaxpulse replicas, default 2,
-#      one intra-op thread each), VAXPULSE_REPLICAS (replica counts to run, "$WORKERS 1"),
-#      OUT (bench-results/torchserve).
+# Env: BACKLOG (2000), LOADS (0.5,0.9), PACED_SECONDS (20), SWEEP_BACKLOG (300),
+#      TS_WORKERS (2; one intra-op thread each), TS_SWEEP ("8:20 8:100 32:20 32:100",
+#      batch_size:max_batch_delay_ms), VX_SWEEP ("2x1 1x2", replicas x intra-op threads),
+#      INT8_MODEL_DIR (unset: fp32 only), OUT (bench-results/torchserve),
+#      VAXPULSE_KAFKA_BROKERS (the broker; scripts/services.sh start bench-broker gives 9094).
+# Writes OUT/sweep.md (every sweep run) and OUT/final-*.md/json; prints both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -27,50 +34,113 @@ if [ -z "$MODEL" ]; then
     python scripts/make_demo_model.py --base-sized --out /tmp/vaxpulse-models
 fi
 MODEL=$(cd "$MODEL" && pwd)
-BACKLOG=${BACKLOG:-600} LOADS=${LOADS:-0.5} PACED_SECONDS=${PACED_SECONDS:-20}
-WORKERS=${WORKERS:-2} OUT=${OUT:-bench-results/torchserve}
-TS_BATCH_SIZE=${TS_BATCH_SIZE:-32} TS_MAX_BATCH_DELAY_MS=${TS_MAX_BATCH_DELAY_MS:-20}
+BACKLOG=${BACKLOG:-2000} LOADS=${LOADS:-0.5,0.9} PACED_SECONDS=${PACED_SECONDS:-20}
+SWEEP_BACKLOG=${SWEEP_BACKLOG:-300} TS_WORKERS=${TS_WORKERS:-2}
+TS_SWEEP=${TS_SWEEP:-8:20 8:100 32:20 32:100} VX_SWEEP=${VX_SWEEP:-2x1 1x2}
+OUT=${OUT:-bench-results/torchserve}
 TS=$ROOT/.state/torchserve
 rm -rf "$TS" && mkdir -p "$TS/store" "$OUT"
 scripts/services.sh start
+cargo build --release --quiet --bins --workspace
+BIN=target/release/vaxpulse-harness
+# The raw grid of the harness's own process: small in the sweep, the comparison's in the final.
+SWEEP_GRID=(--batch-sizes 8 --seq-lens 32 --cell-seconds 2)
+FINAL_GRID=(--batch-sizes 1,8,32 --seq-lens 32,48 --cell-seconds 3)
 
 torch-model-archiver --model-name vax --version 1.0 --serialized-file "$MODEL/model.pt" \
   --handler scripts/torchserve/handler.py \
   --extra-files "$MODEL/tokenizer.json,$MODEL/manifest.json" --export-path "$TS/store" --force
-cat > "$TS/config.properties" <<CFG
+
+ts_stop() {
+  torchserve --stop >/dev/null 2>&1 || true
+  [ -f "$TS/pid" ] && kill "$(cat "$TS/pid")" 2>/dev/null || true
+  for _ in $(seq 1 60); do curl -fsS http://127.0.0.1:8085/ping >/dev/null 2>&1 || return 0; sleep 1; done
+}
+trap ts_stop EXIT
+
+ts_start() { # batch_size max_batch_delay_ms
+  ts_stop
+  cat >"$TS/config.properties" <<CFG
 inference_address=http://127.0.0.1:8085
 management_address=http://127.0.0.1:8086
 metrics_address=http://127.0.0.1:8087
 model_store=$TS/store
 disable_token_authorization=true
 install_py_dep_per_model=false
-models={"vax": {"1.0": {"defaultVersion": true, "marName": "vax.mar", "minWorkers": $WORKERS, "maxWorkers": $WORKERS, "batchSize": $TS_BATCH_SIZE, "maxBatchDelay": $TS_MAX_BATCH_DELAY_MS, "responseTimeout": 300}}}
+models={"vax": {"1.0": {"defaultVersion": true, "marName": "vax.mar", "minWorkers": $TS_WORKERS, "maxWorkers": $TS_WORKERS, "batchSize": $1, "maxBatchDelay": $2, "responseTimeout": 300}}}
 CFG
-echo "bench_torchserve: starting TorchServe ($WORKERS workers, batch $TS_BATCH_SIZE, delay $TS_MAX_BATCH_DELAY_MS ms)"
-(cd "$TS" && VAXPULSE_TS_THREADS=1 nohup torchserve --start --foreground --ncs --disable-token-auth \
-  --ts-config "$TS/config.properties" --model-store "$TS/store" --models vax=vax.mar >"$TS/torchserve.log" 2>&1 &
-  echo $! >"$TS/pid")
-trap 'torchserve --stop >/dev/null 2>&1 || kill "$(cat "$TS/pid")" 2>/dev/null || true' EXIT
-for _ in $(seq 1 180); do
-  curl -fsS -X POST http://127.0.0.1:8085/predictions/vax -H 'Content-Type: application/json' \
-    -d '{"text": "le vaccin"}' >/dev/null 2>&1 && break
-  sleep 1
-done
-curl -fsS -X POST http://127.0.0.1:8085/predictions/vax -H 'Content-Type: application/json' \
-  -d '{"text": "le vaccin"}' || { echo "TorchServe did not come up; see $TS/torchserve.log" >&2; exit 1; }
-echo
+  echo "bench_torchserve: starting TorchServe ($TS_WORKERS workers, batch $1, delay $2 ms)"
+  (cd "$TS" && VAXPULSE_TS_THREADS=1 nohup torchserve --start --foreground --ncs --disable-token-auth \
+    --ts-config "$TS/config.properties" --model-store "$TS/store" --models vax=vax.mar >"$TS/torchserve.log" 2>&1 &
+    echo $! >"$TS/pid")
+  for _ in $(seq 1 180); do
+    curl -fsS -X POST http://127.0.0.1:8085/predictions/vax -H 'Content-Type: application/json' \
+      -d '{"text": "le vaccin"}' >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  echo "TorchServe did not come up; see $TS/torchserve.log" >&2
+  exit 1
+}
 
-cargo build --release --quiet --bins --workspace
-BIN=target/release/vaxpulse-harness
-export VAXPULSE_MODEL_DIR=$MODEL VAXPULSE_MODEL_INTRA_OP_THREADS=1
-"$BIN" bench e2e --system "torchserve (batch $TS_BATCH_SIZE, delay $TS_MAX_BATCH_DELAY_MS ms, $WORKERS workers)" \
-  --worker-cmd "python $ROOT/scripts/torchserve/bridge.py" --replicas 1 \
-  --backlogs "$BACKLOG" --loads "$LOADS" --paced-seconds "$PACED_SECONDS" \
-  --batch-sizes 1,8,32 --seq-lens 32,48 --cell-seconds 3 --json "$OUT/torchserve.json" | tee "$OUT/torchserve.md"
-# vaxpulse with as many replicas as TorchServe has workers (the comparison), and with one
-# replica (its ratio to the raw model at one thread is the e2e-vs-raw target).
-for r in ${VAXPULSE_REPLICAS:-$WORKERS 1}; do
-  "$BIN" bench e2e --system vaxpulse --replicas "$r" \
-    --backlogs "$BACKLOG" --loads "$LOADS" --paced-seconds "$PACED_SECONDS" \
-    --batch-sizes 1,8,32 --seq-lens 32,48 --cell-seconds 3 --json "$OUT/vaxpulse-$r.json" | tee "$OUT/vaxpulse-$r.md"
+steady() { # json -> the first run's steady tweets/s
+  python -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["e2e"]["runs"][0]["tweets_per_second"], 2))' "$1"
+}
+
+ts_run() { # label batch delay backlog json loads... (no loads: backlog only)
+  local label=$1 b=$2 d=$3 backlog=$4 json=$5
+  shift 5
+  ts_start "$b" "$d"
+  "$BIN" bench e2e --system "torchserve $label (batch $b, delay $d ms, $TS_WORKERS workers)" \
+    --worker-cmd "python $ROOT/scripts/torchserve/bridge.py" --replicas 1 \
+    --backlogs "$backlog" --paced-seconds "$PACED_SECONDS" "$@" --json "$json"
+}
+
+vx_run() { # label model replicas threads backlog json loads...
+  local label=$1 model=$2 r=$3 t=$4 backlog=$5 json=$6
+  shift 6
+  VAXPULSE_MODEL_DIR=$model VAXPULSE_MODEL_INTRA_OP_THREADS=$t \
+    "$BIN" bench e2e --system "vaxpulse $label ($r replicas x $t threads)" --replicas "$r" \
+    --backlogs "$backlog" --paced-seconds "$PACED_SECONDS" "$@" --json "$json"
+}
+
+SWEEP=$OUT/sweep.md
+printf '| system | setting | backlog | steady tweets/s |\n|---|---|---|---|\n' >"$SWEEP"
+best_ts="" best_ts_rate=0
+for s in $TS_SWEEP; do
+  b=${s%%:*} d=${s##*:} json=$OUT/sweep-ts-$b-$d.json
+  ts_run fp32 "$b" "$d" "$SWEEP_BACKLOG" "$json" --loads "${SWEEP_GRID[@]}" >"$OUT/sweep-ts-$b-$d.md"
+  rate=$(steady "$json")
+  echo "| torchserve fp32 | batch $b, delay $d ms, $TS_WORKERS workers | $SWEEP_BACKLOG | $rate |" | tee -a "$SWEEP"
+  if python -c "import sys; sys.exit(0 if $rate > $best_ts_rate else 1)"; then best_ts=$s best_ts_rate=$rate; fi
 done
+ts_stop
+
+declare -A BEST
+for variant in fp32 ${INT8_MODEL_DIR:+int8}; do
+  model=$MODEL
+  [ "$variant" = int8 ] && model=$(cd "$INT8_MODEL_DIR" && pwd)
+  best="" best_rate=0
+  for s in $VX_SWEEP; do
+    r=${s%%x*} t=${s##*x} json=$OUT/sweep-vx-$variant-$s.json
+    vx_run "$variant" "$model" "$r" "$t" "$SWEEP_BACKLOG" "$json" --loads "${SWEEP_GRID[@]}" \
+      >"$OUT/sweep-vx-$variant-$s.md"
+    rate=$(steady "$json")
+    echo "| vaxpulse $variant | $r replicas x $t threads | $SWEEP_BACKLOG | $rate |" | tee -a "$SWEEP"
+    if python -c "import sys; sys.exit(0 if $rate > $best_rate else 1)"; then best=$s best_rate=$rate; fi
+  done
+  BEST[$variant]=$best
+done
+
+echo "bench_torchserve: final runs — torchserve $best_ts, vaxpulse fp32 ${BEST[fp32]}${INT8_MODEL_DIR:+, int8 ${BEST[int8]}}"
+b=${best_ts%%:*} d=${best_ts##*:}
+ts_run fp32 "$b" "$d" "$BACKLOG" "$OUT/final-torchserve.json" --loads "$LOADS" "${FINAL_GRID[@]}" |
+  tee "$OUT/final-torchserve.md"
+ts_stop
+for variant in fp32 ${INT8_MODEL_DIR:+int8}; do
+  model=$MODEL
+  [ "$variant" = int8 ] && model=$(cd "$INT8_MODEL_DIR" && pwd)
+  r=${BEST[$variant]%%x*} t=${BEST[$variant]##*x}
+  vx_run "$variant" "$model" "$r" "$t" "$BACKLOG" "$OUT/final-vaxpulse-$variant.json" \
+    --loads "$LOADS" "${FINAL_GRID[@]}" | tee "$OUT/final-vaxpulse-$variant.md"
+done
+cat "$SWEEP"

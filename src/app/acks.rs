@@ -1,6 +1,11 @@
 //! The store-and-acknowledge stage, on the async runtime: each classified batch goes to every
-//! result sink concurrently (several batches in flight), and only once **all** of them stored it
-//! are its offsets acknowledged to the tracker, which then lets the consumer commit them.
+//! result sink concurrently, and only once **all** of them stored it are its offsets acknowledged
+//! to the tracker, which then lets the consumer commit them.
+//!
+//! Writes do not wait for each other: a batch's Kafka write starts as soon as it leaves the model,
+//! even while earlier batches wait for ClickHouse's group commit (up to a second). What bounds
+//! them is the number of tweets in flight (`max_in_flight_rows`); past it, the stage stops taking
+//! batches, the sink queue fills and inference waits.
 //!
 //! Guarantee: an offset is never acknowledged for a batch that some sink did not store; a sink
 //! that fails for good marks the replica unhealthy, cancels the worker and acknowledges nothing
@@ -10,7 +15,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::offsets::OffsetTracker;
@@ -44,54 +50,93 @@ async fn next_write(
     Some(merge(waiting))
 }
 
-/// Runs until `input` closes (the model thread ended) or a sink fails for good.
+/// A sink that rejected a batch for good.
+type Rejected = (&'static str, crate::sink::SinkError);
+
+/// Stores `batch` in every sink; acknowledges its offsets once all stored it. `_permit` (its
+/// share of the in-flight budget) is released when this returns.
+async fn write(
+    batch: ClassifiedBatch,
+    sinks: Arc<Vec<Arc<dyn ResultSink>>>,
+    tracker: Arc<OffsetTracker>,
+    _permit: OwnedSemaphorePermit,
+) -> Result<(), Rejected> {
+    let results = futures::future::join_all(sinks.iter().map(|s| s.store(&batch))).await;
+    if let Some(failed) = results
+        .into_iter()
+        .zip(sinks.iter())
+        .find_map(|(r, s)| r.err().map(|e| (s.name(), e)))
+    {
+        return Err(failed);
+    }
+    telemetry::BatchAcknowledged {
+        model: batch.rows.first().map_or("", |r| r.model_version.as_str()),
+        role: crate::sink::Role::Champion.as_str(),
+        labels: &batch.label_counts(),
+        deleted: batch.deleted.len(),
+        received: &batch.received,
+    }
+    .emit();
+    for ack in batch.acks {
+        tracker.done(ack);
+    }
+    Ok(())
+}
+
+/// Runs until `input` closes (the model thread ended) or a sink fails for good. At most
+/// `max_in_flight_rows` tweets are being stored at once (a larger batch alone is let through).
 pub async fn store_and_ack(
-    input: tokio::sync::mpsc::Receiver<ClassifiedBatch>,
+    mut input: tokio::sync::mpsc::Receiver<ClassifiedBatch>,
     sinks: Vec<Arc<dyn ResultSink>>,
     tracker: Arc<OffsetTracker>,
     health: Arc<Health>,
-    concurrency: usize,
+    max_in_flight_rows: usize,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let all = sinks.clone();
-    let stream = futures::stream::unfold(input, move |mut rx| async move {
-        next_write(&mut rx).await.map(|b| (b, rx))
-    });
-    let mut stored = std::pin::pin!(stream
-        .map(move |batch| {
-            let sinks = sinks.clone();
-            async move {
-                let writes = sinks.iter().map(|s| s.store(&batch));
-                let results = futures::future::join_all(writes).await;
-                let failed = results
-                    .into_iter()
-                    .zip(&sinks)
-                    .find_map(|(r, s)| r.err().map(|e| (s.name(), e)));
-                (batch, failed)
-            }
-        })
-        .buffer_unordered(concurrency.max(1)));
-    while let Some((batch, failed)) = stored.next().await {
-        if let Some((sink, e)) = failed {
-            health.sinks_ok.store(false, Ordering::Relaxed);
+    let sinks = Arc::new(sinks);
+    let budget = Arc::new(Semaphore::new(max_in_flight_rows.max(1)));
+    let mut writes: JoinSet<Result<(), Rejected>> = JoinSet::new();
+    let fail = |(sink, e): Rejected| {
+        health.sinks_ok.store(false, Ordering::Relaxed);
+        cancel.cancel();
+        anyhow::Error::new(e).context(format!(
+            "sink {sink} rejected a batch for good; stopping without committing it"
+        ))
+    };
+    let finished = |r: Result<Result<(), Rejected>, tokio::task::JoinError>| match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(rejected)) => Err(fail(rejected)),
+        Err(e) => {
             cancel.cancel();
-            return Err(anyhow::Error::new(e).context(format!(
-                "sink {sink} rejected a batch for good; stopping without committing it"
-            )));
+            Err(anyhow::anyhow!(
+                "a sink write panicked ({e}); this is a bug"
+            ))
         }
-        telemetry::BatchAcknowledged {
-            model: batch.rows.first().map_or("", |r| r.model_version.as_str()),
-            role: crate::sink::Role::Champion.as_str(),
-            labels: &batch.label_counts(),
-            deleted: batch.deleted.len(),
-            received: &batch.received,
-        }
-        .emit();
-        for ack in batch.acks {
-            tracker.done(ack);
+    };
+    let mut open = true;
+    while open || !writes.is_empty() {
+        tokio::select! {
+            Some(r) = writes.join_next(), if !writes.is_empty() => finished(r)?,
+            batch = next_write(&mut input), if open => {
+                let Some(batch) = batch else {
+                    open = false;
+                    continue;
+                };
+                let rows = (batch.rows.len() as u32).clamp(1, max_in_flight_rows.max(1) as u32);
+                // Wait for room, still reaping (and failing on) finished writes meanwhile.
+                let permit = loop {
+                    tokio::select! {
+                        p = budget.clone().acquire_many_owned(rows) => {
+                            break p.expect("the budget is never closed");
+                        }
+                        Some(r) = writes.join_next() => finished(r)?,
+                    }
+                };
+                writes.spawn(write(batch, sinks.clone(), tracker.clone(), permit));
+            }
         }
     }
-    for s in &all {
+    for s in sinks.iter() {
         s.flush(Duration::from_secs(10));
     }
     Ok(())

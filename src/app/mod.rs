@@ -199,7 +199,7 @@ pub async fn run(
     let grouped = GroupedClickHouse::start(
         clickhouse.clone(),
         Duration::from_millis(cfg.clickhouse.insert_linger_ms),
-        cfg.batch.max_batch_size * 4,
+        cfg.clickhouse.insert_max_rows,
     );
     let sinks: Vec<Arc<dyn ResultSink>> = vec![Arc::new(results), Arc::new(grouped)];
     let mut acks = tokio::spawn(acks::store_and_ack(
@@ -207,7 +207,7 @@ pub async fn run(
         sinks,
         tracker.clone(),
         health.clone(),
-        cfg.pipeline.sink_queue_batches,
+        2 * cfg.clickhouse.insert_max_rows,
         cancel.clone(),
     ));
 

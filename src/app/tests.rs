@@ -441,6 +441,93 @@ async fn an_offset_is_acknowledged_only_after_both_sinks_stored_its_batch() {
 }
 
 #[tokio::test]
+async fn later_batches_reach_a_fast_sink_while_a_slow_one_holds_earlier_ones() {
+    // ClickHouse's group commit holds batches up to a second; the output topic must not wait.
+    let tracker = Arc::new(OffsetTracker::new());
+    let fast = FakeSink::new("fast");
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let slow = Arc::new(FakeSink {
+        gate: Some(gate.clone()),
+        ..Arc::into_inner(FakeSink::new("slow")).unwrap()
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let stage = tokio::spawn(store_and_ack(
+        rx,
+        vec![fast.clone(), slow.clone()],
+        tracker.clone(),
+        Arc::new(Health::default()),
+        1_000,
+        CancellationToken::new(),
+    ));
+    for b in 0..10 {
+        tx.send(classified(&tracker, b * 3..b * 3 + 3))
+            .await
+            .unwrap();
+        // One at a time, so that no two are merged into one write.
+        eventually("the fast sink", || {
+            fast.stored.load(Ordering::SeqCst) == 3 * (b as usize + 1)
+        })
+        .await;
+    }
+    assert_eq!(
+        tracker.in_flight(None),
+        30,
+        "none stored by the slow sink yet"
+    );
+    gate.add_permits(10);
+    eventually("the acks", || tracker.in_flight(None) == 0).await;
+    assert_eq!(tracker.positions(&[0]), vec![(0, 30)]);
+    drop(tx);
+    stage.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn tweets_in_flight_to_the_sinks_are_bounded() {
+    let tracker = Arc::new(OffsetTracker::new());
+    let fast = FakeSink::new("fast");
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let slow = Arc::new(FakeSink {
+        gate: Some(gate.clone()),
+        ..Arc::into_inner(FakeSink::new("slow")).unwrap()
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let stage = tokio::spawn(store_and_ack(
+        rx,
+        vec![fast.clone(), slow.clone()],
+        tracker.clone(),
+        Arc::new(Health::default()),
+        6,
+        CancellationToken::new(),
+    ));
+    for b in 0..2 {
+        tx.send(classified(&tracker, b * 3..b * 3 + 3))
+            .await
+            .unwrap();
+        eventually("the fast sink", || {
+            fast.stored.load(Ordering::SeqCst) == 3 * (b as usize + 1)
+        })
+        .await;
+    }
+    // The budget (6 tweets) is spent: the third batch waits, whatever the fast sink could do.
+    tx.send(classified(&tracker, 6..9)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        fast.stored.load(Ordering::SeqCst),
+        6,
+        "the third batch waited"
+    );
+    gate.add_permits(1);
+    eventually("room for the third batch", || {
+        fast.stored.load(Ordering::SeqCst) == 9
+    })
+    .await;
+    gate.add_permits(2);
+    eventually("the acks", || tracker.in_flight(None) == 0).await;
+    drop(tx);
+    stage.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn a_sink_failing_for_good_stops_the_worker_without_acknowledging() {
     let tracker = Arc::new(OffsetTracker::new());
     let ok = FakeSink::new("ok");

@@ -45,8 +45,9 @@ pub struct RawGrid {
 /// Offered loads of the paced runs (in-process and e2e).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Paced {
-    /// Offered loads for the paced runs, as fractions of the measured full-backlog capacity.
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.9")]
+    /// Offered loads for the paced runs, as fractions of the measured full-backlog capacity;
+    /// `--loads` with no value runs none.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "0.5,0.9")]
     pub loads: Vec<f64>,
     /// Length of each paced run.
     #[arg(long, default_value_t = 15.0)]

@@ -655,8 +655,8 @@ struct Pending {
 /// The ClickHouse result sink with group commit: batches stored within `linger` of each other
 /// (up to `full_rows` rows) go out as one insert. An insert costs ClickHouse about the same for
 /// 3 rows as for 300 (a part in each table the views fill), and under a light load the batcher
-/// closes many small batches; the output topic is not held back by this (sinks run side by
-/// side), only the acknowledgement waits.
+/// closes many small batches; the output topic is not held back by this (the ack stage writes
+/// batches side by side), only the acknowledgement waits.
 pub struct GroupedClickHouse {
     tx: tokio::sync::mpsc::Sender<Pending>,
 }
