@@ -90,7 +90,8 @@ ts_run() { # label batch delay backlog json loads... (no loads: backlog only)
   local label=$1 b=$2 d=$3 backlog=$4 json=$5
   shift 5
   ts_start "$b" "$d"
-  "$BIN" bench e2e --system "torchserve $label (batch $b, delay $d ms, $TS_WORKERS workers)" \
+  # The harness's raw run (the ratios' denominator) uses the same model at one thread.
+  VAXPULSE_MODEL_DIR=$MODEL VAXPULSE_MODEL_INTRA_OP_THREADS=1 "$BIN" bench e2e --system "torchserve $label (batch $b, delay $d ms, $TS_WORKERS workers)" \
     --worker-cmd "python $ROOT/scripts/torchserve/bridge.py" --replicas 1 \
     --backlogs "$backlog" --paced-seconds "$PACED_SECONDS" "$@" --json "$json"
 }
