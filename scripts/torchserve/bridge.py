@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from confluent_kafka import Consumer, Producer
 
@@ -65,8 +65,12 @@ def main():
             if not msgs:
                 continue
             parsed = [id_and_text(m.value()) for m in msgs]
-            results = list(pool.map(lambda p: predict(p[1]), parsed))
-            for m, (tid, _), r in zip(msgs, parsed, results):
+            futures = {pool.submit(predict, text): (m, tid) for m, (tid, text) in zip(msgs, parsed)}
+            # Each result is published as soon as TorchServe answers it; the chunk's offsets are
+            # committed once all of its results are delivered.
+            for f in as_completed(futures):
+                m, tid = futures[f]
+                r = f.result()
                 r["tweet_id"] = tid
                 producer.produce(out_topic, key=tid, value=json.dumps(r),
                                  headers={"vaxpulse.source_timestamp_ms": str(m.timestamp()[1])})
