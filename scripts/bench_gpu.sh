@@ -9,8 +9,8 @@
 #      CPU, 1 intra-op and 1 tokenizer thread each, backlog SCALE_PER_REPLICA x R.
 # Steps 2 and 3 need a broker and ClickHouse: nisshi (NISSHI, else next to the binary, else on
 # PATH; started here with memory storage) and ClickHouse (VAXPULSE_CLICKHOUSE_URL answering, else
-# chdb importable: scripts/clickhouse_server.py). Missing ones skip those steps, and
-# OUT/summary.md says which and why.
+# chdb importable, or installed from CHDB_WHEEL: scripts/clickhouse_server.py). Missing ones skip
+# those steps, and OUT/summary.md says which and why.
 #
 # Usage: scripts/bench_gpu.sh [--dry-run] VAXPULSE_BINARY [MODEL_PARITY_TEST_BINARY] [OUT_DIR]
 #   VAXPULSE_BINARY's folder must also hold vaxpulse-harness (scripts/gpu_bundle.sh packs both,
@@ -86,7 +86,8 @@ for p in ${PRECISIONS:-fp16 bf16}; do
   step "pipeline, base-sized $p: base-$p.md"
 done
 
-# 2 and 3 need a broker and ClickHouse.
+# 2 and 3 need a broker and ClickHouse (started here, stopped at exit).
+rm -f /tmp/vaxpulse-broker/pid /tmp/vaxpulse-ch/pid
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 NISSHI=${NISSHI:-$(dirname "$BIN")/nisshi}
 [ -x "$NISSHI" ] || NISSHI=$(command -v nisshi || true)
@@ -94,15 +95,24 @@ missing=""
 if [ -z "$NISSHI" ]; then missing="no nisshi binary (NISSHI, beside vaxpulse, or on PATH)"; fi
 CH=${VAXPULSE_CLICKHOUSE_URL:-http://127.0.0.1:8123}
 if [ -z "$missing" ] && ! curl -fsS "$CH/ping" >/dev/null 2>&1; then
+  # chdb-core's wheel (173 MiB) is larger than one device call carries (64 MiB): bring it in
+  # pieces to a kept folder, join them, and name the wheel in CHDB_WHEEL (pandas and pyarrow,
+  # its needs, are in the GPU image).
+  if ! $PY -c 'import chdb' 2>/dev/null && [ -n "${CHDB_WHEEL:-}" ]; then
+    $PY -m pip install -q --no-index --no-deps --target /tmp/chdb-site "$CHDB_WHEEL" &&
+      export PYTHONPATH=/tmp/chdb-site${PYTHONPATH:+:$PYTHONPATH}
+  fi
   if $PY -c 'import chdb' 2>/dev/null; then
     chp=$(free_port)
-    mkdir -p /tmp/vaxpulse-ch
-    (nohup $PY scripts/clickhouse_server.py /tmp/vaxpulse-ch "$chp" "$(free_port)" >"$OUT/clickhouse.log" 2>&1 &)
+    mkdir -p /tmp/vaxpulse-ch && rm -f /tmp/vaxpulse-ch/pid
+    (nohup $PY scripts/clickhouse_server.py /tmp/vaxpulse-ch "$chp" "$(free_port)" >"$OUT/clickhouse.log" 2>&1 &
+      echo $! >/tmp/vaxpulse-ch/pid)
+    trap 'kill "$(cat /tmp/vaxpulse-ch/pid)" 2>/dev/null || true' EXIT
     CH=http://127.0.0.1:$chp
     for _ in $(seq 1 120); do curl -fsS "$CH/ping" >/dev/null 2>&1 && break; sleep 1; done
     curl -fsS "$CH/ping" >/dev/null 2>&1 || missing="ClickHouse (chdb) did not start: $OUT/clickhouse.log"
   else
-    missing="no ClickHouse: $CH does not answer and chdb-core is not importable (its wheel is larger than what a device call can carry)"
+    missing="no ClickHouse: $CH does not answer, chdb-core is not importable and CHDB_WHEEL is not set"
   fi
 fi
 if [ -n "$missing" ]; then
@@ -115,7 +125,7 @@ mkdir -p /tmp/vaxpulse-broker
 (cd /tmp/vaxpulse-broker && nohup "$NISSHI" broker --listener-url "tcp://127.0.0.1:$KP" \
   --advertised-listener-url "tcp://127.0.0.1:$KP" --storage-engine memory://nisshi/ \
   --group-initial-rebalance-delay 0s >"$OUT/nisshi.log" 2>&1 & echo $! >/tmp/vaxpulse-broker/pid)
-trap 'kill "$(cat /tmp/vaxpulse-broker/pid)" 2>/dev/null || true' EXIT
+trap 'for p in /tmp/vaxpulse-broker/pid /tmp/vaxpulse-ch/pid; do [ -f $p ] && kill "$(cat $p)" 2>/dev/null; done; true' EXIT
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$KP") 2>/dev/null && break; sleep 0.1; done
 export VAXPULSE_KAFKA_BROKERS=127.0.0.1:$KP VAXPULSE_CLICKHOUSE_URL=$CH
 step "broker (nisshi, memory storage) on $KP, ClickHouse $CH"

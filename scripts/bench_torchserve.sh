@@ -10,9 +10,9 @@
 #
 # Usage: scripts/bench_torchserve.sh [MODEL_DIR]    (default: a base-sized model, built if missing)
 # Env: BACKLOG (2000), LOADS (0.5,0.9), PACED_SECONDS (20), SWEEP_BACKLOG (300),
-#      TS_WORKERS (2; one intra-op thread each), TS_SWEEP ("8:20 8:100 32:20 32:100",
-#      batch_size:max_batch_delay_ms), VX_SWEEP ("2x1 1x2", replicas x intra-op threads),
-#      INT8_MODEL_DIR (unset: fp32 only), OUT (bench-results/torchserve),
+#      TS_SWEEP ("2x1:8:20 2x1:8:100 2x1:32:20 2x1:32:100 1x2:8:100": workers x threads per
+#      worker : batch_size : max_batch_delay_ms), VX_SWEEP ("2x1 1x2", replicas x intra-op threads),
+#      INT8_MODEL_DIR (unset: fp32 only), FINAL (0: the sweep only), OUT (bench-results/torchserve),
 #      VAXPULSE_KAFKA_BROKERS (the broker; scripts/services.sh start bench-broker gives 9094).
 # Writes OUT/sweep.md (every sweep run) and OUT/final-*.md/json; prints both.
 set -euo pipefail
@@ -35,8 +35,8 @@ if [ -z "$MODEL" ]; then
 fi
 MODEL=$(cd "$MODEL" && pwd)
 BACKLOG=${BACKLOG:-2000} LOADS=${LOADS:-0.5,0.9} PACED_SECONDS=${PACED_SECONDS:-20}
-SWEEP_BACKLOG=${SWEEP_BACKLOG:-300} TS_WORKERS=${TS_WORKERS:-2}
-TS_SWEEP=${TS_SWEEP:-8:20 8:100 32:20 32:100} VX_SWEEP=${VX_SWEEP:-2x1 1x2}
+SWEEP_BACKLOG=${SWEEP_BACKLOG:-300}
+TS_SWEEP=${TS_SWEEP:-2x1:8:20 2x1:8:100 2x1:32:20 2x1:32:100 1x2:8:100} VX_SWEEP=${VX_SWEEP:-2x1 1x2}
 OUT=${OUT:-bench-results/torchserve}
 TS=$ROOT/.state/torchserve
 rm -rf "$TS" && mkdir -p "$TS/store" "$OUT"
@@ -58,7 +58,12 @@ ts_stop() {
 }
 trap ts_stop EXIT
 
-ts_start() { # batch_size max_batch_delay_ms
+# Starts TorchServe with setting WxT:BATCH:DELAY. Not inside a pipeline: the pipeline's subshell
+# would wait for TorchServe, its child, before the pipe could close.
+ts_start() {
+  local w=${1%%x*} rest=${1#*x}
+  local t=${rest%%:*} b d
+  b=${rest#*:} d=${b#*:} b=${b%%:*}
   ts_stop
   cat >"$TS/config.properties" <<CFG
 inference_address=http://127.0.0.1:8085
@@ -67,10 +72,10 @@ metrics_address=http://127.0.0.1:8087
 model_store=$TS/store
 disable_token_authorization=true
 install_py_dep_per_model=false
-models={"vax": {"1.0": {"defaultVersion": true, "marName": "vax.mar", "minWorkers": $TS_WORKERS, "maxWorkers": $TS_WORKERS, "batchSize": $1, "maxBatchDelay": $2, "responseTimeout": 300}}}
+models={"vax": {"1.0": {"defaultVersion": true, "marName": "vax.mar", "minWorkers": $w, "maxWorkers": $w, "batchSize": $b, "maxBatchDelay": $d, "responseTimeout": 300}}}
 CFG
-  echo "bench_torchserve: starting TorchServe ($TS_WORKERS workers, batch $1, delay $2 ms)"
-  (cd "$TS" && VAXPULSE_TS_THREADS=1 nohup torchserve --start --foreground --ncs --disable-token-auth \
+  echo "bench_torchserve: starting TorchServe ($w workers x $t threads, batch $b, delay $d ms)"
+  (cd "$TS" && VAXPULSE_TS_THREADS=$t nohup torchserve --start --foreground --ncs --disable-token-auth \
     --ts-config "$TS/config.properties" --model-store "$TS/store" --models vax=vax.mar >"$TS/torchserve.log" 2>&1 &
     echo $! >"$TS/pid")
   for _ in $(seq 1 180); do
@@ -86,12 +91,11 @@ steady() { # json -> the first run's steady tweets/s
   python -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["e2e"]["runs"][0]["tweets_per_second"], 2))' "$1"
 }
 
-ts_run() { # label batch delay backlog json loads... (no loads: backlog only)
-  local label=$1 b=$2 d=$3 backlog=$4 json=$5
-  shift 5
-  ts_start "$b" "$d"
+ts_run() { # setting backlog json loads... (no loads: backlog only); TorchServe already started
+  local s=$1 backlog=$2 json=$3
+  shift 3
   # The harness's raw run (the ratios' denominator) uses the same model at one thread.
-  VAXPULSE_MODEL_DIR=$MODEL VAXPULSE_MODEL_INTRA_OP_THREADS=1 "$BIN" bench e2e --system "torchserve $label (batch $b, delay $d ms, $TS_WORKERS workers)" \
+  VAXPULSE_MODEL_DIR=$MODEL VAXPULSE_MODEL_INTRA_OP_THREADS=1 "$BIN" bench e2e --system "torchserve fp32 ($s: workers x threads : batch : delay ms)" \
     --worker-cmd "python $ROOT/scripts/torchserve/bridge.py" --replicas 1 \
     --backlogs "$backlog" --paced-seconds "$PACED_SECONDS" "$@" --json "$json"
 }
@@ -108,10 +112,11 @@ SWEEP=$OUT/sweep.md
 printf '| system | setting | backlog | steady tweets/s |\n|---|---|---|---|\n' >"$SWEEP"
 best_ts="" best_ts_rate=0
 for s in $TS_SWEEP; do
-  b=${s%%:*} d=${s##*:} json=$OUT/sweep-ts-$b-$d.json
-  ts_run fp32 "$b" "$d" "$SWEEP_BACKLOG" "$json" --loads "${SWEEP_GRID[@]}" >"$OUT/sweep-ts-$b-$d.md"
+  json=$OUT/sweep-ts-${s//:/-}.json
+  ts_start "$s"
+  ts_run "$s" "$SWEEP_BACKLOG" "$json" --loads "${SWEEP_GRID[@]}" >"${json%.json}.md"
   rate=$(steady "$json")
-  echo "| torchserve fp32 | batch $b, delay $d ms, $TS_WORKERS workers | $SWEEP_BACKLOG | $rate |" | tee -a "$SWEEP"
+  echo "| torchserve fp32 | $s (workers x threads : batch : delay ms) | $SWEEP_BACKLOG | $rate |" | tee -a "$SWEEP"
   if python -c "import sys; sys.exit(0 if $rate > $best_ts_rate else 1)"; then best_ts=$s best_ts_rate=$rate; fi
 done
 ts_stop
@@ -132,9 +137,10 @@ for variant in fp32 ${INT8_MODEL_DIR:+int8}; do
   BEST[$variant]=$best
 done
 
+if [ "${FINAL:-1}" = 0 ]; then cat "$SWEEP"; exit 0; fi
 echo "bench_torchserve: final runs — torchserve $best_ts, vaxpulse fp32 ${BEST[fp32]}${INT8_MODEL_DIR:+, int8 ${BEST[int8]}}"
-b=${best_ts%%:*} d=${best_ts##*:}
-ts_run fp32 "$b" "$d" "$BACKLOG" "$OUT/final-torchserve.json" --loads "$LOADS" "${FINAL_GRID[@]}" |
+ts_start "$best_ts"
+ts_run "$best_ts" "$BACKLOG" "$OUT/final-torchserve.json" --loads "$LOADS" "${FINAL_GRID[@]}" |
   tee "$OUT/final-torchserve.md"
 ts_stop
 for variant in fp32 ${INT8_MODEL_DIR:+int8}; do
