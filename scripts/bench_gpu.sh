@@ -122,7 +122,8 @@ if [ -n "$missing" ]; then
 fi
 KP=$(free_port)
 mkdir -p /tmp/vaxpulse-broker
-(cd /tmp/vaxpulse-broker && nohup "$NISSHI" broker --listener-url "tcp://127.0.0.1:$KP" \
+# `cd; cmd &`, not `cd && cmd &`: $! must be nisshi itself for the trap to stop it.
+(cd /tmp/vaxpulse-broker || exit 1; nohup "$NISSHI" broker --listener-url "tcp://127.0.0.1:$KP" \
   --advertised-listener-url "tcp://127.0.0.1:$KP" --storage-engine memory://nisshi/ \
   --group-initial-rebalance-delay 0s >"$OUT/nisshi.log" 2>&1 & echo $! >/tmp/vaxpulse-broker/pid)
 trap 'for p in /tmp/vaxpulse-broker/pid /tmp/vaxpulse-ch/pid; do [ -f $p ] && kill "$(cat $p)" 2>/dev/null; done; true' EXIT
