@@ -1012,6 +1012,27 @@ mod tests {
     }
 
     #[test]
+    fn a_clickhouse_linger_not_shorter_than_the_revoke_drain_is_refused() {
+        // Inferred tweets of revoked partitions would wait out the drain in the group commit.
+        let err = Config::from_toml_with_env(
+            "[clickhouse]\ninsert_linger_ms = 3000\n[pipeline]\nrevoke_drain_timeout_ms = 3000\n",
+            "t",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("insert_linger_ms"), "{err}");
+        let err = Config::from_toml_with_env(
+            "[clickhouse]\ninsert_max_rows = 10\n[batch]\nmax_batch_size = 64\n",
+            "t",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("insert_max_rows"), "{err}");
+        let ok = Config::from_toml_with_env("", "t", env(&[])).expect("the defaults are valid");
+        assert!(ok.clickhouse.insert_linger_ms < ok.pipeline.revoke_drain_timeout_ms);
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_a_hint() {
         let err = Config::from_toml_with_env("[batch]\nmax_wait = 5\n", "t", env(&[])).unwrap_err();
         assert!(err.to_string().contains("max_wait"), "{err}");
