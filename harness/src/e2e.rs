@@ -567,33 +567,56 @@ pub async fn bench(cfg: Config, args: E2eArgs) -> anyhow::Result<E2eBench> {
 mod tests {
     use super::*;
 
-    const BEFORE: &str = r#"# TYPE vaxpulse_inference_duration_seconds histogram
-vaxpulse_inference_duration_seconds_bucket{model="demo@1",role="champion",le="0.004"} 0
-vaxpulse_inference_duration_seconds_bucket{model="demo@1",role="champion",le="0.008"} 1
-vaxpulse_inference_duration_seconds_bucket{model="demo@1",role="champion",le="0.016"} 1
-vaxpulse_inference_duration_seconds_bucket{model="demo@1",role="champion",le="+Inf"} 1
-vaxpulse_inference_duration_seconds_sum{model="demo@1",role="champion"} 0.006
-vaxpulse_inference_duration_seconds_count{model="demo@1",role="champion"} 1
-vaxpulse_inference_duration_seconds_bucket{model="demo@2",role="shadow",le="0.004"} 0
-vaxpulse_inference_duration_seconds_bucket{model="demo@2",role="shadow",le="0.008"} 0
-vaxpulse_inference_duration_seconds_bucket{model="demo@2",role="shadow",le="0.016"} 9
-vaxpulse_inference_duration_seconds_bucket{model="demo@2",role="shadow",le="+Inf"} 9
-vaxpulse_inference_duration_seconds_sum{model="demo@2",role="shadow"} 0.1
-vaxpulse_inference_duration_seconds_count{model="demo@2",role="shadow"} 9
-"#;
+    /// A scrape holding the champion's inference histogram (cumulative `(le, count)` buckets)
+    /// beside a shadow's, which the filter must leave out.
+    fn scrape_text(champion: &[(&str, u64)], sum: f64, count: u64) -> String {
+        let name = "vaxpulse_inference_duration_seconds";
+        let mut out = format!("# TYPE {name} histogram\n");
+        let series = [
+            (
+                "model=\"demo@1\",role=\"champion\"",
+                champion.to_vec(),
+                sum,
+                count,
+            ),
+            (
+                "model=\"demo@2\",role=\"shadow\"",
+                vec![("0.004", 0), ("0.008", 0), ("0.016", 9), ("+Inf", 9)],
+                0.1,
+                9,
+            ),
+        ];
+        for (labels, buckets, sum, count) in series {
+            for (le, n) in buckets {
+                out.push_str(&format!("{name}_bucket{{{labels},le=\"{le}\"}} {n}\n"));
+            }
+            out.push_str(&format!("{name}_sum{{{labels}}} {sum}\n"));
+            out.push_str(&format!("{name}_count{{{labels}}} {count}\n"));
+        }
+        out
+    }
 
     #[test]
     fn a_stage_is_the_difference_of_two_scrapes_of_one_series() {
-        let after = BEFORE
-            .replace("le=\"0.004\"} 0\nvaxpulse_inference_duration_seconds_bucket{model=\"demo@1\",role=\"champion\",le=\"0.008\"} 1", "le=\"0.004\"} 60\nvaxpulse_inference_duration_seconds_bucket{model=\"demo@1\",role=\"champion\",le=\"0.008\"} 99")
-            .replace("role=\"champion\",le=\"0.016\"} 1", "role=\"champion\",le=\"0.016\"} 101")
-            .replace("role=\"champion\",le=\"+Inf\"} 1", "role=\"champion\",le=\"+Inf\"} 101")
-            .replace("role=\"champion\"} 0.006", "role=\"champion\"} 0.506")
-            .replace("role=\"champion\"} 1\n", "role=\"champion\"} 101\n");
         let name = "vaxpulse_inference_duration_seconds";
-        let b = parse_hist(BEFORE, name, "role=\"champion\"");
-        let a = parse_hist(&after, name, "role=\"champion\"");
-        let s = stage("inference", &b, &a, 1e3).expect("100 new batches");
+        let filter = "role=\"champion\"";
+        let before = scrape_text(
+            &[("0.004", 0), ("0.008", 1), ("0.016", 1), ("+Inf", 1)],
+            0.006,
+            1,
+        );
+        let after = scrape_text(
+            &[("0.004", 60), ("0.008", 99), ("0.016", 101), ("+Inf", 101)],
+            0.506,
+            101,
+        );
+        let s = stage(
+            "inference",
+            &parse_hist(&before, name, filter),
+            &parse_hist(&after, name, filter),
+            1e3,
+        )
+        .expect("100 new batches");
         assert_eq!(s.count, 100.0);
         assert!((s.mean_ms - 5.0).abs() < 1e-9, "{s:?}");
         // 60 of 100 within 4 ms, 98 within 8 ms, all within 16 ms.

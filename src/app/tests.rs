@@ -394,7 +394,7 @@ fn classified(tracker: &OffsetTracker, offsets: std::ops::Range<i64>) -> Classif
     }
 }
 
-const WRITES: usize = 4;
+const IN_FLIGHT_ROWS: usize = 4;
 
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -404,8 +404,34 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
     }
 }
 
-#[tokio::test]
-async fn an_offset_is_acknowledged_only_after_both_sinks_stored_its_batch() {
+/// The ack stage over a fast sink and a slow one that stores a batch only when `gate` gets a
+/// permit (ClickHouse's group commit, say), fed through `tx`.
+struct Gated {
+    tracker: Arc<OffsetTracker>,
+    fast: Arc<FakeSink>,
+    gate: Arc<tokio::sync::Semaphore>,
+    tx: tokio::sync::mpsc::Sender<ClassifiedBatch>,
+    stage: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Gated {
+    /// Sends the batch of `offsets` and waits until the fast sink stored it (one write each:
+    /// two batches sent together could be merged into one).
+    async fn send_seen_by_fast_sink(&self, offsets: std::ops::Range<i64>) {
+        let before = self.fast.stored.load(Ordering::SeqCst);
+        let n = offsets.clone().count();
+        self.tx
+            .send(classified(&self.tracker, offsets))
+            .await
+            .unwrap();
+        eventually("the fast sink", || {
+            self.fast.stored.load(Ordering::SeqCst) == before + n
+        })
+        .await;
+    }
+}
+
+fn gated_stage(queue: usize, max_in_flight_rows: usize) -> Gated {
     let tracker = Arc::new(OffsetTracker::new());
     let fast = FakeSink::new("fast");
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
@@ -413,15 +439,33 @@ async fn an_offset_is_acknowledged_only_after_both_sinks_stored_its_batch() {
         gate: Some(gate.clone()),
         ..Arc::into_inner(FakeSink::new("slow")).unwrap()
     });
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (tx, rx) = tokio::sync::mpsc::channel(queue);
     let stage = tokio::spawn(store_and_ack(
         rx,
-        vec![fast.clone(), slow.clone()],
+        vec![fast.clone(), slow],
         tracker.clone(),
         Arc::new(Health::default()),
-        WRITES,
+        max_in_flight_rows,
         CancellationToken::new(),
     ));
+    Gated {
+        tracker,
+        fast,
+        gate,
+        tx,
+        stage,
+    }
+}
+
+#[tokio::test]
+async fn an_offset_is_acknowledged_only_after_both_sinks_stored_its_batch() {
+    let Gated {
+        tracker,
+        fast,
+        gate,
+        tx,
+        stage,
+    } = gated_stage(4, IN_FLIGHT_ROWS);
     tx.send(classified(&tracker, 0..3)).await.unwrap();
     eventually("the fast sink to store", || {
         fast.stored.load(Ordering::SeqCst) == 3
@@ -443,32 +487,17 @@ async fn an_offset_is_acknowledged_only_after_both_sinks_stored_its_batch() {
 #[tokio::test]
 async fn later_batches_reach_a_fast_sink_while_a_slow_one_holds_earlier_ones() {
     // ClickHouse's group commit holds batches up to a second; the output topic must not wait.
-    let tracker = Arc::new(OffsetTracker::new());
-    let fast = FakeSink::new("fast");
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let slow = Arc::new(FakeSink {
-        gate: Some(gate.clone()),
-        ..Arc::into_inner(FakeSink::new("slow")).unwrap()
-    });
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let stage = tokio::spawn(store_and_ack(
-        rx,
-        vec![fast.clone(), slow.clone()],
-        tracker.clone(),
-        Arc::new(Health::default()),
-        1_000,
-        CancellationToken::new(),
-    ));
+    let g = gated_stage(1, 1_000);
     for b in 0..10 {
-        tx.send(classified(&tracker, b * 3..b * 3 + 3))
-            .await
-            .unwrap();
-        // One at a time, so that no two are merged into one write.
-        eventually("the fast sink", || {
-            fast.stored.load(Ordering::SeqCst) == 3 * (b as usize + 1)
-        })
-        .await;
+        g.send_seen_by_fast_sink(b * 3..b * 3 + 3).await;
     }
+    let Gated {
+        tracker,
+        gate,
+        tx,
+        stage,
+        ..
+    } = g;
     assert_eq!(
         tracker.in_flight(None),
         30,
@@ -483,31 +512,16 @@ async fn later_batches_reach_a_fast_sink_while_a_slow_one_holds_earlier_ones() {
 
 #[tokio::test]
 async fn tweets_in_flight_to_the_sinks_are_bounded() {
-    let tracker = Arc::new(OffsetTracker::new());
-    let fast = FakeSink::new("fast");
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let slow = Arc::new(FakeSink {
-        gate: Some(gate.clone()),
-        ..Arc::into_inner(FakeSink::new("slow")).unwrap()
-    });
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let stage = tokio::spawn(store_and_ack(
-        rx,
-        vec![fast.clone(), slow.clone()],
-        tracker.clone(),
-        Arc::new(Health::default()),
-        6,
-        CancellationToken::new(),
-    ));
-    for b in 0..2 {
-        tx.send(classified(&tracker, b * 3..b * 3 + 3))
-            .await
-            .unwrap();
-        eventually("the fast sink", || {
-            fast.stored.load(Ordering::SeqCst) == 3 * (b as usize + 1)
-        })
-        .await;
-    }
+    let g = gated_stage(1, 6);
+    g.send_seen_by_fast_sink(0..3).await;
+    g.send_seen_by_fast_sink(3..6).await;
+    let Gated {
+        tracker,
+        fast,
+        gate,
+        tx,
+        stage,
+    } = g;
     // The budget (6 tweets) is spent: the third batch waits, whatever the fast sink could do.
     tx.send(classified(&tracker, 6..9)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -545,7 +559,7 @@ async fn a_sink_failing_for_good_stops_the_worker_without_acknowledging() {
         vec![ok, broken],
         tracker.clone(),
         health.clone(),
-        WRITES,
+        IN_FLIGHT_ROWS,
         cancel.clone(),
     )
     .await
