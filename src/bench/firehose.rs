@@ -212,18 +212,21 @@ fn consume(
     what: &str,
 ) -> anyhow::Result<Rate> {
     let group = format!("bench-firehose-{}", rand::random::<u32>());
-    let consumer: BaseConsumer = crate::sink::kafka::client_config(
-        &cfg.kafka,
-        &[
-            ("group.id", group),
-            ("auto.offset.reset", "earliest".into()),
-            ("enable.auto.commit", "false".into()),
-            ("fetch.wait.max.ms", cfg.kafka.fetch_wait_max_ms.to_string()),
-            ("fetch.message.max.bytes", "4194304".into()),
-        ],
-    )
-    .create()
-    .context("cannot create the bench consumer")?;
+    // The worker's own consumer defaults first, so the bench reads as the worker does.
+    let mut defaults: Vec<(&str, String)> = crate::source::kafka::CONSUMER_DEFAULTS
+        .iter()
+        .map(|(k, v)| (*k, v.to_string()))
+        .collect();
+    defaults.extend([
+        ("group.id", group),
+        ("auto.offset.reset", "earliest".into()),
+        ("enable.auto.commit", "false".into()),
+        ("fetch.wait.max.ms", cfg.kafka.fetch_wait_max_ms.to_string()),
+        ("fetch.message.max.bytes", "4194304".into()),
+    ]);
+    let consumer: BaseConsumer = crate::sink::kafka::client_config(&cfg.kafka, &defaults)
+        .create()
+        .context("cannot create the bench consumer")?;
     consumer.subscribe(&[topic])?;
     let (mut seen, mut bytes) = (0usize, 0usize);
     let mut t = Tally::default();
