@@ -146,6 +146,7 @@ def export(args) -> None:
     import torch
     from transformers import AutoTokenizer, CamembertForSequenceClassification
     from vaxmodel import CamembertClassifier, normalize
+    from vaxmodel import export as export_version
 
     state, weights_file = load_weights(ckpt)
     pad_id = int(cfg.get("pad_token_id", 1))
@@ -182,17 +183,6 @@ def export(args) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        scripted = torch.jit.script(model)
-        scripted.save(str(tmp / "model.pt"))
-        shutil.copyfile(tok_file, tmp / "tokenizer.json")
-        cases = []
-        for text, norm, ids, mask, p in zip(SAMPLES, texts, enc["input_ids"], enc["attention_mask"], reference):
-            cases.append({"text": text, "normalized": norm,
-                          "ids": [int(i) for i, m in zip(ids, mask) if m],
-                          "probabilities": [float(x) for x in p]})
-        (tmp / "parity.json").write_text(json.dumps({"model_dir": f"{name}/{version}", "reference": "transformers",
-                                                     "cases": cases}, indent=1, ensure_ascii=False) + "\n",
-                                         encoding="utf-8")
         manifest = {
             "name": name, "version": version, "labels": labels, "max_length": max_length, "pad_id": pad_id,
             "inputs": ["input_ids", "attention_mask"],
@@ -205,11 +195,18 @@ def export(args) -> None:
                        "weights_sha256": sha256(weights_file), "config_sha256": sha256(ckpt / "config.json"),
                        "id2label": cfg.get("id2label")},
             "torch": torch.__version__,
-            "files": {"model": {"path": "model.pt", "sha256": sha256(tmp / "model.pt")},
-                      "tokenizer": {"path": "tokenizer.json", "sha256": sha256(tmp / "tokenizer.json")}},
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
-                                           encoding="utf-8")
+        # model.pt (scripted and checked against the eager module), tokenizer.json, manifest.json
+        # with both files' hashes: the same writer as every other model version.
+        export_version(model, tmp, tok_file, manifest, vocab=int(cfg["vocab_size"]), max_length=max_length)
+        cases = []
+        for text, norm, ids, mask, p in zip(SAMPLES, texts, enc["input_ids"], enc["attention_mask"], reference):
+            cases.append({"text": text, "normalized": norm,
+                          "ids": [int(i) for i, m in zip(ids, mask) if m],
+                          "probabilities": [float(x) for x in p]})
+        (tmp / "parity.json").write_text(json.dumps({"model_dir": f"{name}/{version}", "reference": "transformers",
+                                                     "cases": cases}, indent=1, ensure_ascii=False) + "\n",
+                                         encoding="utf-8")
         print(f"export_model: {ckpt} -> {out}: labels {labels} (checkpoint order), max_length {max_length}, "
               f"pad id {pad_id}; rebuilt vs transformers in Python: max |Δp| = {py_diff:.2e}")
         check = subprocess.run([args.vaxpulse, "models", "check", str(tmp)], capture_output=True, text=True)

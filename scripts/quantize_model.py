@@ -27,7 +27,7 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from vaxmodel import CamembertClassifier, sha256  # noqa: E402
+from vaxmodel import CamembertClassifier, export  # noqa: E402
 
 
 SAMPLES = [
@@ -113,12 +113,6 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        scripted = torch.jit.script(q)
-        scripted.save(str(tmp / "model.pt"))
-        shutil.copyfile(src / manifest["files"]["tokenizer"]["path"], tmp / "tokenizer.json")
-        parity["model_dir"] = f"{manifest['name']}/{out.name}"
-        parity["reference"] = f"{parity.get('reference', 'fp32')} (of {src.name}, fp32)"
-        (tmp / "parity.json").write_text(json.dumps(parity, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         new = dict(manifest)
         new["version"] = out.name
         new["quantization"] = {
@@ -128,9 +122,13 @@ def main() -> None:
             "python_parity_same_label": f"{same}/{len(cases)}",
         }
         new["torch"] = torch.__version__
-        new["files"] = {"model": {"path": "model.pt", "sha256": sha256(tmp / "model.pt")},
-                        "tokenizer": {"path": "tokenizer.json", "sha256": sha256(tmp / "tokenizer.json")}}
-        (tmp / "manifest.json").write_text(json.dumps(new, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        # model.pt (scripted and checked against the eager module), tokenizer.json, manifest.json
+        # with both files' hashes: the same writer as every other model version.
+        export(q, tmp, src / manifest["files"]["tokenizer"]["path"], new,
+               vocab=int(arch["vocab"]), max_length=int(manifest["max_length"]))
+        parity["model_dir"] = f"{manifest['name']}/{out.name}"
+        parity["reference"] = f"{parity.get('reference', 'fp32')} (of {src.name}, fp32)"
+        (tmp / "parity.json").write_text(json.dumps(parity, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"quantize_model: {src} -> {out}: dynamic int8 Linear layers; on {len(cases)} parity texts "
               f"max |Δp| vs fp32 = {diff:.2e}, same label {same}/{len(cases)}; "
               f"model.pt {os.path.getsize(src / 'model.pt') / 1e6:.1f} MB -> {os.path.getsize(tmp / 'model.pt') / 1e6:.1f} MB")
