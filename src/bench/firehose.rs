@@ -212,11 +212,8 @@ fn consume(
     what: &str,
 ) -> anyhow::Result<Rate> {
     let group = format!("bench-firehose-{}", rand::random::<u32>());
-    // The worker's own consumer defaults first, so the bench reads as the worker does.
-    let mut defaults: Vec<(&str, String)> = crate::source::kafka::CONSUMER_DEFAULTS
-        .iter()
-        .map(|(k, v)| (*k, v.to_string()))
-        .collect();
+    // The worker's overridable consumer defaults first (not its fixed 16-MiB prefetch limit).
+    let mut defaults = crate::source::kafka::consumer_defaults();
     defaults.extend([
         ("group.id", group),
         ("auto.offset.reset", "earliest".into()),
