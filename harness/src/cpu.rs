@@ -11,8 +11,8 @@ use serde::Serialize;
 #[derive(Debug, Clone)]
 pub struct CpuSnapshot {
     at: Instant,
-    /// Busy and total jiffies of the whole machine.
-    machine: Option<(u64, u64)>,
+    /// The whole machine, from `/proc/stat`.
+    machine: Option<MachineTicks>,
     /// utime + stime of each worker process (by pid) and of this process, in clock ticks.
     workers: Vec<(u32, u64)>,
     own: Option<u64>,
@@ -56,8 +56,17 @@ fn parse_process_ticks(stat: &str) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// (busy, total) jiffies from the first line of `/proc/stat`; idle and iowait are not busy.
-fn parse_machine(stat: &str) -> Option<(u64, u64)> {
+/// Jiffies of all CPUs together, and how many CPUs `/proc/stat` lists (the scale of `busy /
+/// total`; `available_parallelism` may count fewer, under an affinity mask or a cgroup).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct MachineTicks {
+    busy: u64,
+    total: u64,
+    cpus: usize,
+}
+
+/// The first line of `/proc/stat` (idle and iowait are not busy) and its `cpuN` lines.
+fn parse_machine(stat: &str) -> Option<MachineTicks> {
     let line = stat.lines().next()?;
     let v: Vec<u64> = line
         .split_whitespace()
@@ -67,7 +76,15 @@ fn parse_machine(stat: &str) -> Option<(u64, u64)> {
         .collect::<Option<_>>()?;
     let total: u64 = v.iter().sum();
     let idle = v.get(3)? + v.get(4)?;
-    Some((total - idle, total))
+    let cpus = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count();
+    Some(MachineTicks {
+        busy: total - idle,
+        total,
+        cpus: cpus.max(1),
+    })
 }
 
 impl CpuSnapshot {
@@ -89,12 +106,13 @@ impl CpuSnapshot {
     /// counts only for the part both snapshots saw (the runs keep the same workers throughout).
     pub fn since(&self, earlier: &CpuSnapshot) -> Option<CpuUse> {
         let wall = self.at.duration_since(earlier.at).as_secs_f64();
-        let ((b1, t1), (b0, t0)) = (self.machine?, earlier.machine?);
-        if wall <= 0.0 || t1 <= t0 {
+        let (now, then) = (self.machine?, earlier.machine?);
+        if wall <= 0.0 || now.total <= then.total {
             return None;
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let machine = (b1 - b0) as f64 / (t1 - t0) as f64 * cores as f64;
+        let cores = now.cpus;
+        let machine =
+            (now.busy - then.busy) as f64 / (now.total - then.total) as f64 * cores as f64;
         let hz = clock_ticks();
         let workers: u64 = self
             .workers
@@ -141,7 +159,14 @@ mod tests {
     #[test]
     fn machine_busy_excludes_idle_and_iowait() {
         let stat = "cpu  100 10 40 800 50 0 0 0 0 0\ncpu0 1 2 3\n";
-        assert_eq!(parse_machine(stat), Some((150, 1000)));
+        assert_eq!(
+            parse_machine(stat),
+            Some(MachineTicks {
+                busy: 150,
+                total: 1000,
+                cpus: 1
+            })
+        );
     }
 
     #[test]
@@ -149,19 +174,27 @@ mod tests {
         let t0 = Instant::now();
         let a = CpuSnapshot {
             at: t0,
-            machine: Some((0, 0)),
+            machine: Some(MachineTicks {
+                busy: 0,
+                total: 0,
+                cpus: 4,
+            }),
             workers: vec![(1, 0), (2, 0)],
             own: Some(0),
         };
         let b = CpuSnapshot {
             at: t0 + std::time::Duration::from_secs(2),
-            machine: Some((1500, 2000)),
+            machine: Some(MachineTicks {
+                busy: 1500,
+                total: 2000,
+                cpus: 4,
+            }),
             workers: vec![(1, 100), (2, 50), (3, 999)],
             own: Some(40),
         };
         let u = b.since(&a).expect("both snapshots have counters");
-        let cores = u.cores as f64;
-        assert!((u.machine - 0.75 * cores).abs() < 1e-9);
+        assert_eq!(u.cores, 4, "the CPUs /proc/stat lists");
+        assert!((u.machine - 0.75 * 4.0).abs() < 1e-9);
         // pid 3 was not in the first snapshot: not counted.
         let hz = clock_ticks();
         assert!((u.workers - 150.0 / hz / 2.0).abs() < 1e-9);
