@@ -415,6 +415,16 @@ struct Gated {
 }
 
 impl Gated {
+    /// Lets the slow sink store `permits` more batches, waits until every offset is
+    /// acknowledged, then closes the input and waits for the stage to end cleanly.
+    async fn open_gate_and_finish(self, permits: usize) -> Arc<OffsetTracker> {
+        self.gate.add_permits(permits);
+        eventually("the acks", || self.tracker.in_flight(None) == 0).await;
+        drop(self.tx);
+        self.stage.await.unwrap().unwrap();
+        self.tracker
+    }
+
     /// Sends the batch of `offsets` and waits until the fast sink stored it (one write each:
     /// two batches sent together could be merged into one).
     async fn send_seen_by_fast_sink(&self, offsets: std::ops::Range<i64>) {
@@ -459,29 +469,16 @@ fn gated_stage(queue: usize, max_in_flight_rows: usize) -> Gated {
 
 #[tokio::test]
 async fn an_offset_is_acknowledged_only_after_both_sinks_stored_its_batch() {
-    let Gated {
-        tracker,
-        fast,
-        gate,
-        tx,
-        stage,
-    } = gated_stage(4, IN_FLIGHT_ROWS);
-    tx.send(classified(&tracker, 0..3)).await.unwrap();
-    eventually("the fast sink to store", || {
-        fast.stored.load(Ordering::SeqCst) == 3
-    })
-    .await;
+    let g = gated_stage(4, IN_FLIGHT_ROWS);
+    g.send_seen_by_fast_sink(0..3).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
-        tracker.in_flight(None),
+        g.tracker.in_flight(None),
         3,
         "one sink stored it, the other not yet: nothing acknowledged"
     );
-    gate.add_permits(1);
-    eventually("the acks", || tracker.in_flight(None) == 0).await;
+    let tracker = g.open_gate_and_finish(1).await;
     assert_eq!(tracker.positions(&[0]), vec![(0, 3)]);
-    drop(tx);
-    stage.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -491,23 +488,13 @@ async fn later_batches_reach_a_fast_sink_while_a_slow_one_holds_earlier_ones() {
     for b in 0..10 {
         g.send_seen_by_fast_sink(b * 3..b * 3 + 3).await;
     }
-    let Gated {
-        tracker,
-        gate,
-        tx,
-        stage,
-        ..
-    } = g;
     assert_eq!(
-        tracker.in_flight(None),
+        g.tracker.in_flight(None),
         30,
         "none stored by the slow sink yet"
     );
-    gate.add_permits(10);
-    eventually("the acks", || tracker.in_flight(None) == 0).await;
+    let tracker = g.open_gate_and_finish(10).await;
     assert_eq!(tracker.positions(&[0]), vec![(0, 30)]);
-    drop(tx);
-    stage.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -515,30 +502,20 @@ async fn tweets_in_flight_to_the_sinks_are_bounded() {
     let g = gated_stage(1, 6);
     g.send_seen_by_fast_sink(0..3).await;
     g.send_seen_by_fast_sink(3..6).await;
-    let Gated {
-        tracker,
-        fast,
-        gate,
-        tx,
-        stage,
-    } = g;
     // The budget (6 tweets) is spent: the third batch waits, whatever the fast sink could do.
-    tx.send(classified(&tracker, 6..9)).await.unwrap();
+    g.tx.send(classified(&g.tracker, 6..9)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
-        fast.stored.load(Ordering::SeqCst),
+        g.fast.stored.load(Ordering::SeqCst),
         6,
         "the third batch waited"
     );
-    gate.add_permits(1);
+    g.gate.add_permits(1);
     eventually("room for the third batch", || {
-        fast.stored.load(Ordering::SeqCst) == 9
+        g.fast.stored.load(Ordering::SeqCst) == 9
     })
     .await;
-    gate.add_permits(2);
-    eventually("the acks", || tracker.in_flight(None) == 0).await;
-    drop(tx);
-    stage.await.unwrap().unwrap();
+    g.open_gate_and_finish(2).await;
 }
 
 #[tokio::test]
