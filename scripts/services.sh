@@ -24,8 +24,9 @@ mkdir -p "$STATE/nisshi" "$STATE/clickhouse" "$STATE/logs"
 
 BENCH_BROKERS=${VAXPULSE_BENCH_BROKERS:-127.0.0.1:9094}
 BHOST=${BENCH_BROKERS%%,*}; BPORT=${BHOST##*:}; BHOST=${BHOST%:*}
-kafka_up() { (exec 3<>"/dev/tcp/$KHOST/$KPORT") 2>/dev/null; }
-bench_up() { (exec 3<>"/dev/tcp/$BHOST/$BPORT") 2>/dev/null; }
+port_up() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+kafka_up() { port_up "$KHOST" "$KPORT"; }
+bench_up() { port_up "$BHOST" "$BPORT"; }
 ch_up() { curl -fsS "$CH_URL/ping" >/dev/null 2>&1; }
 
 wait_for() { # name check seconds
@@ -35,16 +36,22 @@ wait_for() { # name check seconds
   return 1
 }
 
+# nisshi on HOST:PORT with STORAGE, run from DIR (a sqlite:// path is relative to it), its pid in
+# $STATE/NAME.pid and its log in $STATE/logs/NAME.log.
+start_nisshi() { # NAME HOST PORT STORAGE DIR
+  echo "services: starting nisshi ($1) on $2:$3, storage $4"
+  # `cd; cmd &` (not `cd && cmd &`): $! must be nisshi itself, not a subshell, so stop works.
+  # No initial rebalance delay: a group forms as soon as its first member joins.
+  (cd "$5" || exit 1; nohup nisshi broker --listener-url "tcp://$2:$3" --advertised-listener-url "tcp://$2:$3" \
+    --storage-engine "$4" --group-initial-rebalance-delay 0s >>"$STATE/logs/$1.log" 2>&1 &
+    echo $! >"$STATE/$1.pid")
+}
+
 start() {
   local which=${1:-all}
   if [ "$which" = all ] || [ "$which" = broker ]; then
     if kafka_up; then echo "services: broker already answering on $KHOST:$KPORT"; else
-      echo "services: starting nisshi on $KHOST:$KPORT (storage $STATE/nisshi/nisshi.db)"
-      # `cd; cmd &` (not `cd && cmd &`): $! must be nisshi itself, not a subshell, so stop works.
-      # No initial rebalance delay: a group forms as soon as its first member joins.
-      (cd "$STATE/nisshi" || exit 1; nohup nisshi broker --listener-url "tcp://$KHOST:$KPORT" \
-        --advertised-listener-url "tcp://$KHOST:$KPORT" --storage-engine sqlite://nisshi.db \
-        --group-initial-rebalance-delay 0s >>"$STATE/logs/nisshi.log" 2>&1 & echo $! >"$STATE/nisshi.pid")
+      start_nisshi nisshi "$KHOST" "$KPORT" sqlite://nisshi.db "$STATE/nisshi"
     fi
     wait_for broker kafka_up 60
   fi
@@ -58,10 +65,7 @@ start() {
   fi
   if [ "$which" = bench-broker ]; then
     if bench_up; then echo "services: bench broker already answering on $BHOST:$BPORT"; else
-      echo "services: starting nisshi (memory storage) on $BHOST:$BPORT"
-      (cd "$STATE" || exit 1; nohup nisshi broker --listener-url "tcp://$BHOST:$BPORT" \
-        --advertised-listener-url "tcp://$BHOST:$BPORT" --storage-engine memory://nisshi/ \
-        --group-initial-rebalance-delay 0s >>"$STATE/logs/bench-broker.log" 2>&1 & echo $! >"$STATE/bench-broker.pid")
+      start_nisshi bench-broker "$BHOST" "$BPORT" memory://nisshi/ "$STATE"
     fi
     wait_for "bench broker" bench_up 60
     echo "services: bench broker up (VAXPULSE_KAFKA_BROKERS=$BHOST:$BPORT)"
