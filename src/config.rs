@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::model::{DeviceSpec, Precision};
-
 /// Errors found while loading or validating the configuration; none is retriable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -95,6 +93,9 @@ pub struct Config {
     /// What deletions remove.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// What a replica accepts from the control topic.
+    #[serde(default)]
+    pub deploy: DeployConfig,
 }
 
 /// Where a consumer group without committed offsets starts reading.
@@ -415,6 +416,21 @@ pub struct RetentionConfig {
     pub delete_counts: bool,
 }
 
+/// Limits on deployment records read from the control topic (checked before anything is
+/// opened).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// Most shadow versions one deployment may name (each costs a model in memory and a share
+    /// of the CPU); a record with more is refused.
+    #[serde(default = "default_max_shadows")]
+    pub max_shadows: usize,
+}
+
+fn default_max_shadows() -> usize {
+    4
+}
+
 fn default_int8_parity_max_abs_diff() -> f64 {
     0.05
 }
@@ -566,7 +582,8 @@ default_from_serde!(
     PipelineConfig,
     MetricsConfig,
     MonitorConfig,
-    RetentionConfig
+    RetentionConfig,
+    DeployConfig
 );
 
 impl Default for Config {
@@ -585,6 +602,7 @@ const SECTIONS: &[&str] = &[
     "metrics",
     "monitor",
     "retention",
+    "deploy",
 ];
 
 impl Config {
@@ -648,7 +666,7 @@ impl Config {
             .try_into()
             .map_err(|e: toml::de::Error| {
                 parse_err(format!(
-                    "{e} (check the key against config/local.toml and the README's configuration reference)"
+                    "{e} (check the key against config/local.toml and docs/configuration.md)"
                 ))
             })?;
         cfg.validate()?;
@@ -880,6 +898,83 @@ fn env_value(raw: &str, expected: Option<&toml::Value>) -> Result<toml::Value, S
             )),
         },
         Some(V::Datetime(_)) => as_toml().ok_or_else(|| format!("`{raw}` is not a datetime")),
+    }
+}
+
+/// Numeric precision of the weights and activations (`model.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "fp16" => Ok(Precision::Fp16),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("`{s}`: use fp32, fp16 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Where to run the model (`model.device`): `auto`, `cpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("`{s}`: use auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        DeviceSpec::parse(&s)
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
     }
 }
 

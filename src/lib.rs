@@ -3,9 +3,10 @@
 //!
 //! # How a tweet flows
 //! 1. [`source::kafka`] reads a message from `tweets.raw` on its own thread and decodes it
-//!    ([`tweet::decode`]): a tweet goes on, a control notice or foreign-language tweet is counted
-//!    and skipped, anything undecodable goes to `tweets.dlq` with a typed reason.
-//! 2. The tokenizer stage normalises the text ([`tweet::normalize`]) and encodes it with the
+//!    ([`tweet::decode`]): a tweet goes on as a [`work::Work`], a control notice or
+//!    foreign-language tweet is counted and skipped, anything undecodable goes to `tweets.dlq`
+//!    with a typed reason.
+//! 2. The tokenizer pool normalises the text ([`tweet::normalize`]) and encodes it with the
 //!    model's own tokenizer ([`model::tokenizer`]).
 //! 3. The micro-batcher ([`batch`]) groups tweets by count, padded-token budget and waiting
 //!    time, by similar length; exactly one batch waits while the model runs.
@@ -14,26 +15,34 @@
 //!    inserts the batch into ClickHouse ([`sink`]); only then are its offsets acknowledged
 //!    ([`batch::offsets`]) and, in order, committed by the consumer thread.
 //!
-//! [`app`] wires the stages and shuts them down in order; [`validate`] checks a deployment
-//! before it starts. The end-to-end bench, the fault-injection suite and the test kit are in the
+//! # Layers (a module imports only from the layers below it; `tests/module_graph.rs` checks)
+//! - ground floor: [`telemetry`], [`config`], [`output`], [`relevance`], [`kafka`] (client
+//!   settings), [`batch`], [`tweet`], [`work`] (the types that flow through the pipeline);
+//! - stages and stores: [`model`], [`source`], [`sink`], [`deploy`], [`probe`],
+//!   [`synthetic`], [`produce`];
+//! - wiring and readers: [`app`] (one file per stage), [`analytics`] (what analysts read),
+//!   [`eval`], [`bench`], [`validate`].
+//!
+//! The end-to-end bench, the fault-injection suite and the test kit are in the
 //! `vaxpulse-harness` crate, which is not part of the worker image.
 
+pub mod analytics;
 pub mod app;
 pub mod batch;
 pub mod bench;
-pub mod chart;
 pub mod config;
 pub mod deploy;
 pub mod eval;
+pub mod kafka;
 pub mod model;
-pub mod monitor;
+pub mod output;
 pub mod probe;
 pub mod produce;
 pub mod relevance;
-pub mod report;
 pub mod sink;
 pub mod source;
 pub mod synthetic;
 pub mod telemetry;
 pub mod tweet;
 pub mod validate;
+pub mod work;

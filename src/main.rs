@@ -5,13 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 
 use vaxpulse::config::Config;
 use vaxpulse::produce::{produce, Input, ProduceOptions};
 use vaxpulse::sink::clickhouse::ClickHouseSink;
-use vaxpulse::sink::kafka::client_config;
 
 #[derive(Parser)]
 #[command(
@@ -120,7 +117,7 @@ enum Command {
         #[arg(long)]
         model_version: Option<String>,
         #[arg(long, value_enum, default_value = "table")]
-        format: vaxpulse::report::Format,
+        format: vaxpulse::analytics::report::Format,
         /// Also write the opinion chart (share per label with the volume beneath) to this
         /// .svg or .png file.
         #[arg(long)]
@@ -315,42 +312,12 @@ fn main() -> anyhow::Result<()> {
                 println!("schema applied to database {}", cfg.clickhouse.database);
             }
             Command::Topics { partitions } => {
-                let admin: AdminClient<DefaultClientContext> = client_config(&cfg.kafka, &[])
-                    .create()
-                    .context("cannot create the admin client")?;
-                let names = [
-                    &cfg.kafka.input_topic,
-                    &cfg.kafka.output_topic,
-                    &cfg.kafka.dlq_topic,
-                ];
-                let mut topics: Vec<NewTopic> = names
-                    .iter()
-                    .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
-                    .collect();
-                // One partition, compacted: the latest deployment per group survives.
-                topics.push(
-                    NewTopic::new(&cfg.kafka.control_topic, 1, TopicReplication::Fixed(1))
-                        .set("cleanup.policy", "compact"),
-                );
-                if !cfg.kafka.shadow_topic.is_empty() {
-                    topics.push(NewTopic::new(
-                        &cfg.kafka.shadow_topic,
-                        partitions,
-                        TopicReplication::Fixed(1),
-                    ));
-                }
-                let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-                for r in admin
-                    .create_topics(&topics, &opts)
-                    .await
-                    .context("creating topics")?
-                {
-                    match r {
-                        Ok(t) => println!("created topic {t}"),
-                        Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
-                            println!("topic {t} exists")
-                        }
-                        Err((t, e)) => anyhow::bail!("cannot create topic {t}: {e}"),
+                let topics = vaxpulse::kafka::worker_topics(&cfg.kafka, partitions);
+                for (t, created) in vaxpulse::kafka::create_topics(&cfg.kafka, &topics).await? {
+                    if created {
+                        println!("created topic {t}");
+                    } else {
+                        println!("topic {t} exists");
                     }
                 }
             }
@@ -395,16 +362,9 @@ fn main() -> anyhow::Result<()> {
                 })
                 .await??;
                 print!("{}", report.render());
-                vaxpulse::bench::write_json(&json, &report)?;
+                vaxpulse::output::write_json(&json, &report)?;
                 if !no_store {
-                    let sink = ClickHouseSink::from_config(&cfg)?;
-                    sink.apply_schema().await.with_context(|| {
-                        format!("cannot reach ClickHouse at {} to store the evaluation (or pass --no-store)", cfg.clickhouse.url)
-                    })?;
-                    for row in report.rows() {
-                        sink.record("model_evaluations", &row).await?;
-                    }
-                    println!("stored in {}.model_evaluations", cfg.clickhouse.database);
+                    vaxpulse::eval::store(&cfg, &report).await?;
                 }
             }
             Command::Monitor {
@@ -418,11 +378,11 @@ fn main() -> anyhow::Result<()> {
                 let sink = ClickHouseSink::from_config(&cfg)?;
                 let pinned = reference_from.zip(reference_to);
                 let report =
-                    vaxpulse::monitor::monitor(&sink, daily, reference_days, pinned).await?;
+                    vaxpulse::analytics::monitor::monitor(&sink, daily, reference_days, pinned).await?;
                 print!("{}", report.render());
-                vaxpulse::bench::write_json(&json, &report)?;
+                vaxpulse::output::write_json(&json, &report)?;
                 if let Some(path) = chart {
-                    vaxpulse::chart::drift(&report.drift_chart(), &path)
+                    vaxpulse::analytics::chart::drift(&report.drift_chart(), &path)
                         .with_context(|| format!("writing the drift chart {}", path.display()))?;
                     eprintln!("drift chart written to {}", path.display());
                 }
@@ -438,10 +398,10 @@ fn main() -> anyhow::Result<()> {
             } => {
                 let sink = ClickHouseSink::from_config(&cfg)?;
                 let opinion =
-                    vaxpulse::report::opinion(&sink, hourly, model_version.as_deref()).await?;
+                    vaxpulse::analytics::report::opinion(&sink, hourly, model_version.as_deref()).await?;
                 print!("{}", opinion.render(format)?);
                 if let Some(path) = chart {
-                    vaxpulse::chart::opinion(&opinion, &path)
+                    vaxpulse::analytics::chart::opinion(&opinion, &path)
                         .with_context(|| format!("writing the opinion chart {}", path.display()))?;
                     eprintln!("opinion chart written to {}", path.display());
                 }

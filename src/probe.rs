@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::deploy::store::LoadedModel;
 use crate::model::PaddedBatch;
+use crate::sink::clickhouse::schema::PROBE_RUNS;
 use crate::sink::clickhouse::ClickHouseSink;
 use crate::sink::SinkError;
 
@@ -137,6 +138,10 @@ pub struct ProbeRow {
 }
 
 /// The version's first and latest stored runs (empty when `runs` is 0).
+impl crate::sink::clickhouse::StoredRow for ProbeRow {
+    const TABLE: &'static str = crate::sink::clickhouse::schema::PROBE_RUNS;
+}
+
 #[derive(Row, Deserialize)]
 struct StoredRuns {
     runs: u64,
@@ -157,11 +162,11 @@ pub async fn record(
 ) -> anyhow::Result<ProbeRow> {
     let stored: StoredRuns = sink
         .client()
-        .query(
+        .query(&format!(
             "SELECT count() AS runs, argMin(scores, at) AS first, argMax(scores, at) AS previous
-             FROM probe_runs
-             WHERE model_version = ? AND model_hash = ? AND probe_set = ? AND labels = ?",
-        )
+             FROM {PROBE_RUNS}
+             WHERE model_version = ? AND model_hash = ? AND probe_set = ? AND labels = ?"
+        ))
         .bind(&run.model_version)
         .bind(&run.model_hash)
         .bind(&set.sha256)
@@ -194,7 +199,7 @@ pub async fn record(
         max_deviation_previous: max_deviation_previous.min(1.0),
         flagged: u8::from(flagged),
     };
-    sink.record("probe_runs", &row).await?;
+    sink.record(&row).await?;
     Ok(row)
 }
 

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::KafkaConfig;
-use crate::sink::kafka::client_config;
+use crate::kafka::client_config;
 use crate::synthetic::Generator;
 
 /// What to produce.

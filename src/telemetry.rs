@@ -499,29 +499,32 @@ impl ProbeScored<'_> {
 
 /// The worker read the latest window's drift and agreement from ClickHouse.
 pub struct MonitorObserved<'a> {
-    pub report: &'a crate::monitor::MonitorReport,
+    /// Each series' latest window: (series, label PSI, confidence PSI).
+    pub drift: &'a [(&'a str, f64, f64)],
+    /// Each shadow in the latest agreement window: (shadow, agreement ratio, Cohen's kappa).
+    pub agreement: &'a [(&'a str, f64, f64)],
+    /// `ok`, `warn` or `alert`: the worst level `vaxpulse monitor` would print.
+    pub level: &'a str,
+    /// The champion's latest label PSI (0 without a window).
+    pub champion_psi: f64,
 }
 
 impl MonitorObserved<'_> {
     pub fn emit(&self) {
-        let r = self.report;
-        let series = std::iter::once(&r.champion).chain(&r.versions);
-        for s in series {
-            if let Some(w) = s.latest() {
-                gauge!("vaxpulse_drift_psi", "series" => s.series.clone(), "kind" => "labels")
-                    .set(w.psi);
-                gauge!("vaxpulse_drift_psi", "series" => s.series.clone(), "kind" => "confidence")
-                    .set(w.confidence_psi);
-            }
+        for &(series, psi, confidence_psi) in self.drift {
+            gauge!("vaxpulse_drift_psi", "series" => series.to_string(), "kind" => "labels")
+                .set(psi);
+            gauge!("vaxpulse_drift_psi", "series" => series.to_string(), "kind" => "confidence")
+                .set(confidence_psi);
         }
-        for a in r.latest_agreement() {
-            gauge!("vaxpulse_shadow_agreement_ratio", "shadow" => a.shadow.clone())
-                .set(a.agreement);
-            gauge!("vaxpulse_shadow_kappa", "shadow" => a.shadow.clone()).set(a.kappa);
+        for &(shadow, agreement, kappa) in self.agreement {
+            gauge!("vaxpulse_shadow_agreement_ratio", "shadow" => shadow.to_string())
+                .set(agreement);
+            gauge!("vaxpulse_shadow_kappa", "shadow" => shadow.to_string()).set(kappa);
         }
-        let level = r.worst();
+        let level = self.level;
         gauge!("vaxpulse_drift_alert").set(f64::from(u8::from(level == "alert")));
-        let psi = r.champion.latest().map_or(0.0, |w| w.psi);
+        let psi = self.champion_psi;
         if level == "ok" {
             tracing::debug!(level, champion_psi = psi, "monitor gauges updated");
         } else {
@@ -603,6 +606,9 @@ pub struct Health {
     pub consuming: AtomicBool,
     pub sinks_ok: AtomicBool,
     failing_writes: std::sync::atomic::AtomicUsize,
+    /// Why the group's newest deployment is not served here (this replica serves an older one
+    /// or `model.dir`); cleared when a deployment is applied.
+    deployment_refused: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -610,6 +616,34 @@ impl Health {
         self.consuming.load(Ordering::Relaxed)
             && self.sinks_ok.load(Ordering::Relaxed)
             && self.failing_writes.load(Ordering::Relaxed) == 0
+            && self.refused().is_none()
+    }
+
+    /// Marks the replica not ready because the group's deployment could not be served
+    /// (`Some(reason)`), or clears that.
+    pub fn set_deployment_refused(&self, reason: Option<String>) {
+        *self
+            .deployment_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = reason;
+    }
+
+    fn refused(&self) -> Option<String> {
+        self.deployment_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The body of `/health/ready`: `ready`, or why not.
+    pub fn describe(&self) -> String {
+        if self.ready() {
+            return "ready".into();
+        }
+        match self.refused() {
+            Some(r) => format!("not ready: the group's deployment is not served here: {r}"),
+            None => "not ready".into(),
+        }
     }
 
     /// Marks one sink write as failing until the returned guard is dropped (when it succeeds or
@@ -655,12 +689,12 @@ pub async fn serve(
         .route(
             "/health/ready",
             get(move || {
-                let ready = health.ready();
+                let (ready, body) = (health.ready(), health.describe());
                 async move {
                     if ready {
-                        (StatusCode::OK, "ready")
+                        (StatusCode::OK, body)
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                        (StatusCode::SERVICE_UNAVAILABLE, body)
                     }
                 }
             }),

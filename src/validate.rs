@@ -11,10 +11,10 @@ use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::config::Config;
+use crate::kafka::client_config;
 use crate::model::tokenizer::TweetTokenizer;
 use crate::model::{argmax, Classifier, Manifest, PaddedBatch};
 use crate::sink::clickhouse::ClickHouseSink;
-use crate::sink::kafka::client_config;
 
 fn ok(what: &str, detail: impl std::fmt::Display) {
     println!("ok    {what}: {detail}");

@@ -339,7 +339,7 @@ async fn fresh_database(prefix: &str) -> (Names, vaxpulse::sink::clickhouse::Cli
 /// once per version in the per-version aggregates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_straddling_a_promotion_keeps_one_champion_label() {
-    use vaxpulse::sink::{Classification, ClassifiedBatch, Role};
+    use vaxpulse::work::{Classification, ClassifiedBatch, Role};
     let (names, sink) = fresh_database("straddle").await;
     let first = Utc::now();
     let row = |version: &str, hash: &str, label: &str, epoch: u64, secs: i64| Classification {
@@ -406,7 +406,7 @@ async fn a_replay_straddling_a_promotion_keeps_one_champion_label() {
 /// the command exits 2, and both charts render from the same database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_flags_a_shifted_label_distribution() {
-    use vaxpulse::sink::{Classification, ClassifiedBatch, Role};
+    use vaxpulse::work::{Classification, ClassifiedBatch, Role};
     let (names, sink) = fresh_database("monitor").await;
     let day0 = chrono::DateTime::parse_from_rfc3339("2021-07-01T10:00:00Z")
         .unwrap()
@@ -454,7 +454,7 @@ async fn monitor_flags_a_shifted_label_distribution() {
     };
     sink.insert(&batch(champion)).await.unwrap();
     sink.insert_shadows(&[batch(shadow)]).await.unwrap();
-    let r = vaxpulse::monitor::monitor(&sink, true, 1, None)
+    let r = vaxpulse::analytics::monitor::monitor(&sink, true, 1, None)
         .await
         .unwrap();
     assert_eq!(r.champion.reference_tweets, 100);
@@ -601,9 +601,9 @@ async fn monitor_flags_a_shifted_label_distribution() {
         max_deviation_previous: 0.0,
         flagged,
     };
-    sink.record("probe_runs", &probe(0, "r1")).await.unwrap();
-    sink.record("probe_runs", &probe(1, "r2")).await.unwrap();
-    let r = vaxpulse::monitor::monitor(&sink, true, 3, None)
+    sink.record(&probe(0, "r1")).await.unwrap();
+    sink.record(&probe(1, "r2")).await.unwrap();
+    let r = vaxpulse::analytics::monitor::monitor(&sink, true, 3, None)
         .await
         .unwrap();
     assert!(

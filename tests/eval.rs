@@ -47,7 +47,7 @@ async fn eval_compares_two_versions_on_the_heldout_file_and_stores_the_rows() {
     );
     sink.apply_schema().await.expect("ClickHouse up");
     for row in report.rows() {
-        sink.record("model_evaluations", &row).await.unwrap();
+        sink.record(&row).await.unwrap();
     }
     let db = &names.database;
     assert_eq!(

@@ -18,11 +18,11 @@ use rand::{Rng, SeedableRng};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use serde::Serialize;
-use vaxpulse::bench::Table;
 use vaxpulse::config::Config;
 use vaxpulse::deploy::ops::{self, ChangeOptions};
 use vaxpulse::deploy::Change;
 use vaxpulse::model::ModelId;
+use vaxpulse::output::Table;
 use vaxpulse::synthetic::{hostile_payload, Generator};
 
 use crate::fleet::{Fleet, WorkerCmd};
@@ -699,7 +699,7 @@ pub async fn run(cfg: Config, args: ChaosArgs) -> anyhow::Result<()> {
         }
     }
     println!("\n## chaos: all scenarios\n\n{}", render(&reports));
-    vaxpulse::bench::write_json(&args.json, &reports)?;
+    vaxpulse::output::write_json(&args.json, &reports)?;
     anyhow::ensure!(failed.is_empty(), "chaos failed: {}", failed.join("; "));
     Ok(())
 }

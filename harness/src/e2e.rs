@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use vaxpulse::bench::raw::RawReport;
-use vaxpulse::bench::{fmt_ms, progress, write_json, Machine, Paced, Percentiles, RawGrid, Table};
+use vaxpulse::bench::{fmt_ms, progress, Machine, Paced, Percentiles, RawGrid};
 use vaxpulse::config::Config;
+use vaxpulse::output::{write_json, Table};
 use vaxpulse::produce::{produce, Input, ProduceOptions};
 
 use crate::cpu::{CpuSnapshot, CpuUse};

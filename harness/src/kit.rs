@@ -10,15 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::Offset;
 use vaxpulse::config::{Config, KafkaConfig};
+use vaxpulse::kafka::{client_config, TopicSpec};
 use vaxpulse::produce::{produce, Input, ProduceOptions};
 use vaxpulse::sink::clickhouse::ClickHouseSink;
-use vaxpulse::sink::kafka::client_config;
 
 /// `VAXPULSE_KAFKA_BROKERS`, default the local broker of `scripts/services.sh`.
 pub fn brokers() -> String {
@@ -196,42 +194,39 @@ pub async fn create_topic(
     partitions: i32,
     configs: &[(&str, &str)],
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(cfg, &[])
-        .create()
-        .context("cannot create the admin client")?;
-    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        t = t.set(k, v);
-    }
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin
-        .create_topics([&t], &opts)
-        .await
-        .context("the broker does not answer (scripts/services.sh start)")?
-    {
-        r.map_err(|(t, e)| anyhow::anyhow!("cannot create topic {t}: {e}"))?;
-    }
+    let spec = configs
+        .iter()
+        .fold(TopicSpec::new(topic, partitions), |t, (k, v)| t.with(k, v));
+    vaxpulse::kafka::create_topics(cfg, &[spec]).await?;
     Ok(())
 }
 
-/// Creates the input (`partitions`, messages up to [`MAX_INPUT_MESSAGE_BYTES`]), output,
-/// dead-letter and control (one partition, compacted) topics of `names`.
+/// Creates the worker's topics of `names` (input messages up to [`MAX_INPUT_MESSAGE_BYTES`],
+/// the control topic one compacted partition, as `vaxpulse topics` makes it).
 pub async fn create_topics(
     cfg: &KafkaConfig,
     names: &Names,
     partitions: i32,
 ) -> anyhow::Result<()> {
+    let mut k = cfg.clone();
+    k.input_topic = names.input.clone();
+    k.output_topic = names.output.clone();
+    k.dlq_topic = names.dlq.clone();
+    k.control_topic = names.control.clone();
+    k.shadow_topic = String::new();
     let max = MAX_INPUT_MESSAGE_BYTES.to_string();
-    create_topic(
-        cfg,
-        &names.input,
-        partitions,
-        &[("max.message.bytes", &max)],
-    )
-    .await?;
-    create_topic(cfg, &names.output, partitions, &[]).await?;
-    create_topic(cfg, &names.control, 1, &[("cleanup.policy", "compact")]).await?;
-    create_topic(cfg, &names.dlq, partitions, &[]).await
+    let topics: Vec<TopicSpec> = vaxpulse::kafka::worker_topics(&k, partitions)
+        .into_iter()
+        .map(|t| {
+            if t.name == names.input {
+                t.with("max.message.bytes", &max)
+            } else {
+                t
+            }
+        })
+        .collect();
+    vaxpulse::kafka::create_topics(cfg, &topics).await?;
+    Ok(())
 }
 
 /// Produces keyed messages (as fast as the broker takes them, or at `rate` per second), riding

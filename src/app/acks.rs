@@ -20,8 +20,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::offsets::OffsetTracker;
-use crate::sink::{ClassifiedBatch, ResultSink};
+use crate::sink::ResultSink;
 use crate::telemetry::{self, Health};
+use crate::work::ClassifiedBatch;
 
 /// Most batches merged into one write.
 const MERGE_BATCHES: usize = 32;
@@ -71,7 +72,7 @@ async fn write(
     }
     telemetry::BatchAcknowledged {
         model: batch.rows.first().map_or("", |r| r.model_version.as_str()),
-        role: crate::sink::Role::Champion.as_str(),
+        role: crate::work::Role::Champion.as_str(),
         labels: &batch.label_counts(),
         deleted: batch.deleted.len(),
         received: &batch.received,

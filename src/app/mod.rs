@@ -15,30 +15,33 @@
 //! (not ready, metrics) throughout the drain.
 
 pub mod acks;
+mod batching;
 pub mod inference;
+pub mod loader;
+mod model_stage;
+mod side;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use backon::Retryable;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::offsets::OffsetTracker;
 use crate::config::Config;
 use crate::deploy::control::{self, ControlReader};
-use crate::deploy::Deployment;
 use crate::model::load::ClassifierFactory;
-use crate::model::Manifest;
-use crate::sink::clickhouse::{ClickHouseSink, DeploymentEventRow, GroupedClickHouse};
+use crate::sink::clickhouse::{ClickHouseSink, GroupedClickHouse};
 use crate::sink::kafka::{DeadLetterProducer, ResultProducer};
-use crate::sink::{ClassifiedBatch, ResultSink, Role};
+use crate::sink::ResultSink;
 use crate::source::kafka::Source;
 use crate::telemetry::{self, Health};
 use crate::tweet::DecodeRules;
 
-pub use inference::{load_active, start_inference, Active, Inference, Observers, Probes};
+pub use inference::{start_inference, Inference, Observers};
+pub use loader::{load_active, load_startup, Active, ReplicaInfo, Startup};
+pub use model_stage::Probes;
 
 /// What a finished run reports.
 #[derive(Debug, Default)]
@@ -63,22 +66,19 @@ pub async fn run(
         anyhow::Ok((reader, published))
     })
     .await??;
-    let deployment = match published {
-        Some(d) => d,
-        None => {
-            let manifest = Manifest::load(&cfg.model.dir)?;
-            Deployment::bootstrap(manifest.id())
-        }
-    };
-    tracing::info!(deployment = %deployment.summary(), "loading the group's deployment");
-    let (load_cfg, load_factory, load_deployment) =
-        (cfg.clone(), factory.clone(), deployment.clone());
-    let active = tokio::task::spawn_blocking(move || {
-        load_active(&load_cfg, &load_deployment, &load_factory, None)
-    })
-    .await?
-    .with_context(|| format!("cannot serve the group's deployment ({}); fix the model store, or publish a working deployment with vaxpulse models", deployment.summary()))?;
+    let (load_cfg, load_factory) = (cfg.clone(), factory.clone());
+    let startup =
+        tokio::task::spawn_blocking(move || load_startup(&load_cfg, published, &load_factory))
+            .await??;
+    let (active, refused) = (startup.active, startup.refused);
+    let deployment = active.deployment.clone();
+    tracing::info!(deployment = %deployment.summary(), "serving the group's deployment");
     let health = Arc::new(Health::default());
+    // Not ready while a newer published deployment is not served here: a rolling update stops
+    // instead of spreading it, and the alert on unready replicas fires.
+    if let Some((d, why)) = refused.iter().find(|(d, _)| d.epoch > deployment.epoch) {
+        health.set_deployment_refused(Some(format!("epoch {}: {why}", d.epoch)));
+    }
     health.sinks_ok.store(true, Ordering::Relaxed);
     let password = cfg.clickhouse_password()?;
     let clickhouse = ClickHouseSink::new(&cfg.clickhouse, &password)
@@ -117,13 +117,18 @@ pub async fn run(
     };
 
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let who = ReplicaInfo::of(&cfg);
+    let refusals_tx = events_tx.clone();
+    for (d, why) in &refused {
+        loader::deployment_event(&who, Some(&events_tx), d, Err(why));
+    }
     let probe_set = crate::probe::configured(&cfg)?;
     let (probe_tx, probe_rx) = tokio::sync::mpsc::channel(64);
     let probes_task = probe_set.clone().map(|set| {
-        tokio::spawn(record_probes(
+        tokio::spawn(side::record_probes(
             clickhouse.clone(),
             set,
-            inference::ReplicaInfo::of(&cfg),
+            ReplicaInfo::of(&cfg),
             crate::probe::device_label(&cfg),
             cfg.monitor.probe_max_abs_diff,
             probe_rx,
@@ -131,7 +136,7 @@ pub async fn run(
     });
     let gauges_stop = CancellationToken::new();
     let gauges_task = (cfg.monitor.gauges_interval_s > 0).then(|| {
-        tokio::spawn(monitor_gauges(
+        tokio::spawn(side::monitor_gauges(
             clickhouse.clone(),
             Duration::from_secs(cfg.monitor.gauges_interval_s),
             cfg.monitor.reference_days,
@@ -152,6 +157,7 @@ pub async fn run(
         Some(tracker.clone()),
         Observers {
             events: Some(events_tx),
+            health: Some(health.clone()),
             probes: probe_set.map(|set| Probes {
                 set,
                 tx: probe_tx,
@@ -160,7 +166,7 @@ pub async fn run(
             }),
         },
     );
-    let events_task = tokio::spawn(record_events(clickhouse.clone(), events_rx));
+    let events_task = tokio::spawn(side::record_events(clickhouse.clone(), events_rx));
     let shadow_topic = if cfg.kafka.shadow_topic.is_empty() {
         None
     } else {
@@ -168,16 +174,22 @@ pub async fn run(
         k.output_topic = k.shadow_topic.clone();
         Some(ResultProducer::new(&k).context("cannot create the shadow-topic producer")?)
     };
-    let shadows_task = tokio::spawn(store_shadows(
+    let shadows_task = tokio::spawn(side::store_shadows(
         shadow_output,
         ClickHouseSink::new(&cfg.clickhouse, &password),
         shadow_topic,
     ));
     let control_stop = CancellationToken::new();
     let control_thread = {
-        let (stop, epoch) = (control_stop.clone(), deployment.epoch);
+        let (stop, epoch, max) = (
+            control_stop.clone(),
+            deployment.epoch,
+            cfg.deploy.max_shadows,
+        );
+        let (who, events) = (who.clone(), refusals_tx);
         inference::spawn("vaxpulse-control", move || {
-            control::follow(reader, epoch, deployments, stop)
+            let refused = |r: control::Refusal<'_>| loader::refusal_event(&who, Some(&events), r);
+            control::follow(reader, epoch, max, deployments, refused, stop)
         })
     };
 
@@ -266,146 +278,6 @@ pub async fn run(
         None => Ok(RunReport {
             model_version: deployment.champion.to_string(),
         }),
-    }
-}
-
-/// Writes each deployment event (applied / refused) to `deployment_events`; a failure is
-/// logged, never fatal (the log line and the metric were emitted already).
-async fn record_events(
-    clickhouse: ClickHouseSink,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<DeploymentEventRow>,
-) {
-    while let Some(row) = rx.recv().await {
-        let write = || clickhouse.record("deployment_events", &row);
-        if let Err(e) = write
-            .retry(crate::sink::retry_policy().with_max_times(4))
-            .when(crate::sink::SinkError::is_retriable)
-            .await
-        {
-            tracing::error!(error = %e, epoch = row.epoch, outcome = %row.outcome, "cannot record the deployment event in ClickHouse");
-        }
-    }
-}
-
-/// Compares each probe run with the version's stored runs and stores it (`probe_runs`); emits
-/// the deviation gauge and, past the bound, the flag. Failures are logged, never fatal.
-async fn record_probes(
-    clickhouse: ClickHouseSink,
-    set: Arc<crate::probe::ProbeSet>,
-    who: inference::ReplicaInfo,
-    device: String,
-    bound: f64,
-    mut rx: tokio::sync::mpsc::Receiver<crate::probe::ProbeRun>,
-) {
-    while let Some(run) = rx.recv().await {
-        let record = || {
-            crate::probe::record(
-                &clickhouse,
-                &set,
-                &who.group_id,
-                &who.replica,
-                &device,
-                bound,
-                run.clone(),
-            )
-        };
-        match record
-            .retry(crate::sink::retry_policy().with_max_times(4))
-            .when(|e| {
-                e.downcast_ref::<crate::sink::SinkError>()
-                    .is_some_and(crate::sink::SinkError::is_retriable)
-            })
-            .await
-        {
-            Ok(row) => telemetry::ProbeScored {
-                model: &row.model_version,
-                hash: &row.model_hash,
-                deviation: row.max_deviation.max(row.max_deviation_previous),
-                flagged: row.flagged != 0,
-                bound,
-                texts: row.probe_ids.len(),
-            }
-            .emit(),
-            Err(e) => tracing::error!(
-                model = %run.model_version, hash = %run.model_hash, error = %e,
-                "cannot compare or store the probe run"
-            ),
-        }
-    }
-}
-
-/// Every `every`, reads the drift and agreement of the latest hourly window (as `vaxpulse
-/// monitor` does) into the gauges; nothing to read yet is not an error.
-async fn monitor_gauges(
-    clickhouse: ClickHouseSink,
-    every: Duration,
-    reference_days: u32,
-    stop: CancellationToken,
-) {
-    loop {
-        match crate::monitor::monitor(&clickhouse, false, reference_days, None).await {
-            Ok(report) => telemetry::MonitorObserved { report: &report }.emit(),
-            Err(e) => tracing::debug!(error = %e, "monitor gauges not updated"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-    }
-}
-
-/// Stores shadow batches (ClickHouse, and the shadow topic when configured); best effort:
-/// failures are counted as skipped, and nothing here holds the champion's offsets. Batches
-/// waiting together are stored in one insert (fewer, larger ClickHouse parts).
-async fn store_shadows(
-    mut rx: tokio::sync::mpsc::Receiver<ClassifiedBatch>,
-    clickhouse: ClickHouseSink,
-    topic: Option<ResultProducer>,
-) {
-    /// Most shadow batches per insert.
-    const MERGE_BATCHES: usize = 64;
-    /// Shadow results are for comparison, not for anyone waiting: collect for a while so that
-    /// ClickHouse gets a few large inserts instead of one per (often small) batch.
-    const LINGER: Duration = Duration::from_millis(250);
-    let mut batches = Vec::new();
-    while rx.recv_many(&mut batches, MERGE_BATCHES).await > 0 {
-        let until = tokio::time::Instant::now() + LINGER;
-        while batches.len() < MERGE_BATCHES {
-            let room = MERGE_BATCHES - batches.len();
-            match tokio::time::timeout_at(until, rx.recv_many(&mut batches, room)).await {
-                Ok(n) if n > 0 => {}
-                _ => break,
-            }
-        }
-        let mut result = clickhouse.insert_shadows(&batches).await;
-        if let (Ok(()), Some(t)) = (&result, &topic) {
-            for b in &batches {
-                result = t.publish(b).await;
-                if result.is_err() {
-                    break;
-                }
-            }
-        }
-        for b in batches.drain(..) {
-            let model = b.rows.first().map_or("", |r| r.model_version.as_str());
-            match &result {
-                Ok(()) => telemetry::BatchAcknowledged {
-                    model,
-                    role: Role::Shadow.as_str(),
-                    labels: &b.label_counts(),
-                    deleted: 0,
-                    received: &[],
-                }
-                .emit(),
-                Err(e) => telemetry::ShadowSkipped {
-                    model,
-                    reason: "store_failed",
-                    rows: b.rows.len(),
-                    error: Some(e),
-                }
-                .emit(),
-            }
-        }
     }
 }
 

@@ -14,15 +14,15 @@ use crate::batch::offsets::OffsetTracker;
 use crate::config::Config;
 use std::path::{Path, PathBuf};
 
-use super::inference::load_active;
+use super::loader::load_active;
 use crate::deploy::Deployment;
 use crate::model::load::ClassifierFactory;
 use crate::model::{Classifier, Manifest, ModelError, ModelId, PaddedBatch};
 use crate::sink::clickhouse::DeploymentEventRow;
-use crate::sink::{ClassifiedBatch, ResultSink, Role, SinkError};
-use crate::source::kafka::Work;
+use crate::sink::{ResultSink, SinkError};
 use crate::telemetry::Health;
 use crate::tweet::Tweet;
+use crate::work::{ClassifiedBatch, Role, Work};
 
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/demo/1");
 
@@ -372,7 +372,7 @@ fn classified(tracker: &OffsetTracker, offsets: std::ops::Range<i64>) -> Classif
         deleted: Vec::new(),
         rows: works
             .iter()
-            .map(|w| crate::sink::Classification {
+            .map(|w| crate::work::Classification {
                 tweet_id: w.tweet.id.clone(),
                 created_at: w.tweet.created_at,
                 lang: "fr".into(),
@@ -381,7 +381,7 @@ fn classified(tracker: &OffsetTracker, offsets: std::ops::Range<i64>) -> Classif
                 scores: Default::default(),
                 model_version: "demo@1".into(),
                 model_hash: "aaaaaaaaaaaa".into(),
-                role: crate::sink::Role::Champion,
+                role: crate::work::Role::Champion,
                 deployment_epoch: 0,
                 classified_at: chrono::Utc::now(),
                 source_partition: 0,

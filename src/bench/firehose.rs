@@ -17,8 +17,9 @@ use rdkafka::Message;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Machine, Table};
+use super::Machine;
 use crate::config::Config;
+use crate::output::Table;
 use crate::tweet::{decode, DecodeRules, Decoded};
 
 /// Options of `vaxpulse bench firehose`.
@@ -213,7 +214,7 @@ fn consume(
 ) -> anyhow::Result<Rate> {
     let group = format!("bench-firehose-{}", rand::random::<u32>());
     // The worker's overridable consumer defaults first (not its fixed 16-MiB prefetch limit).
-    let mut defaults = crate::source::kafka::consumer_defaults();
+    let mut defaults = crate::kafka::consumer_defaults();
     defaults.extend([
         ("group.id", group),
         ("auto.offset.reset", "earliest".into()),
@@ -221,7 +222,7 @@ fn consume(
         ("fetch.wait.max.ms", cfg.kafka.fetch_wait_max_ms.to_string()),
         ("fetch.message.max.bytes", "4194304".into()),
     ]);
-    let consumer: BaseConsumer = crate::sink::kafka::client_config(&cfg.kafka, &defaults)
+    let consumer: BaseConsumer = crate::kafka::client_config(&cfg.kafka, &defaults)
         .create()
         .context("cannot create the bench consumer")?;
     consumer.subscribe(&[topic])?;
@@ -287,7 +288,7 @@ pub async fn run(cfg: &Config, args: &FirehoseArgs) -> anyhow::Result<FirehoseRe
     if args.broker_messages > 0 {
         let topic = format!("bench-firehose-{}", rand::random::<u32>());
         let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-            crate::sink::kafka::client_config(&cfg.kafka, &[]).create()?;
+            crate::kafka::client_config(&cfg.kafka, &[]).create()?;
         admin
             .create_topics(
                 &[rdkafka::admin::NewTopic::new(

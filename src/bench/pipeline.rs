@@ -8,7 +8,8 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::raw::RawReport;
-use super::{fmt_ms, progress, BenchArgs, Percentiles, Table};
+use super::{fmt_ms, progress, BenchArgs, Percentiles};
+use crate::output::Table;
 use std::sync::Arc;
 
 use crate::app::{start_inference, Active};
@@ -17,9 +18,9 @@ use crate::config::Config;
 use crate::deploy::store::load_checked;
 use crate::deploy::Deployment;
 use crate::model::load::torch_factory;
-use crate::source::kafka::Work;
 use crate::synthetic::Generator;
 use crate::tweet::Tweet;
+use crate::work::Work;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PipelineRun {

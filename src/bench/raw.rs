@@ -7,10 +7,11 @@ use std::time::Instant;
 use chrono::Utc;
 use serde::Serialize;
 
-use super::{progress, RawGrid, Table};
+use super::{progress, RawGrid};
 use crate::config::Config;
 use crate::model::tokenizer::TweetTokenizer;
 use crate::model::{warm_up, Classifier, Manifest, PaddedBatch};
+use crate::output::Table;
 use crate::synthetic::Generator;
 
 /// One fixed shape.

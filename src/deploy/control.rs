@@ -2,8 +2,9 @@
 //! deployment under the key `group_id`. `vaxpulse models` commands publish a record per change;
 //! every replica reads the topic to its end before it starts (so a replica that starts later
 //! joins with the current deployment) and then follows it. Guarantee: a replica only ever moves
-//! to a record with a larger epoch than the one it serves; a record it cannot parse is logged
-//! and skipped.
+//! to a record with a larger epoch than the one it serves, and only after the record passed
+//! [`Deployment::check`]; a record it cannot read or that fails the check is refused with its
+//! reason before any file it names is opened.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,29 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::Deployment;
 use crate::config::KafkaConfig;
-use crate::sink::kafka::client_config;
+use crate::kafka::client_config;
+
+/// A record of this group on the control topic.
+#[derive(Debug)]
+pub enum Record {
+    Deployment(Deployment),
+    /// Not a deployment this version can read (bad JSON, an unknown field, a model name that
+    /// is not a plain directory name, ...): refused before anything is opened.
+    Unreadable {
+        offset: i64,
+        /// The record's `epoch` field when it has one, else 0.
+        epoch: u64,
+        error: String,
+    },
+}
+
+/// A record refused by the control thread (before the loader sees it): its epoch, the
+/// deployment when it could be read, and why.
+pub struct Refusal<'a> {
+    pub epoch: u64,
+    pub deployment: Option<&'a Deployment>,
+    pub reason: String,
+}
 
 /// A reader of the control topic, positioned at its start.
 pub struct ControlReader {
@@ -50,8 +73,11 @@ impl ControlReader {
         })
     }
 
-    /// Reads to the end of the topic as it is now; the last deployment of this group, if any.
-    pub fn catch_up(&self, timeout: Duration) -> anyhow::Result<Option<Deployment>> {
+    /// Reads to the end of the topic as it is now: every readable deployment record of this
+    /// group, in offset order (compaction keeps few; the caller picks by epoch, not by offset).
+    /// The end is the reader's position, not the last record's offset, so a trailing
+    /// transaction marker or a compacted-away record cannot make it wait for ever.
+    pub fn catch_up(&self, timeout: Duration) -> anyhow::Result<Vec<Deployment>> {
         let (low, high) = self
             .consumer
             .fetch_watermarks(&self.topic, 0, timeout)
@@ -61,9 +87,9 @@ impl ControlReader {
                     self.topic
                 )
             })?;
-        let mut latest = None;
+        let mut records = Vec::new();
         if high <= low {
-            return Ok(None);
+            return Ok(records);
         }
         let deadline = Instant::now() + timeout;
         loop {
@@ -76,21 +102,38 @@ impl ControlReader {
             match self.consumer.poll(left.min(Duration::from_millis(200))) {
                 Some(Ok(m)) => {
                     let offset = m.offset();
-                    if let Some(d) = self.parse(&m) {
-                        latest = Some(d);
+                    match self.parse(&m) {
+                        Some(Record::Deployment(d)) => records.push(d),
+                        Some(Record::Unreadable { offset, error, .. }) => {
+                            tracing::error!(offset, error, "unreadable deployment record on the control topic; skipped (publish a new one with vaxpulse models)");
+                        }
+                        None => {}
                     }
                     if offset + 1 >= high {
-                        return Ok(latest);
+                        return Ok(records);
                     }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "control topic read failed; retrying"),
                 None => {}
             }
+            if self.position()? >= high {
+                return Ok(records);
+            }
         }
     }
 
-    /// The next deployment record of this group, waiting up to `timeout`.
-    pub fn next(&self, timeout: Duration) -> Option<Deployment> {
+    /// The offset the reader fetches next (past markers and compacted gaps); 0 before any.
+    fn position(&self) -> anyhow::Result<i64> {
+        let tpl = self.consumer.position()?;
+        Ok(tpl
+            .find_partition(&self.topic, 0)
+            .and_then(|p| p.offset().to_raw())
+            .filter(|o| *o >= 0)
+            .unwrap_or(0))
+    }
+
+    /// The next record of this group, waiting up to `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<Record> {
         match self.consumer.poll(timeout) {
             Some(Ok(m)) => self.parse(&m),
             Some(Err(e)) => {
@@ -101,18 +144,27 @@ impl ControlReader {
         }
     }
 
-    fn parse(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Option<Deployment> {
+    /// This group's record in `m` (other groups' records and tombstones are none).
+    fn parse(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Option<Record> {
         if m.key() != Some(self.key.as_bytes()) {
             return None;
         }
         let payload = m.payload()?;
-        match serde_json::from_slice::<Deployment>(payload) {
-            Ok(d) => Some(d),
+        Some(match serde_json::from_slice::<Deployment>(payload) {
+            Ok(d) => Record::Deployment(d),
             Err(e) => {
-                tracing::error!(offset = m.offset(), error = %e, "unreadable deployment record on the control topic; skipped (publish a new one with vaxpulse models)");
-                None
+                // The epoch, when there is one, lets the refusal be found next to the others.
+                let epoch = serde_json::from_slice::<serde_json::Value>(payload)
+                    .ok()
+                    .and_then(|v| v.get("epoch").and_then(serde_json::Value::as_u64))
+                    .unwrap_or(0);
+                Record::Unreadable {
+                    offset: m.offset(),
+                    epoch,
+                    error: e.to_string(),
+                }
             }
-        }
+        })
     }
 }
 
@@ -144,26 +196,48 @@ pub async fn publish(cfg: &KafkaConfig, d: &Deployment) -> anyhow::Result<()> {
 }
 
 /// Follows the control topic from where `reader` is, sending every deployment newer than
-/// `epoch` to `tx`, until `stop` is set or `tx` is closed.
+/// `epoch` to `tx`, until `stop` is set or `tx` is closed. Every record is checked here first
+/// ([`Deployment::check`]): one that cannot be read or fails the check goes to `refused` and
+/// never moves `epoch`, so a record far ahead cannot make later, valid ones look old; an old
+/// one (replay) is ignored.
 pub fn follow(
     reader: ControlReader,
     mut epoch: u64,
+    max_shadows: usize,
     tx: crossbeam_channel::Sender<Deployment>,
+    refused: impl Fn(Refusal<'_>),
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     while !stop.is_cancelled() {
-        if let Some(d) = reader.next(Duration::from_millis(200)) {
-            if d.epoch > epoch {
+        let d = match reader.next(Duration::from_millis(200)) {
+            None => continue,
+            Some(Record::Unreadable {
+                offset,
+                epoch: e,
+                error,
+            }) => {
+                refused(Refusal {
+                    epoch: e,
+                    deployment: None,
+                    reason: format!("unreadable record at offset {offset}: {error}"),
+                });
+                continue;
+            }
+            Some(Record::Deployment(d)) => d,
+        };
+        match d.check(epoch, max_shadows) {
+            Err(e) if e.is_stale() => tracing::debug!(epoch = d.epoch, "{e}"),
+            Err(e) => refused(Refusal {
+                epoch: d.epoch,
+                deployment: Some(&d),
+                reason: e.to_string(),
+            }),
+            Ok(()) => {
                 epoch = d.epoch;
                 tracing::info!(deployment = %d.summary(), actor = %d.actor, action = %d.action, "new deployment published; loading it");
                 if tx.send(d).is_err() {
                     break;
                 }
-            } else {
-                tracing::debug!(
-                    epoch = d.epoch,
-                    "deployment record not newer than the served one; ignored"
-                );
             }
         }
     }

@@ -74,6 +74,35 @@ pub enum ChangeError {
     NoPrevious,
 }
 
+/// Largest epoch step a replica takes in one record. `vaxpulse models` adds one per change, so
+/// a real history never comes near it; a record far ahead (written by hand, `u64::MAX`) would
+/// freeze every later change, so it is refused.
+pub const MAX_EPOCH_STEP: u64 = 1_000_000;
+
+/// Why a replica refuses a deployment record before opening anything it names.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RecordError {
+    #[error("epoch {got} is not newer than the served epoch {current}; ignored")]
+    NotNewer { got: u64, current: u64 },
+    #[error("epoch {got} jumps more than {MAX_EPOCH_STEP} past the served epoch {current}; refused (publish changes with vaxpulse models, which takes the next epoch)")]
+    EpochJump { got: u64, current: u64 },
+    #[error("{0} carries no weights hash of {len} hex digits; refused (vaxpulse models pins every version it publishes)", len = ModelId::HASH_LEN)]
+    Unpinned(ModelId),
+    #[error("{0} is named twice; refused (a version is a shadow at most once)")]
+    Duplicate(ModelId),
+    #[error("{0} is both the champion and a shadow; refused")]
+    ChampionAsShadow(ModelId),
+    #[error("{got} shadows, more than deploy.max_shadows = {max}; refused (retire some, or raise the limit on every replica)")]
+    TooManyShadows { got: usize, max: usize },
+}
+
+impl RecordError {
+    /// Not worth an alarm: an old record read again (replay, compaction lag).
+    pub fn is_stale(&self) -> bool {
+        matches!(self, RecordError::NotNewer { .. })
+    }
+}
+
 fn list(ids: &[ModelId]) -> String {
     if ids.is_empty() {
         "none".into()
@@ -106,6 +135,47 @@ impl Deployment {
         }
     }
 
+    /// Checks a record read from the control topic against the epoch a replica serves, before
+    /// any file it names is opened: a newer epoch within [`MAX_EPOCH_STEP`], every version
+    /// pinned to its weights hash, shadows distinct, none the champion, at most `max_shadows`.
+    /// (Names and versions are plain directory names already: [`ModelId`] checks them when the
+    /// record is parsed.)
+    pub fn check(&self, current_epoch: u64, max_shadows: usize) -> Result<(), RecordError> {
+        if self.epoch <= current_epoch {
+            return Err(RecordError::NotNewer {
+                got: self.epoch,
+                current: current_epoch,
+            });
+        }
+        if self.epoch - current_epoch > MAX_EPOCH_STEP {
+            return Err(RecordError::EpochJump {
+                got: self.epoch,
+                current: current_epoch,
+            });
+        }
+        if self.shadows.len() > max_shadows {
+            return Err(RecordError::TooManyShadows {
+                got: self.shadows.len(),
+                max: max_shadows,
+            });
+        }
+        let mut seen: Vec<&ModelId> = Vec::with_capacity(self.shadows.len() + 1);
+        for v in self.versions() {
+            if v.hash.len() != ModelId::HASH_LEN {
+                return Err(RecordError::Unpinned(v.clone()));
+            }
+            if seen.iter().any(|s| same_version(s, v)) {
+                return Err(if same_version(&self.champion, v) {
+                    RecordError::ChampionAsShadow(v.clone())
+                } else {
+                    RecordError::Duplicate(v.clone())
+                });
+            }
+            seen.push(v);
+        }
+        Ok(())
+    }
+
     /// Every version this deployment scores, champion first.
     pub fn versions(&self) -> impl Iterator<Item = &ModelId> {
         std::iter::once(&self.champion).chain(&self.shadows)
@@ -119,7 +189,8 @@ impl Deployment {
         reason: &str,
     ) -> Result<Deployment, ChangeError> {
         let mut next = Deployment {
-            epoch: self.epoch + 1,
+            // `check` keeps epochs far below u64::MAX; saturate rather than wrap regardless.
+            epoch: self.epoch.saturating_add(1),
             action: change.action().into(),
             actor: actor.into(),
             reason: reason.into(),
@@ -351,6 +422,44 @@ mod tests {
             !d3.shadows.iter().any(|s| s.name == "demo"),
             "the old weights of the same version are not kept as a shadow"
         );
+    }
+
+    #[test]
+    fn records_are_checked_before_anything_they_name_is_opened() {
+        let mut d = start();
+        d.epoch = 5;
+        d.shadows = vec![id("mine@2#bbbbbbbbbbbb")];
+        assert_eq!(d.check(4, 4), Ok(()));
+        assert!(d.check(5, 4).unwrap_err().is_stale());
+        assert!(d.check(9, 4).unwrap_err().is_stale());
+        let mut far = d.clone();
+        far.epoch = u64::MAX;
+        assert!(matches!(
+            far.check(4, 4),
+            Err(RecordError::EpochJump { .. })
+        ));
+        far.epoch = 4 + MAX_EPOCH_STEP;
+        assert_eq!(far.check(4, 4), Ok(()));
+        let mut dup = d.clone();
+        dup.shadows = vec![id("mine@2#bbbbbbbbbbbb"); 200];
+        assert!(matches!(
+            dup.check(4, 4),
+            Err(RecordError::TooManyShadows { got: 200, max: 4 })
+        ));
+        assert!(matches!(dup.check(4, 1000), Err(RecordError::Duplicate(_))));
+        let mut both = d.clone();
+        both.shadows = vec![id("demo@1#cccccccccccc")];
+        assert!(matches!(
+            both.check(4, 4),
+            Err(RecordError::ChampionAsShadow(_))
+        ));
+        let mut unpinned = d.clone();
+        unpinned.shadows = vec![id("mine@2")];
+        let e = unpinned.check(4, 4).unwrap_err();
+        assert!(matches!(e, RecordError::Unpinned(_)), "{e}");
+        let mut short = d;
+        short.champion = id("demo@1#abc");
+        assert!(matches!(short.check(4, 4), Err(RecordError::Unpinned(_))));
     }
 
     #[test]

@@ -11,9 +11,10 @@ use anyhow::Context;
 use super::control::{publish, ControlReader};
 use super::store::{list as list_store, resolve};
 use super::{actor, Change, Deployment};
-use crate::bench::Table;
 use crate::config::Config;
 use crate::model::{Manifest, ModelId};
+use crate::output::Table;
+use crate::sink::clickhouse::schema::{DEPLOYMENT_CHANGES, DEPLOYMENT_EVENTS};
 use crate::sink::clickhouse::{ClickHouseSink, DeploymentChangeRow};
 
 /// The group's deployment now: the control topic's latest, or the configured model.
@@ -23,7 +24,12 @@ pub async fn current(cfg: &Config) -> anyhow::Result<Deployment> {
         ControlReader::open(&k)?.catch_up(Duration::from_secs(20))
     })
     .await??;
-    match published {
+    // The highest valid epoch (what replicas adopt), not the last record by offset.
+    let newest = published
+        .into_iter()
+        .filter(|d| d.check(0, cfg.deploy.max_shadows).is_ok())
+        .max_by_key(|d| d.epoch);
+    match newest {
         Some(d) => Ok(d),
         None => {
             let m = Manifest::load(&cfg.model.dir)
@@ -111,10 +117,10 @@ pub async fn status(cfg: &Config) -> anyhow::Result<String> {
     let ch = ClickHouseSink::from_config(cfg)?;
     let changes = ch
         .client()
-        .query(
+        .query(&format!(
             "SELECT toString(changed_at) AS changed_at, epoch, action, actor, from_champion, to_champion, to_shadows
-             FROM deployment_changes WHERE group_id = ? ORDER BY epoch DESC, changed_at DESC LIMIT 10",
-        )
+             FROM {DEPLOYMENT_CHANGES} WHERE group_id = ? ORDER BY epoch DESC, changed_at DESC LIMIT 10"
+        ))
         .bind(&cfg.kafka.group_id)
         .fetch_all::<ChangeLine>()
         .await;
@@ -138,12 +144,12 @@ pub async fn status(cfg: &Config) -> anyhow::Result<String> {
     }
     let events = ch
         .client()
-        .query(
+        .query(&format!(
             "SELECT replica, argMax(epoch, at) AS epoch, argMax(outcome, at) AS outcome,
                     argMax(since_change_ms, at) AS since_change_ms, argMax(message, at) AS message
-             FROM deployment_events WHERE group_id = ? AND at > now() - INTERVAL 1 DAY
-             GROUP BY replica ORDER BY replica",
-        )
+             FROM {DEPLOYMENT_EVENTS} WHERE group_id = ? AND at > now() - INTERVAL 1 DAY
+             GROUP BY replica ORDER BY replica"
+        ))
         .bind(&cfg.kafka.group_id)
         .fetch_all::<EventLine>()
         .await;
@@ -255,7 +261,7 @@ pub async fn change(
     };
     if let Err(e) = async {
         ch.apply_schema().await?;
-        ch.record("deployment_changes", &row).await
+        ch.record(&row).await
     }
     .await
     {
@@ -304,7 +310,7 @@ async fn wait_applied(
     loop {
         let rows = ch
             .client()
-            .query("SELECT replica, outcome, since_change_ms, message FROM deployment_events WHERE group_id = ? AND epoch = ? ORDER BY at")
+            .query(&format!("SELECT replica, outcome, since_change_ms, message FROM {DEPLOYMENT_EVENTS} WHERE group_id = ? AND epoch = ? ORDER BY at"))
             .bind(&cfg.kafka.group_id)
             .bind(epoch)
             .fetch_all::<Applied>()

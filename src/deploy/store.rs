@@ -36,15 +36,41 @@ impl std::fmt::Debug for LoadedModel {
     }
 }
 
-/// Where a deployed version lives.
+/// Where a deployed version lives. `id`'s parts are plain directory names ([`ModelId`]), so the
+/// path is below `store`; [`confined_version_dir`] also follows links.
 pub fn version_dir(store: &Path, id: &ModelId) -> PathBuf {
     store.join(&id.name).join(&id.version)
+}
+
+/// [`version_dir`] after following links: refused unless it is still inside the store (a link
+/// in the store cannot make a replica load a version from elsewhere on disk).
+pub fn confined_version_dir(store: &Path, id: &ModelId) -> anyhow::Result<PathBuf> {
+    let dir = version_dir(store, id);
+    let root = store
+        .canonicalize()
+        .with_context(|| format!("cannot open the model store {}", store.display()))?;
+    let real = dir.canonicalize().with_context(|| {
+        format!(
+            "{} is not in the model store {} (export it there: scripts/export_model.py CHECKPOINT --out {})",
+            id.version_label(),
+            store.display(),
+            dir.display()
+        )
+    })?;
+    anyhow::ensure!(
+        real.starts_with(&root) && real != root,
+        "{} resolves to {}, outside the model store {}: refused (copy the export into the store instead of linking it)",
+        dir.display(),
+        real.display(),
+        root.display()
+    );
+    Ok(real)
 }
 
 /// Completes `NAME@VERSION` with the weights hash of the store's copy (checked against the
 /// files), or checks a given hash against it.
 pub fn resolve(store: &Path, id: &ModelId) -> anyhow::Result<(ModelId, Manifest)> {
-    let dir = version_dir(store, id);
+    let dir = confined_version_dir(store, id)?;
     let manifest = Manifest::load(&dir).with_context(|| {
         format!(
             "{} is not in the model store {} (export it there: scripts/export_model.py CHECKPOINT --out {})",
@@ -164,10 +190,7 @@ fn sane_forward_pass(
     manifest: &Manifest,
     model: &mut dyn Classifier,
 ) -> anyhow::Result<()> {
-    let mut g = crate::synthetic::Generator::new(7, chrono::Utc::now(), 1);
-    let texts: Vec<String> = (0..8).map(|_| g.tweet().text).collect();
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let ids = tok.encode_batch(&refs)?;
+    let ids = tok.encode_batch(&crate::model::samples::texts(8))?;
     let batch = PaddedBatch::new(ids.iter().map(Vec::as_slice), manifest.pad_id);
     let probs = model.classify(&batch)?;
     anyhow::ensure!(

@@ -18,14 +18,14 @@ use serde::Serialize;
 
 use crate::app::{start_inference, Active};
 use crate::batch::offsets::OffsetTracker;
-use crate::bench::Table;
 use crate::config::Config;
 use crate::deploy::store::{load_checked, resolve, version_dir};
 use crate::deploy::Deployment;
 use crate::model::load::ClassifierFactory;
 use crate::model::{argmax, ModelId};
-use crate::source::kafka::Work;
+use crate::output::Table;
 use crate::tweet::{decode, DecodeRules, Decoded, Tweet};
+use crate::work::Work;
 use metrics::{expected_calibration_error, ClassScores, Confusion, McNemar};
 
 /// One labelled item.
@@ -364,6 +364,30 @@ pub struct EvaluationRow {
     pub details: String,
     pub compared_with: String,
     pub mcnemar_p: f64,
+}
+
+impl crate::sink::clickhouse::StoredRow for EvaluationRow {
+    const TABLE: &'static str = crate::sink::clickhouse::schema::MODEL_EVALUATIONS;
+}
+
+/// Stores `report` in `model_evaluations` (the schema applied first) and says where.
+pub async fn store(cfg: &Config, report: &EvalReport) -> anyhow::Result<()> {
+    let sink = crate::sink::clickhouse::ClickHouseSink::from_config(cfg)?;
+    sink.apply_schema().await.with_context(|| {
+        format!(
+            "cannot reach ClickHouse at {} to store the evaluation (or pass --no-store)",
+            cfg.clickhouse.url
+        )
+    })?;
+    for row in report.rows() {
+        sink.record(&row).await?;
+    }
+    println!(
+        "stored in {}.{}",
+        cfg.clickhouse.database,
+        crate::sink::clickhouse::schema::MODEL_EVALUATIONS
+    );
+    Ok(())
 }
 
 impl EvalReport {

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use anyhow::Context;
-use chrono::Utc;
 
 use super::tokenizer::TweetTokenizer;
 use super::torch::{TorchClassifier, TorchOptions};
@@ -18,16 +17,13 @@ use crate::config::Config;
 pub type ClassifierFactory =
     std::sync::Arc<dyn Fn(&Path, &Manifest) -> anyhow::Result<Box<dyn Classifier>> + Send + Sync>;
 
-/// Real tweets for the half-precision parity check: synthetic ones, tokenised like traffic.
+/// Real tweets for the half-precision parity check ([`super::samples`]), tokenised like traffic.
 fn parity_batch(dir: &Path, manifest: &Manifest) -> anyhow::Result<PaddedBatch> {
     let tok = TweetTokenizer::load(
         &dir.join(&manifest.files.tokenizer.path),
         manifest.max_length,
     )?;
-    let mut g = crate::synthetic::Generator::new(4242, Utc::now(), 1);
-    let texts: Vec<String> = (0..64).map(|_| g.tweet().text).collect();
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let ids = tok.encode_batch(&refs)?;
+    let ids = tok.encode_batch(&super::samples::texts(usize::MAX))?;
     Ok(PaddedBatch::new(
         ids.iter().map(Vec::as_slice),
         manifest.pad_id,

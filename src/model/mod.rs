@@ -1,14 +1,19 @@
-//! The model boundary: a small synchronous `Classifier` trait, the model manifest, and the
-//! inference thread that feeds it. Nothing here runs on the async runtime.
+//! The model boundary: a small synchronous `Classifier` trait, the model manifest and its
+//! checks, the tokenizer and the libtorch backend. Nothing here runs on the async runtime; the
+//! threads that drive a `Classifier` are the app's (`app::model_stage`).
 
 pub mod check;
 pub mod load;
+pub mod samples;
 pub mod tokenizer;
 pub mod torch;
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+/// Set in the config; re-exported here where the model code names them.
+pub use crate::config::{DeviceSpec, Precision};
 
 /// A batch of token ids, padded to its longest row (row-major, `rows × cols`).
 #[derive(Debug, Clone, PartialEq)]
@@ -114,83 +119,6 @@ pub fn warm_up(model: &mut dyn Classifier, shapes: &[(usize, usize)]) -> Result<
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Numeric precision of the weights and activations (`model.precision`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    Fp32,
-    Fp16,
-    Bf16,
-}
-
-impl Precision {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "fp32" => Ok(Precision::Fp32),
-            "fp16" => Ok(Precision::Fp16),
-            "bf16" => Ok(Precision::Bf16),
-            _ => Err(format!("`{s}`: use fp32, fp16 or bf16")),
-        }
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Precision::Fp32 => "fp32",
-            Precision::Fp16 => "fp16",
-            Precision::Bf16 => "bf16",
-        })
-    }
-}
-
-/// Where to run the model (`model.device`): `auto`, `cpu`, `cuda` or `cuda:N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum DeviceSpec {
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
-
-impl DeviceSpec {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(DeviceSpec::Auto),
-            "cpu" => Ok(DeviceSpec::Cpu),
-            "cuda" => Ok(DeviceSpec::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("`{s}`: use auto, cpu, cuda or cuda:N")),
-        }
-    }
-}
-
-impl TryFrom<String> for DeviceSpec {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        DeviceSpec::parse(&s)
-    }
-}
-
-impl From<DeviceSpec> for String {
-    fn from(d: DeviceSpec) -> String {
-        d.to_string()
-    }
-}
-
-impl std::fmt::Display for DeviceSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DeviceSpec::Auto => f.write_str("auto"),
-            DeviceSpec::Cpu => f.write_str("cpu"),
-            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
 /// `manifest.json` written by the export scripts next to `model.pt` and `tokenizer.json`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
@@ -244,7 +172,57 @@ impl Manifest {
                 message: "needs at least one label and max_length ≥ 3".into(),
             });
         }
+        if let Err(message) = ModelId::new(&m.name, &m.version, "") {
+            return Err(ModelError::Manifest { path, message });
+        }
+        for f in [&m.files.model, &m.files.tokenizer] {
+            let plain = !f.path.is_empty()
+                && Path::new(&f.path)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                return Err(ModelError::Manifest {
+                    path,
+                    message: format!(
+                        "file {:?} must be a relative path inside the model directory (no `..`, not absolute)",
+                        f.path
+                    ),
+                });
+            }
+            if f.sha256.len() != 64 || !f.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(ModelError::Manifest {
+                    path,
+                    message: format!("sha256 of {:?} must be 64 hex digits", f.path),
+                });
+            }
+        }
         Ok(m)
+    }
+
+    /// The path of `file` in `dir`, after following links: it must stay inside `dir` (a link
+    /// planted in an export cannot make a replica read a file from elsewhere).
+    pub fn file_in(&self, dir: &Path, file: &ManifestFile) -> Result<PathBuf, ModelError> {
+        let missing = |path: PathBuf, e: std::io::Error| ModelError::Missing {
+            path,
+            message: e.to_string(),
+        };
+        let root = dir
+            .canonicalize()
+            .map_err(|e| missing(dir.to_path_buf(), e))?;
+        let path = dir.join(&file.path);
+        let real = path.canonicalize().map_err(|e| missing(path.clone(), e))?;
+        if !real.starts_with(&root) {
+            return Err(ModelError::Manifest {
+                path,
+                message: format!(
+                    "{:?} resolves to {}, outside the model directory {}: replace the link with the file itself",
+                    file.path,
+                    real.display(),
+                    root.display()
+                ),
+            });
+        }
+        Ok(real)
     }
 
     /// `name@version`: the version recorded with every classification.
@@ -272,7 +250,7 @@ impl Manifest {
     pub fn verify(&self, dir: &Path) -> Result<(), ModelError> {
         use sha2::{Digest, Sha256};
         for f in [&self.files.model, &self.files.tokenizer] {
-            let path = dir.join(&f.path);
+            let path = self.file_in(dir, f)?;
             let bytes = std::fs::read(&path).map_err(|e| ModelError::Missing {
                 path: path.clone(),
                 message: e.to_string(),
@@ -293,7 +271,12 @@ impl Manifest {
 /// A model version's identity, recorded with every prediction: `NAME@VERSION` plus a short hash
 /// of its weights, so that weights re-exported under the same version are a different identity
 /// (never deduplicated away as if they were the old ones). Written `NAME@VERSION#HASH`.
+///
+/// Guarantee: a `ModelId` holds only names and versions that are one plain directory name each
+/// ([`ModelId::valid_part`]) — parsed from the command line or read from a control record alike
+/// — so `store/NAME/VERSION` can never leave the model store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, Deserialize)]
+#[serde(try_from = "ModelIdFields")]
 pub struct ModelId {
     pub name: String,
     pub version: String,
@@ -301,8 +284,67 @@ pub struct ModelId {
     pub hash: String,
 }
 
+/// A `ModelId` as written in a control record, before its parts are checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelIdFields {
+    name: String,
+    version: String,
+    hash: String,
+}
+
+impl TryFrom<ModelIdFields> for ModelId {
+    type Error = String;
+    fn try_from(f: ModelIdFields) -> Result<Self, String> {
+        ModelId::new(&f.name, &f.version, &f.hash)
+    }
+}
+
 impl ModelId {
     pub const HASH_LEN: usize = 12;
+    /// Longest name or version.
+    pub const PART_MAX: usize = 64;
+
+    /// The one rule for a name and a version: `[A-Za-z0-9_][A-Za-z0-9._-]{0,63}` — a single
+    /// directory name that is never `.`, `..`, absolute or hidden.
+    pub fn valid_part(p: &str) -> bool {
+        let mut chars = p.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_')
+            && p.len() <= Self::PART_MAX
+            && chars.all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    }
+
+    /// Checks each part; `hash` is empty (to be resolved) or hex digits (at most a sha256).
+    pub fn new(name: &str, version: &str, hash: &str) -> Result<Self, String> {
+        let show = |p: &str| -> String {
+            let short: String = p.chars().take(Self::PART_MAX).collect();
+            if short.len() < p.len() {
+                format!("{short:?}…")
+            } else {
+                format!("{short:?}")
+            }
+        };
+        if !Self::valid_part(name) || !Self::valid_part(version) {
+            return Err(format!(
+                "model name {} / version {}: each must be 1–{} letters, digits, `.`, `_` or `-`, not starting with `.` or `-` (they are directory names in the model store)",
+                show(name),
+                show(version),
+                Self::PART_MAX
+            ));
+        }
+        if hash.len() > 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "weights hash {} of {name}@{version}: expected hex digits (the first {} of the weights' sha256)",
+                show(hash),
+                Self::HASH_LEN
+            ));
+        }
+        Ok(ModelId {
+            name: name.into(),
+            version: version.into(),
+            hash: hash.to_ascii_lowercase(),
+        })
+    }
 
     /// `NAME@VERSION` (what analysts filter on; the hash tells re-exports apart).
     pub fn version_label(&self) -> String {
@@ -313,23 +355,12 @@ impl ModelId {
     /// `NAME@VERSION#HASH`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (nv, hash) = s.split_once('#').unwrap_or((s, ""));
-        let ok = |p: &str| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        };
-        match nv.split_once('@') {
-            Some((n, v)) if ok(n) && ok(v) && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
-                Ok(ModelId {
-                    name: n.into(),
-                    version: v.into(),
-                    hash: hash.to_ascii_lowercase(),
-                })
-            }
-            _ => Err(format!(
+        let Some((n, v)) = nv.split_once('@') else {
+            return Err(format!(
                 "`{s}`: write a model version as NAME@VERSION (letters, digits, . _ -), optionally #WEIGHTS_HASH"
-            )),
-        }
+            ));
+        };
+        ModelId::new(n, v, hash).map_err(|e| format!("`{s}`: {e}"))
     }
 }
 
@@ -370,6 +401,48 @@ mod tests {
         assert_eq!(p.ids, vec![0, 10, 2, 0, 2, 1]);
         assert_eq!(p.mask, vec![1, 1, 1, 1, 1, 0]);
         assert_eq!(p.padded_tokens(), 6);
+    }
+
+    #[test]
+    fn model_ids_are_plain_directory_names_whether_parsed_or_read_from_a_record() {
+        assert!(ModelId::parse("demo@1").is_ok());
+        assert!(ModelId::parse("camembert_base@2026.11-a#ABCdef012345").is_ok());
+        for bad in [
+            "@1",
+            "demo@",
+            "../x@1",
+            "demo@..",
+            "demo@.",
+            ".hidden@1",
+            "-x@1",
+            "/etc@1",
+            "a/b@1",
+            "demo@1/..",
+            "demo@1#xyz",
+            "demo",
+        ] {
+            assert!(ModelId::parse(bad).is_err(), "{bad} was accepted");
+        }
+        let long = "a".repeat(65);
+        assert!(ModelId::parse(&format!("{long}@1")).is_err());
+        let record = |name: &str, version: &str| {
+            serde_json::from_value::<ModelId>(serde_json::json!({
+                "name": name, "version": version, "hash": "fdfbc5efb4a5"
+            }))
+        };
+        assert!(record("demo", "1").is_ok());
+        for (n, v) in [
+            ("/tmp/evil", "1"),
+            ("..", "1"),
+            ("demo", "../../x"),
+            ("demo", ""),
+        ] {
+            let e = record(n, v).unwrap_err().to_string();
+            assert!(e.contains("directory names"), "{n}/{v}: {e}");
+        }
+        let id = ModelId::parse("demo@1#fdfbc5efb4a5").unwrap();
+        let back: ModelId = serde_json::from_str(&serde_json::to_string(&id).unwrap()).unwrap();
+        assert_eq!(back, id, "the wire form is unchanged");
     }
 
     #[test]

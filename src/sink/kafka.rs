@@ -6,32 +6,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{retry_until_done, ClassifiedBatch, ResultSink, SinkError};
+use super::{retry_until_done, ResultSink, SinkError};
 use crate::batch::offsets::{Ack, OffsetTracker};
 use crate::config::KafkaConfig;
+use crate::kafka::client_config;
 use crate::telemetry::{self, Health};
-
-/// librdkafka settings shared by the consumer and producers: brokers, the caller's `defaults`,
-/// then the operator's pass-through properties (security, tuning; they win over the defaults),
-/// and the SASL password kept out of the config's `Debug`.
-pub fn client_config(cfg: &KafkaConfig, defaults: &[(&str, String)]) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers);
-    for (k, v) in defaults {
-        c.set(*k, v);
-    }
-    for (k, v) in &cfg.properties {
-        c.set(k, v);
-    }
-    if !cfg.sasl_password.is_empty() {
-        c.set("sasl.password", cfg.sasl_password.expose());
-    }
-    c
-}
+use crate::work::ClassifiedBatch;
 
 fn producer(
     cfg: &KafkaConfig,

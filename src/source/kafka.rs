@@ -24,45 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::offsets::{Ack, OffsetTracker, Partition};
 use crate::config::KafkaConfig;
-use crate::sink::kafka::{client_config, DeadLetter, DeadLetterProducer};
+use crate::kafka::{client_config, consumer_defaults};
+use crate::sink::kafka::{DeadLetter, DeadLetterProducer};
 use crate::telemetry::{self, Health, PollRound};
 use crate::tweet::{decode, DecodeRules, Decoded, SkipReason, Tweet};
-
-/// Consumer settings an operator may override in `kafka.properties`. librdkafka (≥ 2.4) waits
-/// `fetch.queue.backoff.ms` (default 1 000 ms) before fetching again once its prefetch queue is
-/// full: a consumer slower than the broker then idles most of each second. The firehose bench
-/// measured 23 000 messages/s with the default and 59 500 with 10 ms (same broker, same run).
-pub fn consumer_defaults() -> Vec<(&'static str, String)> {
-    vec![("fetch.queue.backoff.ms", "10".into())]
-}
-
-/// A tweet handed to the pipeline, with the ack to return once its result is stored.
-#[derive(Debug)]
-pub struct Work {
-    pub tweet: Tweet,
-    /// A delete notice for `tweet.id` (its text is empty): not scored; its sinks remove the
-    /// tweet (output-topic tombstone, ClickHouse delete) before its offset is acknowledged.
-    pub delete: bool,
-    pub ack: Ack,
-    /// The input record's Kafka timestamp (ms), when it has one.
-    pub source_timestamp_ms: Option<i64>,
-    /// When the consumer took the message.
-    pub received: std::time::Instant,
-}
-
-impl Work {
-    /// A tweet handed to the inference stages in process (benches, `eval`): no Kafka timestamp,
-    /// received now.
-    pub fn new(tweet: Tweet, ack: Ack) -> Self {
-        Work {
-            tweet,
-            delete: false,
-            ack,
-            source_timestamp_ms: None,
-            received: std::time::Instant::now(),
-        }
-    }
-}
+use crate::work::Work;
 
 /// Everything the consumer thread needs.
 pub struct Source {

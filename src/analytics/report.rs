@@ -5,6 +5,7 @@
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
+use crate::sink::clickhouse::schema::{CHAMPION_HOURLY, OPINION_HOURLY};
 use crate::sink::clickhouse::ClickHouseSink;
 
 #[derive(Row, Deserialize, Debug)]
@@ -131,14 +132,14 @@ pub async fn opinion(
         None => {
             let sql = format!(
                 "SELECT formatDateTime({bucket}, '{fmt}') AS period, toString(label) AS label, toUInt64(sum(tweets)) AS tweets
-                 FROM champion_hourly GROUP BY period, label ORDER BY period, label"
+                 FROM {CHAMPION_HOURLY} GROUP BY period, label ORDER BY period, label"
             );
             sink.client().query(&sql).fetch_all().await?
         }
         Some(mv) => {
             let sql = format!(
                 "SELECT formatDateTime({bucket}, '{fmt}') AS period, toString(label) AS label, uniqExactMerge(tweets) AS tweets
-                 FROM opinion_hourly WHERE model_version = ?
+                 FROM {OPINION_HOURLY} WHERE model_version = ?
                  GROUP BY period, label ORDER BY period, label"
             );
             sink.client().query(&sql).bind(mv).fetch_all().await?

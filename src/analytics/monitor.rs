@@ -13,7 +13,10 @@ use chrono::{DateTime, Utc};
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
-use crate::bench::Table;
+use crate::output::Table;
+use crate::sink::clickhouse::schema::{
+    AGREEMENT_DAILY, AGREEMENT_HOURLY, CHAMPION_PREDICTIONS, PREDICTIONS, PROBE_RUNS,
+};
 use crate::sink::clickhouse::ClickHouseSink;
 
 /// PSI at or above which a window is watched.
@@ -208,6 +211,29 @@ impl MonitorReport {
             .collect()
     }
 
+    /// Sets the drift and agreement gauges (and logs the level) from this report.
+    pub fn emit_gauges(&self) {
+        let drift: Vec<(&str, f64, f64)> = std::iter::once(&self.champion)
+            .chain(&self.versions)
+            .filter_map(|s| {
+                s.latest()
+                    .map(|w| (s.series.as_str(), w.psi, w.confidence_psi))
+            })
+            .collect();
+        let agreement: Vec<(&str, f64, f64)> = self
+            .latest_agreement()
+            .into_iter()
+            .map(|a| (a.shadow.as_str(), a.agreement, a.kappa))
+            .collect();
+        crate::telemetry::MonitorObserved {
+            drift: &drift,
+            agreement: &agreement,
+            level: self.worst(),
+            champion_psi: self.champion.latest().map_or(0.0, |w| w.psi),
+        }
+        .emit();
+    }
+
     pub fn render(&self) -> String {
         let c = &self.champion;
         let labels: Vec<String> = c
@@ -329,7 +355,7 @@ impl MonitorReport {
     }
 
     /// The drift chart's data: champion PSI (labels, confidence) and agreement per shadow.
-    pub fn drift_chart(&self) -> crate::chart::Drift {
+    pub fn drift_chart(&self) -> crate::analytics::chart::Drift {
         let windows: Vec<String> = self
             .champion
             .windows
@@ -356,25 +382,25 @@ impl MonitorReport {
                     .or_insert_with(|| vec![None; windows.len()])[i] = Some(a.agreement);
             }
         }
-        crate::chart::Drift {
+        crate::analytics::chart::Drift {
             title: format!(
                 "Champion drift per {} (reference {}) and agreement with shadows",
                 self.period, self.champion.reference
             ),
             windows,
             psi: vec![
-                crate::chart::Line {
+                crate::analytics::chart::Line {
                     name: "PSI of labels".into(),
                     values: labels,
                 },
-                crate::chart::Line {
+                crate::analytics::chart::Line {
                     name: "PSI of confidence".into(),
                     values: conf,
                 },
             ],
             agreement: shadows
                 .into_iter()
-                .map(|(name, values)| crate::chart::Line {
+                .map(|(name, values)| crate::analytics::chart::Line {
                     name: format!("agreement {name}"),
                     values,
                 })
@@ -494,7 +520,7 @@ pub async fn monitor(
         .client()
         .query(&format!(
             "SELECT 'champion' AS series, {cell}
-             FROM champion_predictions GROUP BY window, label, bin ORDER BY window, label, bin"
+             FROM {CHAMPION_PREDICTIONS} GROUP BY window, label, bin ORDER BY window, label, bin"
         ))
         .fetch_all()
         .await?;
@@ -510,7 +536,7 @@ pub async fn monitor(
             "SELECT concat(model_version, '#', model_hash) AS series, {cell}
              FROM (SELECT model_version, model_hash, tweet_id, any(created_at) AS created_at,
                           any(label) AS label, any(scores) AS scores
-                   FROM predictions GROUP BY model_version, model_hash, tweet_id)
+                   FROM {PREDICTIONS} GROUP BY model_version, model_hash, tweet_id)
              GROUP BY series, window, label, bin ORDER BY series, window, label, bin"
         ))
         .fetch_all()
@@ -544,9 +570,9 @@ pub async fn monitor(
         .collect();
 
     let view = if day {
-        "champion_shadow_agreement_daily"
+        AGREEMENT_DAILY
     } else {
-        "champion_shadow_agreement_hourly"
+        AGREEMENT_HOURLY
     };
     let agreement: Vec<AgreementCell> = sink
         .client()
@@ -574,14 +600,14 @@ pub async fn monitor(
                     "SELECT concat(s.model_version, '#', s.model_hash) AS shadow,
                             toString(c.label) AS champion_label, toString(s.label) AS shadow_label,
                             count() AS tweets
-                     FROM champion_predictions AS c
+                     FROM {CHAMPION_PREDICTIONS} AS c
                      INNER JOIN (SELECT tweet_id, model_version, model_hash, label
-                                 FROM predictions FINAL WHERE role = 'shadow') AS s
+                                 FROM {PREDICTIONS} FINAL WHERE role = 'shadow') AS s
                      USING (tweet_id)
                      WHERE toString({}) = ?
                      GROUP BY shadow, champion_label, shadow_label
                      ORDER BY shadow, champion_label, shadow_label",
-                    bucket.replace("created_at", "c.created_at")
+                    bucket.replace("created_at", "c.created_at"),
                 ))
                 .bind(&last.window)
                 .fetch_all()
@@ -595,7 +621,7 @@ pub async fn monitor(
                     toString(device) AS device, uniqExact(replica) AS replicas,
                     max(greatest(max_deviation, max_deviation_previous)) AS max_deviation,
                     max(flagged) AS flagged
-             FROM probe_runs WHERE at >= now() - INTERVAL {PROBE_WINDOW_HOURS} HOUR
+             FROM {PROBE_RUNS} WHERE at >= now() - INTERVAL {PROBE_WINDOW_HOURS} HOUR
              GROUP BY model, device ORDER BY model, device"
         ))
         .fetch_all()

@@ -9,7 +9,7 @@ use std::sync::Once;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::report::Opinion;
+use crate::analytics::report::Opinion;
 
 /// Chart size in pixels (SVG user units), readable on a laptop screen and in a README.
 pub const WIDTH: u32 = 1200;
@@ -20,7 +20,7 @@ const FONT: &str = "sans-serif";
 fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let bytes: &'static [u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+        let bytes: &'static [u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
         // The bytes are compiled in and known good; a failure here is a build defect.
         plotters::style::register_font(FONT, FontStyle::Normal, bytes)
             .unwrap_or_else(|_| panic!("the compiled-in DejaVu Sans font does not parse"));
