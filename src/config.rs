@@ -425,6 +425,21 @@ pub struct DeployConfig {
     /// of the CPU); a record with more is refused.
     #[serde(default = "default_max_shadows")]
     pub max_shadows: usize,
+    /// Public keys (64 hex digits each, as `vaxpulse models keygen` prints them) whose
+    /// signatures this replica accepts on deployment records; several during a rotation. Once
+    /// any is set, unsigned and badly signed records are refused. Env:
+    /// `VAXPULSE_DEPLOY_TRUSTED_KEYS=k1,k2`.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Refuse to start without `trusted_keys` (the production setting): a replica that would
+    /// take unsigned records from anyone who can write the control topic is a mistake there.
+    #[serde(default)]
+    pub require_signed: bool,
+    /// Private key file `vaxpulse models` signs its records with (`vaxpulse models keygen`
+    /// writes one, mode 0600). Empty = unsigned records. Env:
+    /// `VAXPULSE_DEPLOY_SIGNING_KEY_FILE`.
+    #[serde(default)]
+    pub signing_key_file: PathBuf,
 }
 
 fn default_max_shadows() -> usize {
@@ -616,7 +631,22 @@ impl Config {
             None => String::new(),
         };
         let origin = path.map_or("(defaults)".to_string(), |p| p.display().to_string());
-        Self::from_toml_with_env(&text, &origin, std::env::vars())
+        // `std::env::vars` panics on an entry that is not UTF-8; ours must be UTF-8, the
+        // process's other variables are none of our business.
+        let mut env = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            match (k.into_string(), v.into_string()) {
+                (Ok(k), Ok(v)) => env.push((k, v)),
+                (Ok(k), Err(_)) if k.starts_with("VAXPULSE_") => {
+                    return Err(ConfigError::Env {
+                        name: k,
+                        message: "its value is not valid UTF-8".into(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Self::from_toml_with_env(&text, &origin, env)
     }
 
     /// Parses TOML text, then applies `VAXPULSE_<SECTION>_<KEY>=value` overrides from `env`,
@@ -684,6 +714,21 @@ impl Config {
             |field: &'static str, message: String| Err(ConfigError::Invalid { field, message });
         if self.kafka.brokers.trim().is_empty() {
             return bad("kafka.brokers", "must name at least one broker".into());
+        }
+        if self.deploy.require_signed && self.deploy.trusted_keys.is_empty() {
+            return bad(
+                "deploy.trusted_keys",
+                "deploy.require_signed is set but no key is trusted: add the public key of `vaxpulse models keygen` (env VAXPULSE_DEPLOY_TRUSTED_KEYS)".into(),
+            );
+        }
+        // The shape here; that it is a valid Ed25519 point is checked where keys are loaded.
+        for k in &self.deploy.trusted_keys {
+            if k.trim().len() != 64 || !k.trim().chars().all(|c| c.is_ascii_hexdigit()) {
+                return bad(
+                    "deploy.trusted_keys",
+                    "each key must be 64 hex digits, as `vaxpulse models keygen` prints it".into(),
+                );
+            }
         }
         let topics = [
             &self.kafka.input_topic,

@@ -166,6 +166,13 @@ enum ModelsCommand {
         #[command(flatten)]
         change: ChangeArgs,
     },
+    /// Make a signing key for deployment records: writes the private key to OUT (mode 0600,
+    /// never overwritten; give it as deploy.signing_key_file) and prints the public key for
+    /// every replica's deploy.trusted_keys.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -277,6 +284,15 @@ fn main() -> anyhow::Result<()> {
                 println!(
                     "models check: {} — {} texts through the Rust serving path, max |Δp| vs reference = {:.2e} (bound {:.0e}), same label {}/{}",
                     r.model, r.cases, r.max_abs_diff, bounds.max_abs_diff, r.same_label, r.cases
+                );
+            }
+            ModelsCommand::Keygen { out } => {
+                let key = vaxpulse::deploy::sign::generate();
+                vaxpulse::deploy::sign::write_signing_key(&out, &key)?;
+                let (public, id) = vaxpulse::deploy::sign::public_key(&key);
+                println!(
+                    "private key written to {} (keep it secret: deploy.signing_key_file)\nkey id {id}\npublic key (deploy.trusted_keys, or VAXPULSE_DEPLOY_TRUSTED_KEYS):\n{public}",
+                    out.display()
                 );
             }
             ModelsCommand::List => print!("{}", vaxpulse::deploy::ops::list(&cfg).await?),

@@ -66,6 +66,13 @@ pub async fn produce(
     input: Input,
     opts: &ProduceOptions,
 ) -> anyhow::Result<u64> {
+    if let Some(r) = opts.rate {
+        // `i / r` with r = 0, negative or NaN would be an infinite or invalid sleep (a panic).
+        anyhow::ensure!(
+            r.is_finite() && r > 0.0,
+            "--rate {r}: give a positive number of messages per second, or leave it out for as fast as possible"
+        );
+    }
     let defaults = [
         ("acks", "all".to_string()),
         ("linger.ms", "5".to_string()),

@@ -161,8 +161,13 @@ pub fn decode(payload: &[u8], rules: &DecodeRules, fallback_time: DateTime<Utc>)
             "top-level JSON value is not an object",
         );
     };
-    if let Some(id) = delete_notice(&obj) {
-        return Decoded::Delete(id);
+    if let Some(target) = delete_target(&obj) {
+        // The same id rule as a tweet's: `" 123"` deletes `123`, and an id that no tweet can
+        // have is a dead letter, not a delete of nothing (nor an unbounded ClickHouse query).
+        return match tweet_id(target) {
+            Ok(id) => Decoded::Delete(id),
+            Err(rejected) => rejected,
+        };
     }
     let tweet = if let Some(data) = obj.get("data") {
         let Value::Object(data) = data else {
@@ -188,18 +193,13 @@ pub fn decode(payload: &[u8], rules: &DecodeRules, fallback_time: DateTime<Utc>)
     }
 }
 
-/// The id a delete notice names (v1.1 `delete.status`, v2 compliance `data.delete.tweet`).
-fn delete_notice(obj: &Map<String, Value>) -> Option<String> {
+/// The tweet a delete notice names (v1.1 `delete.status`, v2 compliance `data.delete.tweet`).
+fn delete_target(obj: &Map<String, Value>) -> Option<&Map<String, Value>> {
     let target = match obj.get("delete") {
         Some(d) if !obj.contains_key("text") => d.get("status")?,
         _ => obj.get("data")?.get("delete")?.get("tweet")?,
     };
-    let id = target.get("id_str").or_else(|| target.get("id"))?;
-    match id {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+    target.as_object()
 }
 
 fn is_control(obj: &Map<String, Value>) -> bool {
@@ -510,6 +510,29 @@ mod tests {
         assert_eq!(
             decode(v2.as_bytes(), &rules(), t0()),
             Decoded::Delete("99".into())
+        );
+    }
+
+    #[test]
+    fn delete_ids_follow_the_tweet_id_rule() {
+        let delete = |id: &str| format!(r#"{{"delete":{{"status":{{"id_str":{id}}}}}}}"#);
+        assert_eq!(
+            decode(delete("\" 123 \"").as_bytes(), &rules(), t0()),
+            Decoded::Delete("123".into()),
+            "trimmed like a tweet's id"
+        );
+        let long = format!("\"{}\"", "9".repeat(60_000));
+        for bad in [long.as_str(), "\"\"", "\"  \"", "-5", "null"] {
+            assert_eq!(
+                rejected(delete(bad).as_bytes()),
+                DlqReason::MissingId,
+                "{}",
+                &bad[..bad.len().min(20)]
+            );
+        }
+        assert_eq!(
+            rejected(br#"{"delete":{"status":{"user_id":7}}}"#),
+            DlqReason::MissingId
         );
     }
 

@@ -139,6 +139,7 @@ pub(super) fn refusal_event(
                     load_seconds: 0.0,
                     since_change_ms: -1,
                     message: r.reason,
+                    key_id: String::new(),
                 });
             }
         }
@@ -208,6 +209,11 @@ pub(super) fn deployment_event(
             load_seconds,
             since_change_ms: since_change.map_or(-1, |s| (s * 1e3) as i64),
             message: error.unwrap_or_default().to_string(),
+            key_id: deployment
+                .signature
+                .as_ref()
+                .map(|s| s.key_id.chars().take(16).collect())
+                .unwrap_or_default(),
         });
     }
 }
@@ -265,6 +271,9 @@ pub struct Startup {
     pub active: Active,
     /// Published records newer than the one served, each with why it was refused.
     pub refused: Vec<(Deployment, String)>,
+    /// The newest record that passed its checks but could not be loaded here (epoch, why):
+    /// the group's deployment is not what this replica serves.
+    pub unserved: Option<(u64, String)>,
 }
 
 /// The newest published record (by epoch, not by offset: a replayed old record cannot split
@@ -276,21 +285,33 @@ pub fn load_startup(
     published: Vec<Deployment>,
     factory: &ClassifierFactory,
 ) -> anyhow::Result<Startup> {
+    // Newest epoch first; of two records with one epoch, the later one by offset.
+    let admission = crate::deploy::Admission::from_config(cfg).map_err(anyhow::Error::msg)?;
     let mut candidates = published;
-    candidates.sort_by(|a, b| b.epoch.cmp(&a.epoch));
-    candidates.dedup_by(|a, b| a.epoch == b.epoch && a == b);
-    let mut refused = Vec::new();
+    candidates.reverse();
+    candidates.sort_by_key(|d| std::cmp::Reverse(d.epoch));
+    candidates.dedup_by(|a, b| a == b);
+    let (mut refused, mut unserved) = (Vec::new(), None);
     for d in candidates {
-        if let Err(e) = d.check(0, cfg.deploy.max_shadows) {
+        if let Err(e) = admission.admit(&d, 0) {
+            tracing::error!(epoch = d.epoch, "deployment record refused: {e}");
             refused.push((d, e.to_string()));
             continue;
         }
         tracing::info!(deployment = %d.summary(), "loading the group's deployment");
         match load_active(cfg, &d, factory, None) {
-            Ok(active) => return Ok(Startup { active, refused }),
+            Ok(active) => {
+                return Ok(Startup {
+                    active,
+                    refused,
+                    unserved,
+                })
+            }
             Err(e) => {
-                tracing::error!(deployment = %d.summary(), error = format!("{e:#}"), "cannot serve the published deployment; trying an older one");
-                refused.push((d, format!("{e:#}")));
+                let why = format!("{e:#}");
+                tracing::error!(deployment = %d.summary(), error = why, "cannot serve the published deployment; trying an older one");
+                unserved.get_or_insert((d.epoch, why.clone()));
+                refused.push((d, why));
             }
         }
     }
@@ -305,5 +326,9 @@ pub fn load_startup(
             cfg.model.dir.display()
         )
     })?;
-    Ok(Startup { active, refused })
+    Ok(Startup {
+        active,
+        refused,
+        unserved,
+    })
 }

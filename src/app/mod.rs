@@ -57,6 +57,9 @@ pub async fn run(
     factory: ClassifierFactory,
     cancel: CancellationToken,
 ) -> anyhow::Result<RunReport> {
+    if cfg.deploy.trusted_keys.is_empty() {
+        tracing::warn!("deployment records are not signed-checked (deploy.trusted_keys is empty): anyone who can write the control topic can deploy; set keys in production (vaxpulse models keygen)");
+    }
     // The group's deployment: the control topic's, or the configured model when none was
     // published yet. Read to the end before anything starts, so a late replica joins in step.
     let reader_cfg = cfg.kafka.clone();
@@ -70,14 +73,18 @@ pub async fn run(
     let startup =
         tokio::task::spawn_blocking(move || load_startup(&load_cfg, published, &load_factory))
             .await??;
-    let (active, refused) = (startup.active, startup.refused);
+    let Startup {
+        active,
+        refused,
+        unserved,
+    } = startup;
     let deployment = active.deployment.clone();
     tracing::info!(deployment = %deployment.summary(), "serving the group's deployment");
     let health = Arc::new(Health::default());
     // Not ready while a newer published deployment is not served here: a rolling update stops
     // instead of spreading it, and the alert on unready replicas fires.
-    if let Some((d, why)) = refused.iter().find(|(d, _)| d.epoch > deployment.epoch) {
-        health.set_deployment_refused(Some(format!("epoch {}: {why}", d.epoch)));
+    if let Some((epoch, why)) = unserved {
+        health.set_deployment_refused(Some(format!("epoch {epoch}: {why}")));
     }
     health.sinks_ok.store(true, Ordering::Relaxed);
     let password = cfg.clickhouse_password()?;
@@ -181,15 +188,12 @@ pub async fn run(
     ));
     let control_stop = CancellationToken::new();
     let control_thread = {
-        let (stop, epoch, max) = (
-            control_stop.clone(),
-            deployment.epoch,
-            cfg.deploy.max_shadows,
-        );
+        let (stop, epoch) = (control_stop.clone(), deployment.epoch);
+        let admission = crate::deploy::Admission::from_config(&cfg).map_err(anyhow::Error::msg)?;
         let (who, events) = (who.clone(), refusals_tx);
         inference::spawn("vaxpulse-control", move || {
             let refused = |r: control::Refusal<'_>| loader::refusal_event(&who, Some(&events), r);
-            control::follow(reader, epoch, max, deployments, refused, stop)
+            control::follow(reader, epoch, admission, deployments, refused, stop)
         })
     };
 

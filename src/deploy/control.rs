@@ -21,7 +21,7 @@ use crate::kafka::client_config;
 /// A record of this group on the control topic.
 #[derive(Debug)]
 pub enum Record {
-    Deployment(Deployment),
+    Deployment(Box<Deployment>),
     /// Not a deployment this version can read (bad JSON, an unknown field, a model name that
     /// is not a plain directory name, ...): refused before anything is opened.
     Unreadable {
@@ -103,7 +103,7 @@ impl ControlReader {
                 Some(Ok(m)) => {
                     let offset = m.offset();
                     match self.parse(&m) {
-                        Some(Record::Deployment(d)) => records.push(d),
+                        Some(Record::Deployment(d)) => records.push(*d),
                         Some(Record::Unreadable { offset, error, .. }) => {
                             tracing::error!(offset, error, "unreadable deployment record on the control topic; skipped (publish a new one with vaxpulse models)");
                         }
@@ -151,7 +151,7 @@ impl ControlReader {
         }
         let payload = m.payload()?;
         Some(match serde_json::from_slice::<Deployment>(payload) {
-            Ok(d) => Record::Deployment(d),
+            Ok(d) => Record::Deployment(Box::new(d)),
             Err(e) => {
                 // The epoch, when there is one, lets the refusal be found next to the others.
                 let epoch = serde_json::from_slice::<serde_json::Value>(payload)
@@ -196,14 +196,15 @@ pub async fn publish(cfg: &KafkaConfig, d: &Deployment) -> anyhow::Result<()> {
 }
 
 /// Follows the control topic from where `reader` is, sending every deployment newer than
-/// `epoch` to `tx`, until `stop` is set or `tx` is closed. Every record is checked here first
-/// ([`Deployment::check`]): one that cannot be read or fails the check goes to `refused` and
+/// `epoch` to `tx`, until `stop` is set or `tx` is closed. Every record is admitted here first
+/// ([`super::Admission`]: signature, then [`Deployment::check`]): one that cannot be read or
+/// fails goes to `refused` and
 /// never moves `epoch`, so a record far ahead cannot make later, valid ones look old; an old
 /// one (replay) is ignored.
 pub fn follow(
     reader: ControlReader,
     mut epoch: u64,
-    max_shadows: usize,
+    admission: super::Admission,
     tx: crossbeam_channel::Sender<Deployment>,
     refused: impl Fn(Refusal<'_>),
     stop: tokio_util::sync::CancellationToken,
@@ -223,18 +224,18 @@ pub fn follow(
                 });
                 continue;
             }
-            Some(Record::Deployment(d)) => d,
+            Some(Record::Deployment(d)) => *d,
         };
-        match d.check(epoch, max_shadows) {
+        match admission.admit(&d, epoch) {
             Err(e) if e.is_stale() => tracing::debug!(epoch = d.epoch, "{e}"),
             Err(e) => refused(Refusal {
                 epoch: d.epoch,
                 deployment: Some(&d),
                 reason: e.to_string(),
             }),
-            Ok(()) => {
+            Ok(key) => {
                 epoch = d.epoch;
-                tracing::info!(deployment = %d.summary(), actor = %d.actor, action = %d.action, "new deployment published; loading it");
+                tracing::info!(deployment = %d.summary(), actor = %d.actor, action = %d.action, signed_by = key.as_deref().unwrap_or("-"), "new deployment published; loading it");
                 if tx.send(d).is_err() {
                     break;
                 }

@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod ops;
+pub mod sign;
 pub mod store;
 
 use chrono::{DateTime, Utc};
@@ -32,6 +33,9 @@ pub struct Deployment {
     /// Free text given with the change.
     pub reason: String,
     pub changed_at: DateTime<Utc>,
+    /// Who vouches for this record (`vaxpulse models` signs when given a key; see [`sign`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<sign::RecordSignature>,
 }
 
 /// A change an operator asks for.
@@ -94,6 +98,45 @@ pub enum RecordError {
     ChampionAsShadow(ModelId),
     #[error("{got} shadows, more than deploy.max_shadows = {max}; refused (retire some, or raise the limit on every replica)")]
     TooManyShadows { got: usize, max: usize },
+    #[error("unsigned, but this replica trusts only signed records (deploy.trusted_keys); refused (publish with vaxpulse models and deploy.signing_key_file)")]
+    Unsigned,
+    #[error("signed by key {0}, which this replica does not trust; refused (add its public key to deploy.trusted_keys, or sign with a trusted key)")]
+    UnknownKey(String),
+    #[error("the signature of key {0} does not match the record; refused (a record changed after it was signed, or signed for another group)")]
+    BadSignature(String),
+}
+
+/// What a replica admits from the control topic: signed by a trusted key (when any is
+/// trusted), then [`Deployment::check`].
+#[derive(Clone)]
+pub struct Admission {
+    pub group: String,
+    pub max_shadows: usize,
+    pub trust: sign::Trust,
+}
+
+impl Admission {
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, String> {
+        Ok(Admission {
+            group: cfg.kafka.group_id.clone(),
+            max_shadows: cfg.deploy.max_shadows,
+            trust: sign::Trust::from_config(&cfg.deploy)?,
+        })
+    }
+
+    /// Verifies then checks `d` against the served epoch; the signing key's id, if any.
+    pub fn admit(&self, d: &Deployment, current_epoch: u64) -> Result<Option<String>, RecordError> {
+        // Cheap checks first: an old record is ignored without a signature check.
+        if d.epoch <= current_epoch {
+            return Err(RecordError::NotNewer {
+                got: d.epoch,
+                current: current_epoch,
+            });
+        }
+        let key = self.trust.verify(&self.group, d)?;
+        d.check(current_epoch, self.max_shadows)?;
+        Ok(key)
+    }
 }
 
 impl RecordError {
@@ -132,6 +175,7 @@ impl Deployment {
             actor: "config model.dir".into(),
             reason: String::new(),
             changed_at: DateTime::<Utc>::UNIX_EPOCH,
+            signature: None,
         }
     }
 
@@ -195,6 +239,7 @@ impl Deployment {
             actor: actor.into(),
             reason: reason.into(),
             changed_at: Utc::now(),
+            signature: None,
             ..self.clone()
         };
         match change {
@@ -258,13 +303,17 @@ impl Deployment {
         Ok(next)
     }
 
-    /// One line: `epoch 3: champion a@2#…, shadows b@1#…`.
+    /// One line: `epoch 3: champion a@2#…, shadows b@1#…` (a refused record may name
+    /// thousands of shadows: the line names the first few and counts the rest).
     pub fn summary(&self) -> String {
+        const SHOWN: usize = 8;
+        let mut shadows = list(&self.shadows[..self.shadows.len().min(SHOWN)]);
+        if self.shadows.len() > SHOWN {
+            shadows.push_str(&format!(" and {} more", self.shadows.len() - SHOWN));
+        }
         format!(
-            "epoch {}: champion {}, shadows {}",
-            self.epoch,
-            self.champion,
-            list(&self.shadows)
+            "epoch {}: champion {}, shadows {shadows}",
+            self.epoch, self.champion
         )
     }
 
@@ -447,6 +496,7 @@ mod tests {
             Err(RecordError::TooManyShadows { got: 200, max: 4 })
         ));
         assert!(matches!(dup.check(4, 1000), Err(RecordError::Duplicate(_))));
+        assert!(dup.summary().ends_with("and 192 more"), "{}", dup.summary());
         let mut both = d.clone();
         both.shadows = vec![id("demo@1#cccccccccccc")];
         assert!(matches!(

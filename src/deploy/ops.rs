@@ -24,10 +24,11 @@ pub async fn current(cfg: &Config) -> anyhow::Result<Deployment> {
         ControlReader::open(&k)?.catch_up(Duration::from_secs(20))
     })
     .await??;
-    // The highest valid epoch (what replicas adopt), not the last record by offset.
+    // The highest admissible epoch (what replicas adopt), not the last record by offset.
+    let admission = super::Admission::from_config(cfg).map_err(anyhow::Error::msg)?;
     let newest = published
         .into_iter()
-        .filter(|d| d.check(0, cfg.deploy.max_shadows).is_ok())
+        .filter(|d| admission.admit(d, 0).is_ok())
         .max_by_key(|d| d.epoch);
     match newest {
         Some(d) => Ok(d),
@@ -234,9 +235,18 @@ pub async fn change(
         Change::Retire(m) => Change::Retire(deployed(&before, &m)?),
         Change::Rollback => Change::Rollback,
     };
-    let after = before
+    let mut after = before
         .apply(&change, &actor(), &opts.reason)
         .map_err(anyhow::Error::new)?;
+    if cfg.deploy.signing_key_file.as_os_str().is_empty() {
+        anyhow::ensure!(
+            cfg.deploy.trusted_keys.is_empty(),
+            "replicas of this config trust only signed records: set deploy.signing_key_file (env VAXPULSE_DEPLOY_SIGNING_KEY_FILE) to the private key of one of deploy.trusted_keys"
+        );
+    } else {
+        let key = super::sign::read_signing_key(&cfg.deploy.signing_key_file)?;
+        after.signature = Some(super::sign::sign(&key, &cfg.kafka.group_id, &after));
+    }
     publish(&cfg.kafka, &after).await?;
     let confirmed = current(cfg).await?;
     anyhow::ensure!(
@@ -258,6 +268,11 @@ pub async fn change(
         to_champion: after.champion.to_string(),
         from_shadows: before.shadow_names(),
         to_shadows: after.shadow_names(),
+        key_id: after
+            .signature
+            .as_ref()
+            .map(|s| s.key_id.clone())
+            .unwrap_or_default(),
     };
     if let Err(e) = async {
         ch.apply_schema().await?;

@@ -162,6 +162,35 @@ pub struct DeadLetterProducer {
 /// Dead letters that may be in flight at once (see `DeadLetterProducer::in_flight`).
 pub const DLQ_IN_FLIGHT: usize = 1024;
 
+/// Most bytes of a message key copied into its dead letter (its full size goes in the header
+/// `vaxpulse.key_truncated_from_bytes`): a huge key must not make the dead letter larger than
+/// the topic takes, which would hold the partition's commit for good.
+pub const DLQ_KEY_MAX_BYTES: usize = 1024;
+
+/// Most bytes of the `vaxpulse.detail` header.
+const DLQ_DETAIL_MAX_BYTES: usize = 1024;
+
+/// The broker (or the producer) will never take this record as it is: retrying cannot help.
+fn too_large(e: &SinkError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e,
+        SinkError::Kafka(k) if matches!(
+            k.rdkafka_error_code(),
+            Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge)
+        )
+    )
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 impl DeadLetterProducer {
     pub fn new(
         cfg: &KafkaConfig,
@@ -187,8 +216,14 @@ impl DeadLetterProducer {
         self
     }
 
-    async fn send_once(&self, dl: &DeadLetter) -> Result<(), SinkError> {
+    /// One attempt; `headers_only` leaves payload and key out (the record was too large for
+    /// the topic: the headers still say what was dropped, where it came from and why).
+    async fn send_once(&self, dl: &DeadLetter, headers_only: bool) -> Result<(), SinkError> {
         let truncated = dl.original_bytes.map(|n| n.to_string());
+        let key = dl.key.as_deref().filter(|_| !headers_only);
+        let key_cut = key
+            .filter(|k| k.len() > DLQ_KEY_MAX_BYTES)
+            .map(|k| k.len().to_string());
         let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: "vaxpulse.error",
@@ -196,7 +231,7 @@ impl DeadLetterProducer {
             })
             .insert(Header {
                 key: "vaxpulse.detail",
-                value: Some(dl.detail.as_bytes()),
+                value: Some(cut(&dl.detail, DLQ_DETAIL_MAX_BYTES).as_bytes()),
             })
             .insert(Header {
                 key: "vaxpulse.source",
@@ -208,11 +243,27 @@ impl DeadLetterProducer {
                 value: Some(n.as_bytes()),
             });
         }
+        if let Some(n) = &key_cut {
+            headers = headers.insert(Header {
+                key: "vaxpulse.key_truncated_from_bytes",
+                value: Some(n.as_bytes()),
+            });
+        }
+        let original = (dl.original_bytes.unwrap_or(dl.payload.len())
+            + dl.key.as_ref().map_or(0, Vec::len))
+        .to_string();
+        if headers_only {
+            headers = headers.insert(Header {
+                key: "vaxpulse.dropped_bytes",
+                value: Some(original.as_bytes()),
+            });
+        }
+        let payload: &[u8] = if headers_only { &[] } else { &dl.payload };
         let mut record = FutureRecord::to(&self.topic)
-            .payload(dl.payload.as_slice())
+            .payload(payload)
             .headers(headers);
-        if let Some(k) = &dl.key {
-            record = record.key(k.as_slice());
+        if let Some(k) = key {
+            record = record.key(&k[..k.len().min(DLQ_KEY_MAX_BYTES)]);
         }
         self.producer
             .send(record, Duration::from_secs(30))
@@ -242,17 +293,29 @@ impl DeadLetterProducer {
         None
     }
 
-    /// Sends until the broker accepts, then acknowledges. Never gives up: an unwritable DLQ
-    /// holds the partition's commit back instead of losing the message.
+    /// Sends until the broker accepts, then acknowledges. Never gives up on a dead letter the
+    /// topic could take: an unwritable DLQ holds the partition's commit back instead of losing
+    /// the message. One the topic can never take as it is (too large) goes as its headers
+    /// alone, so that no single message can stop a partition's commits.
     pub async fn send(&self, dl: DeadLetter) {
-        retry_until_done(
+        let full = retry_until_done(
             "dlq",
-            || self.send_once(&dl),
-            |_| true,
+            || self.send_once(&dl, false),
+            |e| !too_large(e),
             self.health.as_deref(),
         )
-        .await
-        .expect("every error is retried, so only success returns; this is a bug");
+        .await;
+        if let Err(e) = full {
+            tracing::warn!(source = %dl.source, reason = dl.reason, error = %e, "dead letter too large for the dead-letter topic; sending its headers without payload and key");
+            retry_until_done(
+                "dlq",
+                || self.send_once(&dl, true),
+                |_| true,
+                self.health.as_deref(),
+            )
+            .await
+            .expect("every error is retried, so only success returns; this is a bug");
+        }
         self.tracker.done(dl.ack);
     }
 }

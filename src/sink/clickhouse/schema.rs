@@ -292,7 +292,8 @@ pub fn schema_statements(db: &str, delete_counts: bool) -> Vec<String> {
                 from_champion String,
                 to_champion String,
                 from_shadows Array(String),
-                to_shadows Array(String)
+                to_shadows Array(String),
+                key_id String DEFAULT ''
             ) ENGINE = MergeTree ORDER BY (group_id, epoch, changed_at)"
         ),
         // `vaxpulse eval` results: a model identity on a labelled set (by content hash).
@@ -343,8 +344,16 @@ pub fn schema_statements(db: &str, delete_counts: bool) -> Vec<String> {
                 shadows Array(String),
                 load_seconds Float64,
                 since_change_ms Int64,
-                message String
+                message String,
+                key_id String DEFAULT ''
             ) ENGINE = MergeTree ORDER BY (group_id, epoch, at)"
+        ),
+        // Databases made before records were signed.
+        format!(
+            "ALTER TABLE {db}.deployment_changes ADD COLUMN IF NOT EXISTS key_id String DEFAULT ''"
+        ),
+        format!(
+            "ALTER TABLE {db}.deployment_events ADD COLUMN IF NOT EXISTS key_id String DEFAULT ''"
         ),
     ]);
     out
@@ -384,6 +393,8 @@ pub struct DeploymentChangeRow {
     pub to_champion: String,
     pub from_shadows: Vec<String>,
     pub to_shadows: Vec<String>,
+    /// Id of the key that signed the record (empty: unsigned).
+    pub key_id: String,
 }
 
 /// A row of `deployment_events`.
@@ -400,6 +411,8 @@ pub struct DeploymentEventRow {
     pub load_seconds: f64,
     pub since_change_ms: i64,
     pub message: String,
+    /// Id of the key that signed the record (empty: unsigned).
+    pub key_id: String,
 }
 
 /// A row of `deleted_tweets`.
