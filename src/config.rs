@@ -368,6 +368,11 @@ pub struct PipelineConfig {
     /// under `kafka.session_timeout_ms`: the whole group waits for the slowest member here.
     #[serde(default = "default_revoke_drain_timeout_ms")]
     pub revoke_drain_timeout_ms: u64,
+    /// `/health/live` fails (so an orchestrator restarts the replica) once tweets are pending
+    /// and none finished for this long while no sink write is being retried; 0 = never.
+    /// Well above the slowest batch (a base-sized model on one CPU thread: ~15 s).
+    #[serde(default = "default_wedged_after_ms")]
+    pub wedged_after_ms: u64,
 }
 
 /// Metrics/health HTTP server.
@@ -574,6 +579,9 @@ fn default_drain_timeout_ms() -> u64 {
 }
 fn default_revoke_drain_timeout_ms() -> u64 {
     3_000
+}
+fn default_wedged_after_ms() -> u64 {
+    300_000
 }
 fn default_metrics_listen() -> String {
     "127.0.0.1:9464".into()

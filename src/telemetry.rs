@@ -609,6 +609,41 @@ pub struct Health {
     /// Why the group's newest deployment is not served here (this replica serves an older one
     /// or `model.dir`); cleared when a deployment is applied.
     deployment_refused: Mutex<Option<String>>,
+    /// What `/health/live` judges: work pending, and when the pipeline last moved.
+    liveness: Mutex<Liveness>,
+}
+
+/// Whether the pipeline moves. Wedged: work pending, nothing finished and no sink write being
+/// retried for `wedged_after` — a retried write is a dependency down (readiness says so, and a
+/// restart would not help), not a wedge.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Liveness {
+    pub pending: usize,
+    pub finished: u64,
+    pub last_progress: Option<std::time::Instant>,
+    /// Zero: never wedged (`pipeline.wedged_after_ms = 0`).
+    pub wedged_after: Duration,
+}
+
+impl Liveness {
+    /// Records what the consumer sees at `now`: `pending` messages in flight, `finished` so far.
+    pub fn observe(&mut self, pending: usize, finished: u64, now: std::time::Instant) {
+        if finished != self.finished || pending == 0 || self.last_progress.is_none() {
+            self.last_progress = Some(now);
+        }
+        self.pending = pending;
+        self.finished = finished;
+    }
+
+    /// How long the pipeline has been stuck at `now`, when it is wedged.
+    pub fn wedged(&self, now: std::time::Instant, writes_retrying: bool) -> Option<Duration> {
+        let since = now.saturating_duration_since(self.last_progress?);
+        (!self.wedged_after.is_zero()
+            && self.pending > 0
+            && !writes_retrying
+            && since >= self.wedged_after)
+            .then_some(since)
+    }
 }
 
 impl Health {
@@ -617,6 +652,37 @@ impl Health {
             && self.sinks_ok.load(Ordering::Relaxed)
             && self.failing_writes.load(Ordering::Relaxed) == 0
             && self.refused().is_none()
+    }
+
+    /// Judges the replica wedged once nothing moved for `after` while work was pending.
+    pub fn set_wedged_after(&self, after: Duration) {
+        self.liveness_mut().wedged_after = after;
+    }
+
+    /// Called by the consumer thread each round: messages in flight and finished so far.
+    pub fn observe_pipeline(&self, pending: usize, finished: u64) {
+        self.liveness_mut()
+            .observe(pending, finished, std::time::Instant::now());
+    }
+
+    fn liveness_mut(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `Err(why)` when the pipeline is wedged (`/health/live` answers 503: restart it).
+    pub fn live(&self) -> Result<(), String> {
+        let retrying = self.failing_writes.load(Ordering::Relaxed) > 0;
+        let l = *self.liveness_mut();
+        match l.wedged(std::time::Instant::now(), retrying) {
+            Some(since) => Err(format!(
+                "wedged: {} messages pending and none finished for {} s (pipeline.wedged_after_ms)",
+                l.pending,
+                since.as_secs()
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Marks the replica not ready because the group's deployment could not be served
@@ -674,6 +740,7 @@ pub async fn serve(
     use axum::routing::get;
     let addr = listener.local_addr()?;
     let scraped = health.clone();
+    let alive = health.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -685,7 +752,23 @@ pub async fn serve(
                 async move { ([("content-type", "text/plain; version=0.0.4")], text) }
             }),
         )
-        .route("/health/live", get(|| async { "ok" }))
+        .route(
+            "/health/live",
+            get(move || {
+                let live = alive.live();
+                async move {
+                    match live {
+                        Ok(()) => (StatusCode::OK, "ok".to_string()),
+                        Err(why) => {
+                            tracing::error!(
+                                "{why}; /health/live fails so that the replica is restarted"
+                            );
+                            (StatusCode::SERVICE_UNAVAILABLE, why)
+                        }
+                    }
+                }
+            }),
+        )
         .route(
             "/health/ready",
             get(move || {
@@ -713,4 +796,39 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_pipeline_is_wedged_only_when_work_waits_and_nothing_moves() {
+        let t0 = Instant::now();
+        let min = Duration::from_secs(60);
+        let mut l = Liveness {
+            wedged_after: 5 * min,
+            ..Liveness::default()
+        };
+        l.observe(10, 0, t0);
+        assert_eq!(l.wedged(t0 + 4 * min, false), None);
+        assert_eq!(l.wedged(t0 + 6 * min, false), Some(6 * min));
+        assert_eq!(
+            l.wedged(t0 + 6 * min, true),
+            None,
+            "a retried write is an outage, not a wedge"
+        );
+        l.observe(10, 3, t0 + 6 * min);
+        assert_eq!(l.wedged(t0 + 10 * min, false), None, "something finished");
+        l.observe(0, 3, t0 + 20 * min);
+        assert_eq!(
+            l.wedged(t0 + 40 * min, false),
+            None,
+            "nothing pending: idle"
+        );
+        l.wedged_after = Duration::ZERO;
+        l.observe(5, 3, t0 + 41 * min);
+        assert_eq!(l.wedged(t0 + 99 * min, false), None, "disabled");
+    }
 }

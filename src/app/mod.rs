@@ -81,6 +81,7 @@ pub async fn run(
     let deployment = active.deployment.clone();
     tracing::info!(deployment = %deployment.summary(), "serving the group's deployment");
     let health = Arc::new(Health::default());
+    health.set_wedged_after(Duration::from_millis(cfg.pipeline.wedged_after_ms));
     // Not ready while a newer published deployment is not served here: a rolling update stops
     // instead of spreading it, and the alert on unready replicas fires.
     if let Some((epoch, why)) = unserved {

@@ -41,6 +41,8 @@ pub struct OffsetTracker {
     parts: Mutex<HashMap<Partition, PartState>>,
     changed: Condvar,
     generations: std::sync::atomic::AtomicU64,
+    /// Messages finished so far (any partition): what "the pipeline moves" means.
+    finished: std::sync::atomic::AtomicU64,
 }
 
 impl OffsetTracker {
@@ -115,8 +117,15 @@ impl OffsetTracker {
             .is_some_and(|st| st.generation == ack.generation && !st.releasing)
     }
 
+    /// Messages finished so far (done, whatever the partition or generation).
+    pub fn finished(&self) -> u64 {
+        self.finished.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Marks a message finished.
     pub fn done(&self, ack: Ack) {
+        self.finished
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut parts = self.lock();
         if let Some(st) = parts.get_mut(&ack.partition) {
             if st.generation == ack.generation {

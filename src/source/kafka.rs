@@ -277,6 +277,8 @@ impl Source {
                     CommitMode::Async,
                 );
                 round.in_flight = self.tracker.in_flight(None);
+                self.health
+                    .observe_pipeline(round.in_flight, self.tracker.finished());
                 round.lag = lag(&consumer, &topic_c, &self.tracker);
                 round.emit();
                 last_commit = Instant::now();
