@@ -162,10 +162,12 @@ mod tests {
     #[test]
     fn the_shipped_list_keeps_vaccination_tweets_and_drops_others() {
         for path in ["config/local.toml", "config/compose.toml"] {
+            // compose.toml applies only signed deployments: it takes the keys from the env.
+            let key = ("VAXPULSE_DEPLOY_TRUSTED_KEYS".to_string(), "ab".repeat(32));
             let cfg = crate::config::Config::from_toml_with_env(
                 &std::fs::read_to_string(path).unwrap(),
                 path,
-                Vec::new(),
+                vec![key],
             )
             .unwrap();
             let rules = crate::tweet::DecodeRules::from(&cfg.decode);
