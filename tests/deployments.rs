@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
-use vaxpulse::config::Config;
 use vaxpulse::deploy::ops::{change, ChangeOptions};
 use vaxpulse::deploy::{control, Change};
 use vaxpulse::model::{Manifest, ModelId};
@@ -68,20 +67,6 @@ async fn roles_of(db: &str, ids: &HashSet<String>) -> Vec<(String, String, u64)>
         .fetch_all()
         .await
         .unwrap()
-}
-
-fn start_worker(
-    cfg: Config,
-) -> (
-    tokio::task::JoinHandle<anyhow::Result<vaxpulse::app::RunReport>>,
-    tokio_util::sync::CancellationToken,
-) {
-    let stop = tokio_util::sync::CancellationToken::new();
-    let factory = vaxpulse::model::load::torch_factory(&cfg);
-    (
-        tokio::spawn(vaxpulse::app::run(cfg, factory, stop.clone())),
-        stop,
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,24 +13,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
-use vaxpulse::config::Config;
 use vaxpulse::deploy::{control, Deployment};
 use vaxpulse::model::{Manifest, ModelId};
 use vaxpulse::synthetic::Generator;
-
-fn start_worker(
-    cfg: Config,
-) -> (
-    tokio::task::JoinHandle<anyhow::Result<vaxpulse::app::RunReport>>,
-    tokio_util::sync::CancellationToken,
-) {
-    let stop = tokio_util::sync::CancellationToken::new();
-    let factory = vaxpulse::model::load::torch_factory(&cfg);
-    (
-        tokio::spawn(vaxpulse::app::run(cfg, factory, stop.clone())),
-        stop,
-    )
-}
 
 async fn produce_tweets(names: &Names, g: &mut Generator, n: usize) {
     let payloads: Vec<Vec<u8>> = (0..n).map(|_| g.payload().1).collect();

@@ -46,9 +46,7 @@ async fn a_huge_key_or_a_huge_delete_id_never_stalls_its_partition() {
         .await
         .unwrap();
 
-    let stop = tokio_util::sync::CancellationToken::new();
-    let factory = vaxpulse::model::load::torch_factory(&cfg);
-    let worker = tokio::spawn(vaxpulse::app::run(cfg.clone(), factory, stop.clone()));
+    let (worker, stop) = start_worker(cfg.clone());
     let (k, group, input) = (cfg.kafka.clone(), names.group.clone(), names.input.clone());
     wait_until(
         "every input offset committed",

@@ -562,6 +562,22 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     Some(out.split_once("\r\n\r\n")?.1.to_string())
 }
 
+/// A worker of `cfg` in this process with the real model, on the current runtime; cancel the
+/// token to stop it (the handle then gives its result).
+pub fn start_worker(
+    cfg: Config,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<vaxpulse::app::RunReport>>,
+    tokio_util::sync::CancellationToken,
+) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let factory = vaxpulse::model::load::torch_factory(&cfg);
+    (
+        tokio::spawn(vaxpulse::app::run(cfg, factory, stop.clone())),
+        stop,
+    )
+}
+
 /// Polls `check` every 250 ms until it holds; panics with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where

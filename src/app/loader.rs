@@ -128,21 +128,26 @@ pub(super) fn refusal_event(
             }
             .emit();
             if let Some(tx) = events {
-                let _ = tx.send(DeploymentEventRow {
-                    at: Utc::now(),
-                    group_id: who.group_id.clone(),
-                    replica: who.replica.clone(),
-                    epoch: r.epoch,
-                    outcome: "refused".into(),
-                    champion: String::new(),
-                    shadows: Vec::new(),
-                    load_seconds: 0.0,
-                    since_change_ms: -1,
-                    message: r.reason,
-                    key_id: String::new(),
-                });
+                let _ = tx.send(event_row(who, r.epoch, "refused", r.reason));
             }
         }
+    }
+}
+
+/// A `deployment_events` row of this replica with nothing loaded (the caller fills in more).
+fn event_row(who: &ReplicaInfo, epoch: u64, outcome: &str, message: String) -> DeploymentEventRow {
+    DeploymentEventRow {
+        at: Utc::now(),
+        group_id: who.group_id.clone(),
+        replica: who.replica.clone(),
+        epoch,
+        outcome: outcome.into(),
+        champion: String::new(),
+        shadows: Vec::new(),
+        load_seconds: 0.0,
+        since_change_ms: -1,
+        message,
+        key_id: String::new(),
     }
 }
 
@@ -192,28 +197,24 @@ pub(super) fn deployment_event(
     }
     .emit();
     if let Some(tx) = events {
+        let outcome = if error.is_none() {
+            "applied"
+        } else {
+            "refused"
+        };
+        let message = error.unwrap_or_default().to_string();
         let _ = tx.send(DeploymentEventRow {
-            at: Utc::now(),
-            group_id: who.group_id.clone(),
-            replica: who.replica.clone(),
-            epoch: deployment.epoch,
-            outcome: if error.is_none() {
-                "applied"
-            } else {
-                "refused"
-            }
-            .into(),
             champion: deployment.champion.to_string(),
             // A refused record may name thousands: the row keeps the first few.
             shadows: deployment.shadow_names().into_iter().take(16).collect(),
             load_seconds,
             since_change_ms: since_change.map_or(-1, |s| (s * 1e3) as i64),
-            message: error.unwrap_or_default().to_string(),
             key_id: deployment
                 .signature
                 .as_ref()
                 .map(|s| s.key_id.chars().take(16).collect())
                 .unwrap_or_default(),
+            ..event_row(who, deployment.epoch, outcome, message)
         });
     }
 }

@@ -42,6 +42,15 @@ pub fn version_dir(store: &Path, id: &ModelId) -> PathBuf {
     store.join(&id.name).join(&id.version)
 }
 
+fn not_in_store(store: &Path, id: &ModelId, dir: &Path) -> String {
+    format!(
+        "{} is not in the model store {} (export it there: scripts/export_model.py CHECKPOINT --out {})",
+        id.version_label(),
+        store.display(),
+        dir.display()
+    )
+}
+
 /// [`version_dir`] after following links: refused unless it is still inside the store (a link
 /// in the store cannot make a replica load a version from elsewhere on disk).
 pub fn confined_version_dir(store: &Path, id: &ModelId) -> anyhow::Result<PathBuf> {
@@ -49,14 +58,9 @@ pub fn confined_version_dir(store: &Path, id: &ModelId) -> anyhow::Result<PathBu
     let root = store
         .canonicalize()
         .with_context(|| format!("cannot open the model store {}", store.display()))?;
-    let real = dir.canonicalize().with_context(|| {
-        format!(
-            "{} is not in the model store {} (export it there: scripts/export_model.py CHECKPOINT --out {})",
-            id.version_label(),
-            store.display(),
-            dir.display()
-        )
-    })?;
+    let real = dir
+        .canonicalize()
+        .with_context(|| not_in_store(store, id, &dir))?;
     anyhow::ensure!(
         real.starts_with(&root) && real != root,
         "{} resolves to {}, outside the model store {}: refused (copy the export into the store instead of linking it)",
@@ -71,14 +75,7 @@ pub fn confined_version_dir(store: &Path, id: &ModelId) -> anyhow::Result<PathBu
 /// files), or checks a given hash against it.
 pub fn resolve(store: &Path, id: &ModelId) -> anyhow::Result<(ModelId, Manifest)> {
     let dir = confined_version_dir(store, id)?;
-    let manifest = Manifest::load(&dir).with_context(|| {
-        format!(
-            "{} is not in the model store {} (export it there: scripts/export_model.py CHECKPOINT --out {})",
-            id.version_label(),
-            store.display(),
-            dir.display()
-        )
-    })?;
+    let manifest = Manifest::load(&dir).with_context(|| not_in_store(store, id, &dir))?;
     manifest.verify(&dir)?;
     let found = manifest.id();
     anyhow::ensure!(
