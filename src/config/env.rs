@@ -76,9 +76,15 @@ impl Config {
                 .get(*section)
                 .and_then(toml::Value::as_table)
                 .and_then(|t| t.get(key));
+            // A secret's value never appears in an error (the variable's name says which).
+            let secret = key == "properties" || hide_property(key);
             let typed = env_value(&value, expected).map_err(|message| ConfigError::Env {
                 name: name.clone(),
-                message,
+                message: if secret {
+                    message.replace(value.as_str(), "***")
+                } else {
+                    message
+                },
             })?;
             let table = root
                 .entry(section.to_string())
@@ -88,15 +94,47 @@ impl Config {
             };
             table.insert(key.to_string(), typed);
         }
-        let cfg: Config = toml::Value::Table(root)
-            .try_into()
-            .map_err(|e: toml::de::Error| {
-                parse_err(format!(
-                    "{e} (check the key against config/local.toml and docs/configuration.md)"
-                ))
-            })?;
+        let mut cfg: Config =
+            toml::Value::Table(root)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    parse_err(format!(
+                        "{e} (check the key against config/local.toml and docs/configuration.md)"
+                    ))
+                })?;
+        cfg.read_secret_files()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// `kafka.sasl_password_file` and `*_file` properties, read into their values.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        };
+        if let Some(p) = &self.kafka.sasl_password_file {
+            self.kafka.sasl_password = Secret::new(read(p)?);
+        }
+        let files: Vec<(String, String)> = self
+            .kafka
+            .properties
+            .iter()
+            .filter(|(k, _)| k.ends_with("_file"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, path) in files {
+            let value = read(Path::new(&path))?;
+            self.kafka.properties.remove(&k);
+            self.kafka
+                .properties
+                .insert(k.trim_end_matches("_file").to_string(), value);
+        }
+        Ok(())
     }
 
     /// The effective configuration as TOML, secrets shown as `***`.

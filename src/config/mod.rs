@@ -171,15 +171,32 @@ pub struct KafkaConfig {
     /// Env: `VAXPULSE_KAFKA_SASL_PASSWORD`.
     #[serde(default)]
     pub sasl_password: Secret,
+    /// File holding the SASL password (a mounted secret), read at start-up into
+    /// `sasl_password`. Env: `VAXPULSE_KAFKA_SASL_PASSWORD_FILE`.
+    #[serde(default)]
+    pub sasl_password_file: Option<PathBuf>,
     /// Extra librdkafka properties for consumer and producers (e.g. `security.protocol`,
     /// `sasl.mechanism`, `sasl.username`, `ssl.ca.location`). Values of keys that name a
-    /// password, secret or key are shown as `***`.
+    /// password, secret, key, token or OAuth config are shown as `***`. A key ending in
+    /// `_file` is read from that file at start-up (`"ssl.key.password_file" = "/run/secrets/k"`
+    /// sets `ssl.key.password`), so secrets need not be in the TOML.
     #[serde(default, serialize_with = "redacted_properties")]
     pub properties: BTreeMap<String, String>,
 }
 
-fn hide_property(k: &str) -> bool {
-    k.contains("password") || k.contains("secret") || k.contains("key")
+/// Whether a setting's value is a secret (never shown): by its name, any case.
+pub(crate) fn hide_property(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "key",
+        "token",
+        "oauthbearer",
+        "credential",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
 }
 
 fn redacted(props: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
@@ -219,6 +236,7 @@ impl fmt::Debug for KafkaConfig {
             .field("group_instance_id", &self.group_instance_id)
             .field("message_timeout_ms", &self.message_timeout_ms)
             .field("sasl_password", &self.sasl_password)
+            .field("sasl_password_file", &self.sasl_password_file)
             .field("properties", &props)
             .finish()
     }
@@ -719,6 +737,58 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_show_in_errors() {
+        let dir = std::env::temp_dir().join(format!("vaxpulse-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("sasl"), "s3cr3t\n").unwrap();
+        std::fs::write(dir.join("keypw"), "k3y-pw").unwrap();
+        let toml = format!(
+            "[kafka]\nsasl_password_file = \"{}\"\n[kafka.properties]\n\"ssl.key.password_file\" = \"{}\"\n",
+            dir.join("sasl").display(),
+            dir.join("keypw").display()
+        );
+        let c = Config::from_toml_with_env(&toml, "t", Vec::new()).unwrap();
+        assert_eq!(c.kafka.sasl_password.expose(), "s3cr3t");
+        assert_eq!(c.kafka.properties["ssl.key.password"], "k3y-pw");
+        assert!(!c.kafka.properties.contains_key("ssl.key.password_file"));
+        let shown = format!("{:?} {}", c.kafka, c.to_redacted_toml());
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("k3y-pw"),
+            "{shown}"
+        );
+        for k in [
+            "SASL.OAUTHBEARER.CONFIG",
+            "sasl.oauthbearer.config",
+            "ssl.Key.Password",
+        ] {
+            assert!(hide_property(k), "{k}");
+        }
+        let e = Config::from_toml_with_env(
+            "",
+            "t",
+            env(&[("VAXPULSE_KAFKA_PROPERTIES", "{ \"sasl.password\" = hunter2")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("VAXPULSE_KAFKA_PROPERTIES") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let e = Config::from_toml_with_env(
+            "[clickhouse]\nurl = \"http://admin:hunter2@ch:8123\"",
+            "t",
+            Vec::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("clickhouse.url") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -11,6 +11,18 @@ impl Config {
         if self.kafka.brokers.trim().is_empty() {
             return bad("kafka.brokers", "must name at least one broker".into());
         }
+        let authority = self
+            .clickhouse
+            .url
+            .split_once("://")
+            .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+        if authority.contains('@') {
+            // Not echoed: the URL holds a password.
+            return bad(
+                "clickhouse.url",
+                "must not carry a user or password (user:pass@host): set clickhouse.user, and the password in VAXPULSE_CLICKHOUSE_PASSWORD or clickhouse.password_file".into(),
+            );
+        }
         if self.deploy.require_signed && self.deploy.trusted_keys.is_empty() {
             return bad(
                 "deploy.trusted_keys",
