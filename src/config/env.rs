@@ -80,7 +80,7 @@ impl Config {
             let secret = key == "properties" || hide_property(key);
             let typed = env_value(&value, expected).map_err(|message| ConfigError::Env {
                 name: name.clone(),
-                message: if secret {
+                message: if secret && !value.is_empty() {
                     message.replace(value.as_str(), "***")
                 } else {
                     message

@@ -158,10 +158,20 @@ impl ControlReader {
                     .ok()
                     .and_then(|v| v.get("epoch").and_then(serde_json::Value::as_u64))
                     .unwrap_or(0);
+                // A hostile record can make serde quote long text: the reason stays short.
+                let mut error = e.to_string();
+                if error.len() > 300 {
+                    let cut = (0..=300)
+                        .rev()
+                        .find(|i| error.is_char_boundary(*i))
+                        .unwrap_or(0);
+                    error.truncate(cut);
+                    error.push('…');
+                }
                 Record::Unreadable {
                     offset: m.offset(),
                     epoch,
-                    error: e.to_string(),
+                    error,
                 }
             }
         })
