@@ -136,7 +136,7 @@ pub async fn run(
         tokio::spawn(side::record_probes(
             clickhouse.clone(),
             set,
-            ReplicaInfo::of(&cfg),
+            who.clone(),
             crate::probe::device_label(&cfg),
             cfg.monitor.probe_max_abs_diff,
             probe_rx,
