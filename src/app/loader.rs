@@ -212,7 +212,7 @@ pub(super) fn deployment_event(
             key_id: deployment
                 .signature
                 .as_ref()
-                .map(|s| s.key_id.chars().take(16).collect())
+                .map(|s| crate::deploy::sign::short(&s.key_id))
                 .unwrap_or_default(),
             ..event_row(who, deployment.epoch, outcome, message)
         });

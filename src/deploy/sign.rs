@@ -161,8 +161,8 @@ impl Trust {
     }
 }
 
-/// A key id from a record, cut for messages (a hostile record may put anything there).
-fn short(s: &str) -> String {
+/// A key id from a record, cut for messages and rows (a hostile record may put anything there).
+pub fn short(s: &str) -> String {
     s.chars().take(16).collect()
 }
 
