@@ -25,17 +25,12 @@ fn ok(what: &str, detail: impl std::fmt::Display) {
 fn check_model(cfg: &Config) -> anyhow::Result<String> {
     let dir = &cfg.model.dir;
     let manifest = Manifest::load(dir)?;
-    if cfg.model.verify_checksums {
-        manifest.verify(dir)?;
-    }
-    let tok = TweetTokenizer::load(
-        &dir.join(&manifest.files.tokenizer.path),
-        manifest.max_length,
-    )?;
+    let files = manifest.read_files(dir, cfg.model.verify_checksums)?;
+    let tok = TweetTokenizer::from_bytes(&files.tokenizer, manifest.max_length)?;
     let text = "La vaccination contre la grippe commence lundi en pharmacie.";
     let ids = tok.encode_batch(&[text])?;
     let batch = PaddedBatch::new(ids.iter().map(Vec::as_slice), manifest.pad_id);
-    let mut model = crate::model::load::load_torch(cfg, dir, &manifest)?;
+    let mut model = crate::model::load::load_torch(cfg, dir, &manifest, &files)?;
     let probs = model
         .classify(&batch)
         .context("the model loaded but its forward pass failed")?;

@@ -140,6 +140,8 @@ async fn shadow_promotion_rollback_and_a_refused_version_on_a_running_worker() {
         version: "3".into(),
         hash: "0123456789ab".into(),
     });
+    // Pinned like a CLI record, so it passes the record checks and fails at load.
+    broken.manifests.insert("demo@3".into(), "0".repeat(64));
     broken.action = "deploy-shadow".into();
     broken.changed_at = Utc::now();
     control::publish(&cfg.kafka, &broken).await.unwrap();

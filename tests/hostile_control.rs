@@ -69,14 +69,32 @@ async fn hostile_control_records_are_refused_and_the_replica_keeps_serving() {
     )
     .await;
 
-    let record = |epoch: u64, shadows: Vec<ModelId>| Deployment {
-        epoch,
-        shadows,
-        action: "deploy-shadow".into(),
-        actor: "attacker".into(),
-        changed_at: Utc::now(),
-        ..Deployment::bootstrap(v1.clone())
+    // Records pin each version's manifest as the CLI does (from whatever the store holds).
+    let record = |epoch: u64, shadows: Vec<ModelId>| {
+        let mut d = Deployment {
+            epoch,
+            shadows,
+            action: "deploy-shadow".into(),
+            actor: "attacker".into(),
+            changed_at: Utc::now(),
+            ..Deployment::bootstrap(v1.clone())
+        };
+        for v in d.versions().cloned().collect::<Vec<_>>() {
+            if let Ok(m) = Manifest::load(&store.join(&v.name).join(&v.version)) {
+                d.manifests.insert(v.version_label(), m.digest);
+            }
+        }
+        d
     };
+    let mut unpinned = record(1, vec![v2.clone()]);
+    unpinned.manifests.clear();
+    // What a store writer who relabels a version under the same identity leaves: the record's
+    // pin no longer matches the store's manifest.
+    // Epoch 2: `evil` (epoch 1) passes the record checks and fails at load.
+    let mut stale_pin = record(2, vec![v2.clone()]);
+    stale_pin
+        .manifests
+        .insert(v2.version_label(), "0".repeat(64));
     let with_champion_name = |name: &str| {
         let mut j = serde_json::to_value(record(1, vec![])).unwrap();
         j["champion"]["name"] = name.into();
@@ -91,11 +109,20 @@ async fn hostile_control_records_are_refused_and_the_replica_keeps_serving() {
         with_champion_name("../outside/demo"),
         serde_json::to_vec(&record(u64::MAX, vec![v2.clone()])).unwrap(),
         serde_json::to_vec(&record(1, vec![v2.clone(); 1000])).unwrap(),
-        serde_json::to_vec(&Deployment {
-            champion: evil,
-            ..record(1, vec![])
+        // Refused by the record checks, so it never moves the followed epoch.
+        serde_json::to_vec(&unpinned).unwrap(),
+        serde_json::to_vec(&{
+            let mut d = record(1, vec![]);
+            d.champion = evil;
+            d.manifests.clear();
+            d.manifests.insert(
+                "evil@1".into(),
+                Manifest::load(&store.join("evil/1")).unwrap().digest,
+            );
+            d
         })
         .unwrap(),
+        serde_json::to_vec(&stale_pin).unwrap(),
     ];
     let keyed = hostile
         .into_iter()
@@ -106,8 +133,8 @@ async fn hostile_control_records_are_refused_and_the_replica_keeps_serving() {
         .unwrap();
     count(
         format!("SELECT count() FROM {db}.deployment_events WHERE outcome = 'refused'"),
-        5,
-        "five refusals",
+        7,
+        "seven refusals",
     )
     .await;
     let reasons = ch_scalar(&format!(
@@ -119,6 +146,8 @@ async fn hostile_control_records_are_refused_and_the_replica_keeps_serving() {
         "jumps more than",
         "more than deploy.max_shadows = 4",
         "outside the model store",
+        "no manifest sha256",
+        "but the deployment pins",
     ] {
         assert!(reasons.contains(expected), "no `{expected}` in:\n{reasons}");
     }
@@ -126,41 +155,41 @@ async fn hostile_control_records_are_refused_and_the_replica_keeps_serving() {
     assert!(!worker.is_finished(), "hostile records stop nothing");
 
     // A valid record after them is applied: the epoch ahead did not freeze the group.
-    control::publish(&cfg.kafka, &record(2, vec![v2.clone()]))
+    control::publish(&cfg.kafka, &record(3, vec![v2.clone()]))
         .await
         .unwrap();
     count(
         format!(
-            "SELECT count() FROM {db}.deployment_events WHERE outcome = 'applied' AND epoch = 2"
+            "SELECT count() FROM {db}.deployment_events WHERE outcome = 'applied' AND epoch = 3"
         ),
         1,
-        "the replica to apply epoch 2",
+        "the replica to apply epoch 3",
     )
     .await;
     produce_tweets(&names, &mut g, 100).await;
     count(
         format!("SELECT uniqExact(tweet_id) FROM {db}.predictions WHERE role = 'shadow' AND model_version = 'demo@2'"),
         100,
-        "the shadow of epoch 2 scoring",
+        "the shadow of epoch 3 scoring",
     )
     .await;
 
     // The newest record names a version this store cannot load (a truncated upload): the
-    // running replica refuses it; a replica that starts now serves epoch 2 instead of exiting,
+    // running replica refuses it; a replica that starts now serves epoch 3 instead of exiting,
     // and is not ready, saying why.
     let broken = ModelId {
         version: "3".into(),
         ..v2.clone()
     };
-    control::publish(&cfg.kafka, &record(3, vec![broken]))
+    control::publish(&cfg.kafka, &record(4, vec![broken]))
         .await
         .unwrap();
     count(
         format!(
-            "SELECT count() FROM {db}.deployment_events WHERE outcome = 'refused' AND epoch = 3"
+            "SELECT count() FROM {db}.deployment_events WHERE outcome = 'refused' AND epoch = 4"
         ),
         1,
-        "the running replica to refuse epoch 3",
+        "the running replica to refuse epoch 4",
     )
     .await;
     let port = free_port();
@@ -169,10 +198,10 @@ async fn hostile_control_records_are_refused_and_the_replica_keeps_serving() {
     let (late, late_stop) = start_worker(late_cfg);
     count(
         format!(
-            "SELECT count() FROM {db}.deployment_events WHERE outcome = 'applied' AND epoch = 2"
+            "SELECT count() FROM {db}.deployment_events WHERE outcome = 'applied' AND epoch = 3"
         ),
         2,
-        "the late replica to serve epoch 2",
+        "the late replica to serve epoch 3",
     )
     .await;
     wait_until(
@@ -180,7 +209,7 @@ async fn hostile_control_records_are_refused_and_the_replica_keeps_serving() {
         Duration::from_secs(30),
         || async move {
             http_get(port, "/health/ready").is_some_and(|b| {
-                b.contains("not ready") && b.contains("epoch 3") && b.contains("checksum")
+                b.contains("not ready") && b.contains("epoch 4") && b.contains("checksum")
             })
         },
     )
@@ -211,7 +240,7 @@ async fn hostile_control_records_are_refused_and_the_replica_keeps_serving() {
     .collect();
     assert_eq!(
         epochs,
-        ["0", "2"].iter().map(|s| s.to_string()).collect(),
+        ["0", "3"].iter().map(|s| s.to_string()).collect(),
         "only the bootstrap and the valid record were ever served"
     );
     let _ = std::fs::remove_dir_all(&root);

@@ -70,9 +70,9 @@ async fn a_model_that_stops_answering_fails_liveness_until_it_answers_again() {
     let gate = Gate::default();
     let torch = vaxpulse::model::load::torch_factory(&cfg);
     let g2 = gate.clone();
-    let factory: vaxpulse::model::load::ClassifierFactory = Arc::new(move |dir, m| {
+    let factory: vaxpulse::model::load::ClassifierFactory = Arc::new(move |dir, m, files| {
         Ok(Box::new(Gated {
-            inner: torch(dir, m)?,
+            inner: torch(dir, m, files)?,
             gate: g2.clone(),
         }) as Box<dyn Classifier>)
     });

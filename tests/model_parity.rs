@@ -52,7 +52,7 @@ fn rust_probabilities_match_python_within_1e_4() {
     );
 
     let mut model = TorchClassifier::load(
-        &dir,
+        &weights(&dir),
         &manifest,
         options(DeviceSpec::Cpu, Precision::Fp32, None),
     )
@@ -115,7 +115,7 @@ fn half_precision_on_cpu_is_refused_with_a_way_out() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/1");
     let manifest = Manifest::load(&dir).unwrap();
     let err = TorchClassifier::load(
-        &dir,
+        &weights(&dir),
         &manifest,
         options(DeviceSpec::Cpu, Precision::Fp16, None),
     )
@@ -143,7 +143,7 @@ fn half_precision_on_cuda_passes_parity_and_agrees_with_fp32() {
     let ids = tok.encode_batch(&texts).unwrap();
     let batch = PaddedBatch::new(ids.iter().map(Vec::as_slice), manifest.pad_id);
     let mut fp32 = TorchClassifier::load(
-        &dir,
+        &weights(&dir),
         &manifest,
         options(DeviceSpec::Cuda(0), Precision::Fp32, None),
     )
@@ -151,7 +151,7 @@ fn half_precision_on_cuda_passes_parity_and_agrees_with_fp32() {
     let want = fp32.classify(&batch).unwrap();
     for p in [Precision::Fp16, Precision::Bf16] {
         let mut half = TorchClassifier::load(
-            &dir,
+            &weights(&dir),
             &manifest,
             options(DeviceSpec::Cuda(0), p, Some(batch.clone())),
         )
@@ -165,4 +165,9 @@ fn half_precision_on_cuda_passes_parity_and_agrees_with_fp32() {
             }
         }
     }
+}
+
+/// The bytes of `dir/model.pt`, as the store hands them to the loader.
+fn weights(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("model.pt")).expect("model.pt readable")
 }

@@ -13,7 +13,7 @@ use chrono::Utc;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::Config;
-use crate::deploy::store::{confined_version_dir, load_checked, LoadedModel};
+use crate::deploy::store::{confined_version_dir, load_checked, LoadedModel, Pinned};
 use crate::deploy::Deployment;
 use crate::model::load::ClassifierFactory;
 use crate::sink::clickhouse::DeploymentEventRow;
@@ -52,7 +52,10 @@ pub fn load_active(
         if let Some(m) = current.and_then(|a| {
             std::iter::once(&a.champion)
                 .chain(&a.shadows)
-                .find(|m| m.id == *id)
+                .find(|m| {
+                    let pin = deployment.manifest_sha256(id);
+                    m.id == *id && (pin.is_empty() || m.manifest.digest == pin)
+                })
         }) {
             return Ok(m.clone());
         }
@@ -62,7 +65,10 @@ pub fn load_active(
             confined_version_dir(&cfg.model.store_dir, id)
                 .with_context(|| format!("cannot deploy {id}"))?
         };
-        let expected = (deployment.epoch > 0).then_some(id);
+        let expected = (deployment.epoch > 0).then(|| Pinned {
+            id,
+            manifest_sha256: deployment.manifest_sha256(id),
+        });
         let m = load_checked(cfg, &dir, expected, factory)
             .with_context(|| format!("cannot deploy {id} from {}", dir.display()))?;
         tracing::info!(model = %m.id, seconds = m.load_seconds, "model version loaded, warmed up and checked");

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use super::loader::load_active;
 use crate::deploy::Deployment;
 use crate::model::load::ClassifierFactory;
-use crate::model::{Classifier, Manifest, ModelError, ModelId, PaddedBatch};
+use crate::model::{Classifier, Manifest, ModelError, ModelFiles, ModelId, PaddedBatch};
 use crate::sink::clickhouse::DeploymentEventRow;
 use crate::sink::{ResultSink, SinkError};
 use crate::telemetry::Health;
@@ -68,7 +68,7 @@ fn fake_factory(transient_failures: usize) -> (ClassifierFactory, Calls) {
     let calls: Calls = Arc::new(Mutex::new(Vec::new()));
     let first = Arc::new(AtomicUsize::new(transient_failures));
     let c = calls.clone();
-    let factory: ClassifierFactory = Arc::new(move |_: &Path, m: &Manifest| {
+    let factory: ClassifierFactory = Arc::new(move |_: &Path, m: &Manifest, _: &ModelFiles| {
         let probs = if m.name == "alt" {
             vec![0.8, 0.1, 0.1]
         } else {
@@ -148,6 +148,18 @@ fn deployment(cfg: &Config, shadows: &[&str]) -> Deployment {
     if !shadows.is_empty() {
         d.epoch = 1;
         d.shadows = shadows.iter().map(|s| id_in(cfg, s)).collect();
+    }
+    pinned(cfg, d)
+}
+
+/// `d` with each version's manifest pinned as the fake store has it (as `vaxpulse models`
+/// would publish it; `corrupt` included: its manifest reads, its weights do not match).
+fn pinned(cfg: &Config, mut d: Deployment) -> Deployment {
+    if d.epoch > 0 {
+        for v in d.versions().cloned().collect::<Vec<_>>() {
+            let m = Manifest::load(&cfg.model.store_dir.join(&v.name).join(&v.version)).unwrap();
+            d.manifests.insert(v.version_label(), m.digest);
+        }
     }
     d
 }
@@ -637,8 +649,8 @@ fn a_deployment_takes_effect_between_batches_and_a_broken_one_is_refused() {
         let d2 = d1
             .apply(&crate::deploy::Change::Promote(alt.clone()), "t", "")
             .unwrap();
-        d.deploy.send(d1).unwrap();
-        d.deploy.send(d2.clone()).unwrap();
+        d.deploy.send(pinned(&cfg, d1)).unwrap();
+        d.deploy.send(pinned(&cfg, d2.clone())).unwrap();
         d.wait_event(2, &mut events);
         let d3 = d2
             .apply(
@@ -650,7 +662,7 @@ fn a_deployment_takes_effect_between_batches_and_a_broken_one_is_refused() {
                 "",
             )
             .unwrap();
-        d.deploy.send(d3).unwrap();
+        d.deploy.send(pinned(&cfg, d3)).unwrap();
         d.wait_event(3, &mut events);
         events
     })

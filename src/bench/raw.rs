@@ -126,7 +126,9 @@ fn time_batches(
 
 pub fn run(cfg: &Config, args: &RawGrid) -> anyhow::Result<RawReport> {
     let manifest = Manifest::load(&cfg.model.dir)?;
-    let mut model = crate::model::load::load_torch(cfg, &cfg.model.dir, &manifest)?;
+    let files = manifest.read_files(&cfg.model.dir, cfg.model.verify_checksums)?;
+    let mut model = crate::model::load::load_torch(cfg, &cfg.model.dir, &manifest, &files)?;
+    drop(files);
     let max_b = args.batch_sizes.iter().copied().max().unwrap_or(64);
     let ids = corpus(cfg, &manifest, (max_b * 8).max(1024), 1)?;
     let mean_tokens = ids.iter().map(Vec::len).sum::<usize>() as f64 / ids.len() as f64;

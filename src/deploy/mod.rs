@@ -9,6 +9,8 @@ pub mod ops;
 pub mod sign;
 pub mod store;
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +35,11 @@ pub struct Deployment {
     /// Free text given with the change.
     pub reason: String,
     pub changed_at: DateTime<Utc>,
+    /// sha256 of each version's `manifest.json` by `NAME@VERSION` (champion, shadows, previous
+    /// champion). The manifest lists every file's sha256, so this pins the whole version —
+    /// weights, tokenizer, labels — where the id's hash pins 48 bits of the weights.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub manifests: BTreeMap<String, String>,
     /// Who vouches for this record (`vaxpulse models` signs when given a key; see [`sign`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<sign::RecordSignature>,
@@ -92,6 +99,10 @@ pub enum RecordError {
     EpochJump { got: u64, current: u64 },
     #[error("{0} carries no weights hash of {len} hex digits; refused (vaxpulse models pins every version it publishes)", len = ModelId::HASH_LEN)]
     Unpinned(ModelId),
+    #[error("{0} has no manifest sha256 of 64 hex digits in the record's `manifests`; refused (publish with vaxpulse models, which pins every version's manifest)")]
+    ManifestUnpinned(ModelId),
+    #[error("the record pins a manifest for {0}, which it does not deploy; refused")]
+    StrayPin(String),
     #[error("{0} is named twice; refused (a version is a shadow at most once)")]
     Duplicate(ModelId),
     #[error("{0} is both the champion and a shadow; refused")]
@@ -175,8 +186,26 @@ impl Deployment {
             actor: "config model.dir".into(),
             reason: String::new(),
             changed_at: DateTime::<Utc>::UNIX_EPOCH,
+            manifests: BTreeMap::new(),
             signature: None,
         }
+    }
+
+    /// The manifest sha256 the record pins for `id` (empty when none).
+    pub fn manifest_sha256(&self, id: &ModelId) -> &str {
+        self.manifests
+            .get(&id.version_label())
+            .map_or("", String::as_str)
+    }
+
+    /// Keeps the pins of the versions this record names, drops the others.
+    pub fn retain_pins(&mut self) {
+        let named: Vec<String> = self
+            .versions()
+            .chain(&self.previous_champion)
+            .map(ModelId::version_label)
+            .collect();
+        self.manifests.retain(|k, _| named.contains(k));
     }
 
     /// Checks a record read from the control topic against the epoch a replica serves, before
@@ -208,6 +237,10 @@ impl Deployment {
             if v.hash.len() != ModelId::HASH_LEN {
                 return Err(RecordError::Unpinned(v.clone()));
             }
+            let pin = self.manifest_sha256(v);
+            if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(RecordError::ManifestUnpinned(v.clone()));
+            }
             if seen.iter().any(|s| same_version(s, v)) {
                 return Err(if same_version(&self.champion, v) {
                     RecordError::ChampionAsShadow(v.clone())
@@ -217,6 +250,15 @@ impl Deployment {
             }
             seen.push(v);
         }
+        let prev = self.previous_champion.as_ref().map(ModelId::version_label);
+        if let Some(stray) = self
+            .manifests
+            .keys()
+            .find(|k| prev.as_ref() != Some(*k) && !seen.iter().any(|v| v.version_label() == **k))
+        {
+            let shown: String = stray.chars().take(ModelId::PART_MAX * 2 + 1).collect();
+            return Err(RecordError::StrayPin(shown));
+        }
         Ok(())
     }
 
@@ -225,7 +267,9 @@ impl Deployment {
         std::iter::once(&self.champion).chain(&self.shadows)
     }
 
-    /// The deployment after `change`, with the next epoch. `model` ids must carry their hash.
+    /// The deployment after `change`, with the next epoch. `model` ids must carry their hash;
+    /// the manifests of versions kept are still pinned, a deployed `model`'s pin is left to the
+    /// caller (see [`store::pin_missing`]).
     pub fn apply(
         &self,
         change: &Change,
@@ -250,8 +294,10 @@ impl Deployment {
                 if !champion && self.shadows.contains(model) {
                     return Err(ChangeError::AlreadyDeployed(model.clone(), "shadow"));
                 }
-                // A re-export of a deployed version replaces it.
+                // A re-export of a deployed version replaces it (its new manifest is pinned by
+                // whoever resolved `model` from the store: `ops::change`).
                 next.shadows.retain(|s| !same_version(s, model));
+                next.manifests.remove(&model.version_label());
                 if *champion {
                     next.previous_champion = Some(self.champion.clone());
                     if !same_version(&self.champion, model) {
@@ -300,6 +346,7 @@ impl Deployment {
                 }
             }
         }
+        next.retain_pins();
         Ok(next)
     }
 
@@ -474,11 +521,69 @@ mod tests {
     }
 
     #[test]
+    fn changes_keep_the_pins_of_the_versions_they_keep_and_only_those() {
+        let mut d0 = start();
+        d0.manifests.insert("demo@1".into(), "a".repeat(64));
+        let b = id("mine@2#bbbbbbbbbbbb");
+        let mut d1 = d0
+            .apply(
+                &Change::Deploy {
+                    model: b.clone(),
+                    champion: false,
+                },
+                "me",
+                "",
+            )
+            .unwrap();
+        assert_eq!(d1.manifest_sha256(&b), "", "the caller pins a deployed version");
+        d1.manifests.insert("mine@2".into(), "b".repeat(64));
+        let d2 = d1.apply(&Change::Promote(b.clone()), "me", "").unwrap();
+        assert_eq!(d2.manifests.len(), 2);
+        let d3 = d2.apply(&Change::Retire(d0.champion.clone()), "me", "").unwrap();
+        assert_eq!(
+            d3.manifests.keys().collect::<Vec<_>>(),
+            ["demo@1", "mine@2"],
+            "the previous champion keeps its pin for a rollback"
+        );
+        let re = id("mine@2#cccccccccccc");
+        let d4 = d3
+            .apply(
+                &Change::Deploy {
+                    model: re,
+                    champion: true,
+                },
+                "me",
+                "",
+            )
+            .unwrap();
+        assert_eq!(
+            d4.manifest_sha256(&b),
+            "",
+            "a re-export's old pin is never carried to its new weights"
+        );
+    }
+
+    #[test]
     fn records_are_checked_before_anything_they_name_is_opened() {
         let mut d = start();
         d.epoch = 5;
         d.shadows = vec![id("mine@2#bbbbbbbbbbbb")];
+        let e = d.check(4, 4).unwrap_err();
+        assert!(matches!(e, RecordError::ManifestUnpinned(_)), "{e}");
+        for v in ["demo@1", "mine@2"] {
+            d.manifests.insert(v.into(), "ab".repeat(32));
+        }
         assert_eq!(d.check(4, 4), Ok(()));
+        let mut short_pin = d.clone();
+        short_pin.manifests.insert("mine@2".into(), "ab".repeat(6));
+        let e = short_pin.check(4, 4).unwrap_err();
+        assert!(matches!(e, RecordError::ManifestUnpinned(_)), "{e}");
+        let mut stray = d.clone();
+        stray.manifests.insert("other@9".into(), "ab".repeat(32));
+        assert_eq!(
+            stray.check(4, 4),
+            Err(RecordError::StrayPin("other@9".into()))
+        );
         assert!(d.check(5, 4).unwrap_err().is_stale());
         assert!(d.check(9, 4).unwrap_err().is_stale());
         let mut far = d.clone();

@@ -197,14 +197,18 @@ pub struct ChangeOutcome {
 
 /// Completes `model` with its weights hash from the store (and checks parity for a version
 /// about to be deployed).
-async fn resolve_checked(cfg: &Config, model: &ModelId, parity: bool) -> anyhow::Result<ModelId> {
+async fn resolve_checked(
+    cfg: &Config,
+    model: &ModelId,
+    parity: bool,
+) -> anyhow::Result<(ModelId, String)> {
     let (store, m, model_cfg) = (
         cfg.model.store_dir.clone(),
         model.clone(),
         cfg.model.clone(),
     );
     tokio::task::spawn_blocking(move || {
-        let (id, _) = resolve(&store, &m)?;
+        let (id, manifest) = resolve(&store, &m)?;
         let dir = super::store::version_dir(&store, &id);
         if parity && dir.join("parity.json").exists() {
             let (r, bounds) = crate::model::check::check_dir(&dir, &model_cfg, None)?;
@@ -213,7 +217,7 @@ async fn resolve_checked(cfg: &Config, model: &ModelId, parity: bool) -> anyhow:
                 r.cases, r.max_abs_diff, bounds.max_abs_diff, r.same_label, r.cases
             );
         }
-        Ok(id)
+        Ok((id, manifest.digest))
     })
     .await?
 }
@@ -225,11 +229,13 @@ pub async fn change(
     opts: &ChangeOptions,
 ) -> anyhow::Result<ChangeOutcome> {
     let before = current(cfg).await?;
+    let mut deployed_pin = None;
     let change = match change {
-        Change::Deploy { model, champion } => Change::Deploy {
-            model: resolve_checked(cfg, &model, true).await?,
-            champion,
-        },
+        Change::Deploy { model, champion } => {
+            let (model, pin) = resolve_checked(cfg, &model, true).await?;
+            deployed_pin = Some((model.version_label(), pin));
+            Change::Deploy { model, champion }
+        }
         // Named versions must be the deployed ones: complete the hash from the deployment.
         Change::Promote(m) => Change::Promote(deployed(&before, &m)?),
         Change::Retire(m) => Change::Retire(deployed(&before, &m)?),
@@ -238,6 +244,12 @@ pub async fn change(
     let mut after = before
         .apply(&change, &actor(), &opts.reason)
         .map_err(anyhow::Error::new)?;
+    after.manifests.extend(deployed_pin);
+    let store = cfg.model.store_dir.clone();
+    after = tokio::task::spawn_blocking(move || {
+        super::store::pin_missing(&store, &mut after).map(|()| after)
+    })
+    .await??;
     if cfg.deploy.signing_key_file.as_os_str().is_empty() {
         anyhow::ensure!(
             cfg.deploy.trusted_keys.is_empty(),

@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::deploy::Deployment;
 use crate::model::check::{check_parity, ParityBounds};
 use crate::model::load::ClassifierFactory;
 use crate::model::tokenizer::TweetTokenizer;
@@ -96,6 +97,27 @@ pub fn resolve(store: &Path, id: &ModelId) -> anyhow::Result<(ModelId, Manifest)
     Ok((found, manifest))
 }
 
+/// Pins the manifest of every version `d` names that has no pin yet, from the store's copy
+/// (checked against its files); the previous champion is pinned when the store still has it.
+pub fn pin_missing(store: &Path, d: &mut Deployment) -> anyhow::Result<()> {
+    let required: Vec<ModelId> = d.versions().cloned().collect();
+    for id in required.iter().chain(&d.previous_champion.clone()) {
+        if !d.manifest_sha256(id).is_empty() {
+            continue;
+        }
+        match resolve(store, id) {
+            Ok((_, m)) => {
+                d.manifests.insert(id.version_label(), m.digest);
+            }
+            Err(e) if required.contains(id) => {
+                return Err(e.context(format!("cannot pin {id}'s manifest in the record")))
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Every version in the store (`NAME/VERSION/manifest.json`), sorted; unreadable ones come back
 /// as errors so `models list` can show them.
 pub fn list(store: &Path) -> anyhow::Result<Vec<(PathBuf, anyhow::Result<Manifest>)>> {
@@ -118,34 +140,45 @@ pub fn list(store: &Path) -> anyhow::Result<Vec<(PathBuf, anyhow::Result<Manifes
     Ok(out)
 }
 
+/// What a deployment record pins of a version: its identity and the sha256 of its manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct Pinned<'a> {
+    pub id: &'a ModelId,
+    /// 64 hex digits ([`Manifest::digest`]); empty only for the configured `model.dir`.
+    pub manifest_sha256: &'a str,
+}
+
 /// Loads `dir` as `expected` (when given) and runs every check. The caller runs this on a
-/// loader thread: it may take seconds for a base-sized model.
+/// loader thread: it may take seconds for a base-sized model. The weights and tokenizer are
+/// built from the bytes that were hashed, so a file swapped after the check is never loaded.
 pub fn load_checked(
     cfg: &Config,
     dir: &Path,
-    expected: Option<&ModelId>,
+    expected: Option<Pinned<'_>>,
     factory: &ClassifierFactory,
 ) -> anyhow::Result<LoadedModel> {
     let started = Instant::now();
     let manifest = Manifest::load(dir)?;
-    if expected.is_some() || cfg.model.verify_checksums {
-        manifest.verify(dir)?;
-    }
+    let files = manifest.read_files(dir, expected.is_some() || cfg.model.verify_checksums)?;
     let id = manifest.id();
     if let Some(want) = expected {
+        let w = want.id;
         anyhow::ensure!(
-            id.name == want.name
-                && id.version == want.version
-                && (want.hash.is_empty() || id.hash == want.hash),
-            "{} holds {id}, but the deployment names {want}: copy the same export to every replica's model store",
+            id.name == w.name && id.version == w.version && (w.hash.is_empty() || id.hash == w.hash),
+            "{} holds {id}, but the deployment names {w}: copy the same export to every replica's model store",
             dir.display()
         );
+        anyhow::ensure!(
+            want.manifest_sha256.is_empty() || manifest.digest == want.manifest_sha256,
+            "{}: its manifest has sha256 {}, but the deployment pins {} (the store's copy of {w} differs from the one deployed, e.g. labels or tokenizer changed): copy the same export to every replica's model store",
+            dir.display(),
+            manifest.digest,
+            want.manifest_sha256
+        );
     }
-    let tokenizer = TweetTokenizer::load(
-        &dir.join(&manifest.files.tokenizer.path),
-        manifest.max_length,
-    )?;
-    let mut model = factory(dir, &manifest)?;
+    let tokenizer = TweetTokenizer::from_bytes(&files.tokenizer, manifest.max_length)?;
+    let mut model = factory(dir, &manifest, &files)?;
+    drop(files);
     anyhow::ensure!(
         model.labels() == manifest.labels.as_slice(),
         "{id}: the model's labels {:?} differ from the manifest's {:?}",

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::app::{start_inference, Active};
 use crate::batch::offsets::OffsetTracker;
 use crate::config::Config;
-use crate::deploy::store::{load_checked, resolve, version_dir};
+use crate::deploy::store::{load_checked, resolve, version_dir, Pinned};
 use crate::deploy::Deployment;
 use crate::model::load::ClassifierFactory;
 use crate::model::{argmax, ModelId};
@@ -175,7 +175,11 @@ fn evaluate(
     factory: &ClassifierFactory,
 ) -> anyhow::Result<ModelEval> {
     let dir = version_dir(&cfg.model.store_dir, resolved);
-    let champion = Arc::new(load_checked(cfg, &dir, Some(resolved), factory)?);
+    let pinned = Pinned {
+        id: resolved,
+        manifest_sha256: "",
+    };
+    let champion = Arc::new(load_checked(cfg, &dir, Some(pinned), factory)?);
     let labels = champion.labels.clone();
     let active = Active {
         deployment: Deployment::bootstrap(resolved.clone()),

@@ -67,11 +67,8 @@ pub fn check_dir(
     if let Some(m) = max_abs_diff {
         bounds.max_abs_diff = m;
     }
-    manifest.verify(dir)?;
-    let tok = TweetTokenizer::load(
-        &dir.join(&manifest.files.tokenizer.path),
-        manifest.max_length,
-    )?;
+    let files = manifest.read_files(dir, true)?;
+    let tok = TweetTokenizer::from_bytes(&files.tokenizer, manifest.max_length)?;
     let opts = TorchOptions {
         device: DeviceSpec::Cpu,
         intra_op_threads: 1,
@@ -79,7 +76,8 @@ pub fn check_dir(
         half_parity_max_abs_diff: 0.02,
         parity_batch: None,
     };
-    let mut model = TorchClassifier::load(dir, &manifest, opts)?;
+    let mut model = TorchClassifier::load(&files.weights, &manifest, opts)?;
+    drop(files);
     Ok((
         check_parity(dir, &manifest, &tok, &mut model, bounds)?,
         bounds,

@@ -8,21 +8,19 @@ use anyhow::Context;
 
 use super::tokenizer::TweetTokenizer;
 use super::torch::{TorchClassifier, TorchOptions};
-use super::{Classifier, Manifest, PaddedBatch, Precision};
+use super::{Classifier, Manifest, ModelFiles, PaddedBatch, Precision};
 use crate::config::Config;
 
 /// Builds the classifier of a model directory; called on the loader thread, once per version
 /// deployed (the inference threads configure libtorch for themselves, see
 /// [`super::torch::configure_thread`]).
-pub type ClassifierFactory =
-    std::sync::Arc<dyn Fn(&Path, &Manifest) -> anyhow::Result<Box<dyn Classifier>> + Send + Sync>;
+pub type ClassifierFactory = std::sync::Arc<
+    dyn Fn(&Path, &Manifest, &ModelFiles) -> anyhow::Result<Box<dyn Classifier>> + Send + Sync,
+>;
 
 /// Real tweets for the half-precision parity check ([`super::samples`]), tokenised like traffic.
-fn parity_batch(dir: &Path, manifest: &Manifest) -> anyhow::Result<PaddedBatch> {
-    let tok = TweetTokenizer::load(
-        &dir.join(&manifest.files.tokenizer.path),
-        manifest.max_length,
-    )?;
+fn parity_batch(files: &ModelFiles, manifest: &Manifest) -> anyhow::Result<PaddedBatch> {
+    let tok = TweetTokenizer::from_bytes(&files.tokenizer, manifest.max_length)?;
     let ids = tok.encode_batch(&super::samples::texts(usize::MAX))?;
     Ok(PaddedBatch::new(
         ids.iter().map(Vec::as_slice),
@@ -30,12 +28,13 @@ fn parity_batch(dir: &Path, manifest: &Manifest) -> anyhow::Result<PaddedBatch> 
     ))
 }
 
-/// Loads the TorchScript model of `dir` with the settings of `cfg.model` (device, threads,
-/// precision + parity check).
+/// Loads the TorchScript model of `dir` (from `files`, its bytes as read and hashed) with the
+/// settings of `cfg.model` (device, threads, precision + parity check).
 pub fn load_torch(
     cfg: &Config,
     dir: &Path,
     manifest: &Manifest,
+    files: &ModelFiles,
 ) -> anyhow::Result<TorchClassifier> {
     let precision = cfg.model.precision;
     let mut device = cfg.model.device;
@@ -57,10 +56,10 @@ pub fn load_torch(
         half_parity_max_abs_diff: cfg.model.half_parity_max_abs_diff,
         parity_batch: match precision {
             Precision::Fp32 => None,
-            _ => Some(parity_batch(dir, manifest)?),
+            _ => Some(parity_batch(files, manifest)?),
         },
     };
-    let c = TorchClassifier::load(dir, manifest, opts)
+    let c = TorchClassifier::load(&files.weights, manifest, opts)
         .with_context(|| format!("loading the model in {}", dir.display()))?;
     match c.parity() {
         Some(p) => tracing::info!(
@@ -78,7 +77,7 @@ pub fn load_torch(
 /// The production classifier: TorchScript models with the settings of `cfg.model`.
 pub fn torch_factory(cfg: &Config) -> ClassifierFactory {
     let cfg = cfg.clone();
-    std::sync::Arc::new(move |dir: &Path, m: &Manifest| {
-        Ok(Box::new(load_torch(&cfg, dir, m)?) as Box<dyn Classifier>)
+    std::sync::Arc::new(move |dir: &Path, m: &Manifest, files: &ModelFiles| {
+        Ok(Box::new(load_torch(&cfg, dir, m, files)?) as Box<dyn Classifier>)
     })
 }

@@ -132,6 +132,17 @@ pub struct Manifest {
     /// the int8 parity bounds against its fp32 source's reference.
     #[serde(default)]
     pub quantization: Option<Quantization>,
+    /// sha256 of `manifest.json` as read (it lists every file's sha256, so it pins the whole
+    /// version: weights, tokenizer, labels); deployment records carry it.
+    #[serde(skip)]
+    pub digest: String,
+}
+
+/// The bytes of a version's files as read once and hashed: what the model and tokenizer are
+/// built from, so a file swapped on disk after the check is never the one loaded.
+pub struct ModelFiles {
+    pub weights: Vec<u8>,
+    pub tokenizer: Vec<u8>,
 }
 
 /// How a model version was derived from an fp32 one.
@@ -162,10 +173,11 @@ impl Manifest {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
+        let mut m: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        m.digest = sha256_hex(text.as_bytes());
         if m.labels.is_empty() || m.max_length < 3 {
             return Err(ModelError::Manifest {
                 path,
@@ -248,24 +260,41 @@ impl Manifest {
 
     /// Checks the files' sha256 against the manifest.
     pub fn verify(&self, dir: &Path) -> Result<(), ModelError> {
-        use sha2::{Digest, Sha256};
-        for f in [&self.files.model, &self.files.tokenizer] {
+        self.read_files(dir, true).map(drop)
+    }
+
+    /// Reads the weights and the tokenizer once, checking each against its sha256 when
+    /// `verify`; the model is built from these bytes, never by reopening the files.
+    pub fn read_files(&self, dir: &Path, verify: bool) -> Result<ModelFiles, ModelError> {
+        let read = |f: &ManifestFile| -> Result<Vec<u8>, ModelError> {
             let path = self.file_in(dir, f)?;
             let bytes = std::fs::read(&path).map_err(|e| ModelError::Missing {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-            let actual = format!("{:x}", Sha256::digest(&bytes));
-            if actual != f.sha256 {
-                return Err(ModelError::Checksum {
-                    path,
-                    expected: f.sha256.clone(),
-                    actual,
-                });
+            if verify {
+                let actual = sha256_hex(&bytes);
+                if actual != f.sha256 {
+                    return Err(ModelError::Checksum {
+                        path,
+                        expected: f.sha256.clone(),
+                        actual,
+                    });
+                }
             }
-        }
-        Ok(())
+            Ok(bytes)
+        };
+        Ok(ModelFiles {
+            weights: read(&self.files.model)?,
+            tokenizer: read(&self.files.tokenizer)?,
+        })
     }
+}
+
+/// Lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// A model version's identity, recorded with every prediction: `NAME@VERSION` plus a short hash

@@ -16,10 +16,22 @@ pub struct TweetTokenizer {
 
 impl TweetTokenizer {
     pub fn load(path: &Path, max_length: usize) -> Result<Self, ModelError> {
-        let mut inner = Tokenizer::from_file(path).map_err(|e| ModelError::Missing {
+        let inner = Tokenizer::from_file(path).map_err(|e| ModelError::Missing {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        Self::configure(inner, max_length)
+    }
+
+    /// From the bytes of a `tokenizer.json` (as read and hashed by [`super::Manifest::read_files`]).
+    pub fn from_bytes(bytes: &[u8], max_length: usize) -> Result<Self, ModelError> {
+        let inner = Tokenizer::from_bytes(bytes).map_err(|e| {
+            ModelError::Tokenizer(format!("the tokenizer file is not a tokenizer.json: {e}"))
+        })?;
+        Self::configure(inner, max_length)
+    }
+
+    fn configure(mut inner: Tokenizer, max_length: usize) -> Result<Self, ModelError> {
         inner
             .with_truncation(Some(TruncationParams {
                 max_length,

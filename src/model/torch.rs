@@ -2,7 +2,6 @@
 //! half precision (accepted only after a parity check against fp32 at load). It is only ever
 //! called from the inference thread, never from the async runtime.
 
-use std::path::Path;
 
 use tch::{CModule, Device, Kind, Tensor};
 
@@ -48,8 +47,13 @@ pub struct TorchClassifier {
 }
 
 impl TorchClassifier {
-    /// Loads `model.pt` from `dir` on the requested device and precision.
-    pub fn load(dir: &Path, manifest: &Manifest, opts: TorchOptions) -> Result<Self, ModelError> {
+    /// Loads the TorchScript `weights` (the bytes of `model.pt` as read and hashed, see
+    /// [`super::Manifest::read_files`]) on the requested device and precision.
+    pub fn load(
+        weights: &[u8],
+        manifest: &Manifest,
+        opts: TorchOptions,
+    ) -> Result<Self, ModelError> {
         let device = match opts.device {
             DeviceSpec::Cpu => Device::Cpu,
             DeviceSpec::Auto => Device::cuda_if_available(),
@@ -78,11 +82,10 @@ impl TorchClassifier {
         // execution of the scripted graph has no per-shape cost. The optimiser switch is
         // thread-local: the loading thread sets them here, every inference thread for itself.
         configure_thread(opts.intra_op_threads);
-        let path = dir.join(&manifest.files.model.path);
-        let mut module =
-            CModule::load_on_device(&path, device).map_err(|e| ModelError::Missing {
-                path: path.clone(),
-                message: e.to_string(),
+        let mut module = CModule::load_data_on_device(&mut std::io::Cursor::new(weights), device)
+            .map_err(|e| ModelError::Missing {
+                path: manifest.files.model.path.clone().into(),
+                message: format!("not a TorchScript model: {e}"),
             })?;
         module.set_eval();
         let mut c = TorchClassifier {
