@@ -14,7 +14,7 @@ REQS="torch==2.11.0 tokenizers==0.23.3 transformers chdb-core==26.9.0 numpy"
 mkdir -p "$ROOT/.state" "$VAXPULSE_HOME"
 
 need_apt=()
-for bin_pkg in cmake:cmake pkg-config:pkg-config curl:curl; do
+for bin_pkg in cmake:cmake pkg-config:pkg-config curl:curl openssl:openssl; do
   command -v "${bin_pkg%%:*}" >/dev/null || need_apt+=("${bin_pkg#*:}")
 done
 # librdkafka (built by rdkafka-sys) compiles against OpenSSL, libcurl and zlib headers when their

@@ -30,6 +30,74 @@ pub fn client_config(cfg: &KafkaConfig, defaults: &[(&str, String)]) -> ClientCo
     c
 }
 
+/// Records what librdkafka reports while a [`preflight`] connects (authentication and TLS
+/// failures arrive here, not as the metadata call's error).
+#[derive(Default)]
+struct SeenErrors(std::sync::Mutex<Vec<String>>);
+
+impl rdkafka::client::ClientContext for SeenErrors {
+    fn log(&self, _: rdkafka::config::RDKafkaLogLevel, _: &str, _: &str) {}
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.len() < 8 {
+            seen.push(format!("{error} ({reason})"));
+        }
+    }
+}
+impl rdkafka::consumer::ConsumerContext for SeenErrors {}
+
+/// Connects once and reads the cluster's metadata, so that a wrong address, password or CA
+/// stops start-up with what to fix, instead of a replica that retries in silence. librdkafka's
+/// messages name the broker and mechanism, never the password.
+pub fn preflight(cfg: &KafkaConfig, timeout: Duration) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer<SeenErrors> = client_config(cfg, &[])
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning)
+        .create_with_context(SeenErrors::default())
+        .context("cannot create a Kafka client (check kafka.properties)")?;
+    // Logs and errors reach the context only while the client is polled (rust-rdkafka sends
+    // them through the consumer's queue), so ask in short rounds and poll between them.
+    let started = std::time::Instant::now();
+    let (e, seen) = loop {
+        let e = match consumer.fetch_metadata(None, Duration::from_secs(1)) {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let _ = consumer.poll(Duration::from_millis(100));
+        let seen = consumer
+            .context()
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .join("; ");
+        // Neither a refused login nor a failed TLS handshake gets better by waiting.
+        let lower = seen.to_ascii_lowercase();
+        let fatal = lower.contains("authentication") || lower.contains("handshake failed");
+        if fatal || started.elapsed() >= timeout {
+            break (e, seen);
+        }
+    };
+    let all = format!("{e} {seen}").to_ascii_lowercase();
+    let hint = if all.contains("ssl error")
+        || all.contains("certificate")
+        || all.contains("handshake")
+    {
+        "the TLS connection failed: check `security.protocol` and `ssl.ca.location` in kafka.properties (the CA that signed the broker's certificate)"
+    } else if all.contains("authentication") {
+        "the broker refused the login: check kafka.properties `sasl.mechanism` and `sasl.username`, and the password (kafka.sasl_password_file or VAXPULSE_KAFKA_SASL_PASSWORD)"
+    } else {
+        "is it up, and is kafka.brokers right? (scripts/services.sh start locally)"
+    };
+    anyhow::bail!(
+        "cannot connect to the Kafka cluster at {}: {hint}. librdkafka said: {e}{}{seen}",
+        cfg.brokers,
+        if seen.is_empty() { "" } else { "; " }
+    )
+}
+
 /// Consumer settings an operator may override in `kafka.properties`. librdkafka (≥ 2.4) waits
 /// `fetch.queue.backoff.ms` (default 1 000 ms) before fetching again once its prefetch queue is
 /// full: a consumer slower than the broker then idles most of each second. The firehose bench

@@ -67,10 +67,15 @@ fn an_int8_version_is_its_own_checked_model_for_the_cpu() {
     // CUDA replicas refuse it, saying what to do.
     let mut gpu = cfg.clone();
     gpu.model.device = vaxpulse::model::DeviceSpec::Cuda(0);
-    let e = vaxpulse::model::load::load_torch(&gpu, &dir, &manifest, &manifest.read_files(&dir, true).unwrap())
-        .err()
-        .expect("refused on cuda")
-        .to_string();
+    let e = vaxpulse::model::load::load_torch(
+        &gpu,
+        &dir,
+        &manifest,
+        &manifest.read_files(&dir, true).unwrap(),
+    )
+    .err()
+    .expect("refused on cuda")
+    .to_string();
     assert!(
         e.contains("runs on the CPU") && e.contains("device = \"cpu\""),
         "{e}"

@@ -50,12 +50,10 @@ pub fn load_active(
 ) -> anyhow::Result<Active> {
     let mut load = |id: &crate::model::ModelId| -> anyhow::Result<Arc<LoadedModel>> {
         if let Some(m) = current.and_then(|a| {
-            std::iter::once(&a.champion)
-                .chain(&a.shadows)
-                .find(|m| {
-                    let pin = deployment.manifest_sha256(id);
-                    m.id == *id && (pin.is_empty() || m.manifest.digest == pin)
-                })
+            std::iter::once(&a.champion).chain(&a.shadows).find(|m| {
+                let pin = deployment.manifest_sha256(id);
+                m.id == *id && (pin.is_empty() || m.manifest.digest == pin)
+            })
         }) {
             return Ok(m.clone());
         }

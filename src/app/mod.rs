@@ -64,6 +64,7 @@ pub async fn run(
     // published yet. Read to the end before anything starts, so a late replica joins in step.
     let reader_cfg = cfg.kafka.clone();
     let (reader, published) = tokio::task::spawn_blocking(move || {
+        crate::kafka::preflight(&reader_cfg, Duration::from_secs(15))?;
         let reader = ControlReader::open(&reader_cfg)?;
         let published = reader.catch_up(Duration::from_secs(30))?;
         anyhow::Ok((reader, published))
@@ -92,10 +93,17 @@ pub async fn run(
     let clickhouse = ClickHouseSink::new(&cfg.clickhouse, &password)
         .with_delete_counts(cfg.retention.delete_counts)
         .with_health(health.clone());
-    clickhouse
-        .apply_schema()
-        .await
-        .with_context(|| format!("cannot apply the ClickHouse schema at {} (is ClickHouse up? scripts/services.sh start)", cfg.clickhouse.url))?;
+    if let Err(e) = clickhouse.apply_schema().await {
+        let hint = if e.to_string().contains("AUTHENTICATION_FAILED") {
+            "ClickHouse refused the login: check clickhouse.user and its password (clickhouse.password_file or VAXPULSE_CLICKHOUSE_PASSWORD)"
+        } else {
+            "is ClickHouse up? scripts/services.sh start locally"
+        };
+        return Err(anyhow::Error::new(e).context(format!(
+            "cannot apply the ClickHouse schema at {} ({hint})",
+            cfg.clickhouse.url
+        )));
+    }
     let tracker = Arc::new(OffsetTracker::new());
     let results = ResultProducer::new(&cfg.kafka)
         .context("cannot create the result producer")?

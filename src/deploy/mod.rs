@@ -535,11 +535,17 @@ mod tests {
                 "",
             )
             .unwrap();
-        assert_eq!(d1.manifest_sha256(&b), "", "the caller pins a deployed version");
+        assert_eq!(
+            d1.manifest_sha256(&b),
+            "",
+            "the caller pins a deployed version"
+        );
         d1.manifests.insert("mine@2".into(), "b".repeat(64));
         let d2 = d1.apply(&Change::Promote(b.clone()), "me", "").unwrap();
         assert_eq!(d2.manifests.len(), 2);
-        let d3 = d2.apply(&Change::Retire(d0.champion.clone()), "me", "").unwrap();
+        let d3 = d2
+            .apply(&Change::Retire(d0.champion.clone()), "me", "")
+            .unwrap();
         assert_eq!(
             d3.manifests.keys().collect::<Vec<_>>(),
             ["demo@1", "mine@2"],

@@ -2,7 +2,6 @@
 //! half precision (accepted only after a parity check against fp32 at load). It is only ever
 //! called from the inference thread, never from the async runtime.
 
-
 use tch::{CModule, Device, Kind, Tensor};
 
 use super::{Classifier, DeviceSpec, Manifest, ModelError, PaddedBatch, Precision};
@@ -84,9 +83,9 @@ impl TorchClassifier {
         configure_thread(opts.intra_op_threads);
         let mut module = CModule::load_data_on_device(&mut std::io::Cursor::new(weights), device)
             .map_err(|e| ModelError::Missing {
-                path: manifest.files.model.path.clone().into(),
-                message: format!("not a TorchScript model: {e}"),
-            })?;
+            path: manifest.files.model.path.clone().into(),
+            message: format!("not a TorchScript model: {e}"),
+        })?;
         module.set_eval();
         let mut c = TorchClassifier {
             module,
