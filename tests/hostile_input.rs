@@ -2,7 +2,9 @@
 //! invalid value (the input topic takes 4 MiB records, as the compose broker does) is
 //! dead-lettered with its key cut to 1 KiB and its size in a header; a delete notice with an
 //! untrimmed id deletes the tweet, one with a 60 000-character id is a dead letter; thousands
-//! of ordinary tweets behind them on the same partition are classified and committed to the end.
+//! of ordinary tweets behind them on the same partition are classified and committed to the end;
+//! a burst of 20 000 delete notices with 64-digit ids (1.3 MB of ids, five times ClickHouse's
+//! default `max_query_size`) is applied in bounded statements.
 
 mod common;
 
@@ -39,6 +41,12 @@ async fn a_huge_key_or_a_huge_delete_id_never_stalls_its_partition() {
         .into_bytes(),
     ];
     produce_payloads(&names.input, Some(0), &deletes)
+        .await
+        .unwrap();
+    let burst: Vec<Vec<u8>> = (0..20_000u64)
+        .map(|i| format!(r#"{{"delete":{{"status":{{"id_str":"{i:064}"}}}}}}"#).into_bytes())
+        .collect();
+    produce_payloads(&names.input, Some(0), &burst)
         .await
         .unwrap();
     let tweets: Vec<Vec<u8>> = (0..2_000).map(|_| g.payload().1).collect();
@@ -102,5 +110,13 @@ async fn a_huge_key_or_a_huge_delete_id_never_stalls_its_partition() {
         .await,
         "0",
         "the delete with an untrimmed id removed its tweet"
+    );
+    assert_eq!(
+        ch_scalar(&format!(
+            "SELECT uniqExact(tweet_id) FROM {db}.deleted_tweets"
+        ))
+        .await,
+        "20001",
+        "the burst and the untrimmed delete are all remembered"
     );
 }

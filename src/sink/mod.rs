@@ -66,6 +66,11 @@ impl SinkError {
                     "UNKNOWN_DATABASE",
                     "AUTHENTICATION_FAILED",
                     "Code: 516",
+                    // A statement the server cannot parse or that exceeds `max_query_size`
+                    // fails the same way every time.
+                    "SYNTAX_ERROR",
+                    "Max query size exceeded",
+                    "QUERY_IS_TOO_LARGE",
                 ]
                 .iter()
                 .any(|k| msg.contains(k)),

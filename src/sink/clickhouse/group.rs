@@ -45,7 +45,13 @@ async fn group_writer(
     let mut group: Vec<Pending> = Vec::new();
     while rx.recv_many(&mut group, 256).await > 0 {
         let until = tokio::time::Instant::now() + linger;
-        while group.iter().map(|p| p.rows.len()).sum::<usize>() < full_rows {
+        // Deletes count like rows: a burst of delete notices fills a group as tweets do.
+        while group
+            .iter()
+            .map(|p| p.rows.len() + p.deleted.len())
+            .sum::<usize>()
+            < full_rows
+        {
             match tokio::time::timeout_at(until, rx.recv_many(&mut group, 256)).await {
                 Ok(n) if n > 0 => {}
                 _ => break,
