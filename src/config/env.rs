@@ -56,7 +56,8 @@ impl Config {
             origin: origin.to_string(),
             message,
         };
-        let mut root: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        let mut root: toml::Table =
+            toml::from_str(text).map_err(|e| parse_err(redacted(&e, Some(text))))?;
         let template = match toml::Value::try_from(Config::default()) {
             Ok(toml::Value::Table(t)) => t,
             _ => unreachable!("the default config serialises to a table; this is a bug"),
@@ -99,7 +100,8 @@ impl Config {
                 .try_into()
                 .map_err(|e: toml::de::Error| {
                     parse_err(format!(
-                        "{e} (check the key against config/local.toml and docs/configuration.md)"
+                        "{} (check the key against config/local.toml and docs/configuration.md)",
+                        redacted(&e, None)
                     ))
                 })?;
         cfg.read_secret_files()?;
@@ -145,6 +147,38 @@ impl Config {
 
 /// Reads an environment value as the type of the field's default (`expected`; `None` for a
 /// field without a default value, such as an unset optional path, which is read as a string).
+/// A TOML error without the file's text: its message and line, never the snippet of the line
+/// (it may hold a password), and a value the message quotes replaced by `…` (`invalid type:
+/// string "hunter2", expected u64`). Key names stay: they say what to fix.
+fn redacted(e: &toml::de::Error, text: Option<&str>) -> String {
+    let mut msg = e.message().trim().to_string();
+    if ["invalid type", "invalid value", "invalid length"]
+        .iter()
+        .any(|p| msg.starts_with(p))
+    {
+        if let Some((head, tail)) = msg.split_once(": ") {
+            let what = tail.split_once(", expected").map_or(tail, |(w, _)| w);
+            let kind = what.split([' ', '`', '"']).next().unwrap_or("value");
+            let rest = tail.strip_prefix(what).unwrap_or("");
+            msg = format!("{head}: {kind} …{rest}");
+        }
+    }
+    // Without a span, `Display` ends with the key path (`in `a.b``), which `message` lacks.
+    let shown = e.to_string();
+    let key = shown
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("in `").and_then(|k| k.strip_suffix('`')));
+    match (text, e.span(), key) {
+        (Some(t), Some(span), _) => {
+            let line = t[..span.start.min(t.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        (_, _, Some(key)) => format!("`{key}`: {msg}"),
+        _ => msg,
+    }
+}
+
 fn env_value(raw: &str, expected: Option<&toml::Value>) -> Result<toml::Value, String> {
     use toml::Value as V;
     let as_toml = || {

@@ -740,6 +740,33 @@ mod tests {
     }
 
     #[test]
+    fn toml_errors_never_quote_the_file() {
+        let e = Config::from_toml_with_env(
+            "[kafka]\nbrokers = \"b:9092\"\nsasl_password = \"hunter2-secret\n",
+            "t.toml",
+            std::iter::empty(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 3") && !e.contains("hunter2"), "{e}");
+        let e = Config::from_toml_with_env(
+            "[clickhouse]\npassword = 987654321\n",
+            "t.toml",
+            std::iter::empty(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`clickhouse.password`: invalid type") && !e.contains("987654321"),
+            "{e}"
+        );
+        let e = Config::from_toml_with_env("[kafka]\nbrokerz = 1\n", "t.toml", std::iter::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("brokerz"), "unknown keys are still named: {e}");
+    }
+
+    #[test]
     fn secrets_come_from_files_and_never_show_in_errors() {
         let dir = std::env::temp_dir().join(format!("vaxpulse-secrets-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -46,8 +46,14 @@ pub struct Dataset {
     pub skipped: Vec<(usize, String)>,
 }
 
+/// Longest line `eval` reads: a labelled tweet payload is a few KiB in any shape.
+pub const LINE_MAX_BYTES: usize = 1 << 20;
+/// Most bytes read from one file after decompression (a gzip bomb stops here, not in memory).
+pub const FILE_MAX_BYTES: u64 = 2 << 30;
+
 /// Reads `path` (JSONL, `.gz` too): each line an object with `"label"` and either `"text"` or a
-/// tweet payload in any shape the worker decodes.
+/// tweet payload in any shape the worker decodes. Lines over [`LINE_MAX_BYTES`] and files over
+/// [`FILE_MAX_BYTES`] decompressed are refused with their line number.
 pub fn read_dataset(path: &Path, labels: &[String], strict: bool) -> anyhow::Result<Dataset> {
     let mut raw = Vec::new();
     std::fs::File::open(path)
@@ -57,8 +63,10 @@ pub fn read_dataset(path: &Path, labels: &[String], strict: bool) -> anyhow::Res
         use sha2::Digest;
         format!("{:x}", sha2::Sha256::digest(&raw))
     };
-    let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
-        Box::new(BufReader::new(flate2::read::GzDecoder::new(raw.as_slice())))
+    let mut reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(BufReader::new(
+            flate2::read::GzDecoder::new(raw.as_slice()).take(FILE_MAX_BYTES + 1),
+        ))
     } else {
         Box::new(BufReader::new(raw.as_slice()))
     };
@@ -69,13 +77,42 @@ pub fn read_dataset(path: &Path, labels: &[String], strict: bool) -> anyhow::Res
     };
     let mut items = Vec::new();
     let mut skipped = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let n = i + 1;
-        let line = line.with_context(|| format!("{}: cannot read line {n}", path.display()))?;
+    let (mut n, mut total, mut buf) = (0usize, 0u64, Vec::new());
+    loop {
+        n += 1;
+        buf.clear();
+        let got = (&mut reader)
+            .take(LINE_MAX_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("{}: cannot read line {n}", path.display()))?;
+        if got == 0 {
+            break;
+        }
+        total += got as u64;
+        anyhow::ensure!(
+            total <= FILE_MAX_BYTES,
+            "{}: more than {} GiB once decompressed (at line {n}); refused (split the file, or check that it is what you think)",
+            path.display(),
+            FILE_MAX_BYTES >> 30
+        );
+        anyhow::ensure!(
+            buf.len() <= LINE_MAX_BYTES || buf.ends_with(b"\n"),
+            "{} line {n}: longer than {} MiB; refused (one labelled tweet per line)",
+            path.display(),
+            LINE_MAX_BYTES >> 20
+        );
+        let Ok(line) = std::str::from_utf8(&buf) else {
+            if strict {
+                anyhow::bail!("{} line {n}: not UTF-8 (--strict)", path.display());
+            }
+            skipped.push((n, "not UTF-8".into()));
+            continue;
+        };
+        let line = line.trim_end_matches(['\n', '\r']);
         if line.trim().is_empty() {
             continue;
         }
-        match parse_line(&line, &rules) {
+        match parse_line(line, &rules) {
             Ok((text, label)) => {
                 anyhow::ensure!(
                     labels.contains(&label),
@@ -482,6 +519,29 @@ mod tests {
         let e = read_dataset(&p, &labels(), false).unwrap_err().to_string();
         assert!(
             e.contains("no labelled item") && e.contains("1 lines skipped"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_gzip_bomb_line_is_refused_without_reading_it_whole() {
+        use std::io::Write;
+        // 64 MiB of one line compresses to ~64 KiB: refused at 1 MiB, with its line number.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"{\"text\": \"ok\", \"label\": \"favour\"}\n")
+            .unwrap();
+        let zeros = vec![b'0'; 1 << 20];
+        for _ in 0..64 {
+            gz.write_all(&zeros).unwrap();
+        }
+        let p = std::env::temp_dir().join(format!(
+            "vaxpulse-eval-{}-bomb.jsonl.gz",
+            std::process::id()
+        ));
+        std::fs::write(&p, gz.finish().unwrap()).unwrap();
+        let e = read_dataset(&p, &labels(), false).unwrap_err().to_string();
+        assert!(
+            e.contains("line 2") && e.contains("longer than 1 MiB"),
             "{e}"
         );
     }
