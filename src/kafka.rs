@@ -102,8 +102,20 @@ pub fn preflight(cfg: &KafkaConfig, timeout: Duration) -> anyhow::Result<()> {
 /// `fetch.queue.backoff.ms` (default 1 000 ms) before fetching again once its prefetch queue is
 /// full: a consumer slower than the broker then idles most of each second. The firehose bench
 /// measured 23 000 messages/s with the default and 59 500 with 10 ms (same broker, same run).
-pub fn consumer_defaults() -> Vec<(&'static str, String)> {
-    vec![("fetch.queue.backoff.ms", "10".into())]
+///
+/// Fetch sizes follow `decode.max_message_bytes`: a partition fetch holds at least one record
+/// of the largest size decoded (larger ones are fetched whole by the broker anyway, then
+/// dead-lettered as `too_large`), and one fetch response stays a few of them, so what the
+/// consumer buffers is bounded by the decode limit and `queued.max.messages.kbytes`.
+pub fn consumer_defaults(max_message_bytes: usize) -> Vec<(&'static str, String)> {
+    let partition = max_message_bytes.max(1 << 20);
+    let fetch = (4 * partition).max(16 << 20);
+    vec![
+        ("fetch.queue.backoff.ms", "10".into()),
+        ("max.partition.fetch.bytes", partition.to_string()),
+        ("fetch.max.bytes", fetch.to_string()),
+        ("receive.message.max.bytes", (fetch + (1 << 20)).to_string()),
+    ]
 }
 
 /// A topic to create: name, partitions and topic-level settings (e.g. `cleanup.policy`).

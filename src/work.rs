@@ -98,6 +98,16 @@ pub struct ClassifiedBatch {
 }
 
 impl ClassifiedBatch {
+    /// What this batch weighs while it waits for the sinks: its texts and ids, plus a fixed
+    /// cost per row for the rest (scores, labels, versions) — the unit of the byte budgets.
+    pub fn approx_bytes(&self) -> usize {
+        self.rows
+            .iter()
+            .map(|r| r.text.len() + r.tweet_id.len() + 256)
+            .sum::<usize>()
+            + self.deleted.iter().map(|d| d.len() + 64).sum::<usize>()
+    }
+
     /// A deterministic token for this batch's content: the same messages classified by the same
     /// model identity (version *and* weights hash) in the same role give the same token, so a
     /// retried insert is deduplicated by ClickHouse, and a re-exported version is not.

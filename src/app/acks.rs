@@ -4,8 +4,8 @@
 //!
 //! Writes do not wait for each other: a batch's Kafka write starts as soon as it leaves the model,
 //! even while earlier batches wait for ClickHouse's group commit (up to a second). What bounds
-//! them is the number of tweets in flight (`max_in_flight_rows`); past it, the stage stops taking
-//! batches, the sink queue fills and inference waits.
+//! them is the tweets in flight, counted in rows and in bytes ([`Budget`]); past either, the
+//! stage stops taking batches, the sink queue fills and inference waits.
 //!
 //! Guarantee: an offset is never acknowledged for a batch that some sink did not store; a sink
 //! that fails for good marks the replica unhealthy, cancels the worker and acknowledges nothing
@@ -60,7 +60,7 @@ async fn write(
     batch: ClassifiedBatch,
     sinks: Arc<Vec<Arc<dyn ResultSink>>>,
     tracker: Arc<OffsetTracker>,
-    _permit: OwnedSemaphorePermit,
+    _permit: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) -> Result<(), Rejected> {
     let results = futures::future::join_all(sinks.iter().map(|s| s.store(&batch))).await;
     if let Some(failed) = results
@@ -84,18 +84,32 @@ async fn write(
     Ok(())
 }
 
-/// Runs until `input` closes (the model thread ended) or a sink fails for good. At most
-/// `max_in_flight_rows` tweets are being stored at once (a larger batch alone is let through).
+/// How much may be in the sinks at once: tweets, and their bytes
+/// ([`ClassifiedBatch::approx_bytes`]). A batch larger than either alone is let through.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+/// Bytes are counted in KiB permits (a batch takes at most `u32::MAX` permits at once).
+const BYTE_PERMIT: usize = 1024;
+
+/// Runs until `input` closes (the model thread ended) or a sink fails for good, with at most
+/// `budget` being stored at once.
 pub async fn store_and_ack(
     mut input: tokio::sync::mpsc::Receiver<ClassifiedBatch>,
     sinks: Vec<Arc<dyn ResultSink>>,
     tracker: Arc<OffsetTracker>,
     health: Arc<Health>,
-    max_in_flight_rows: usize,
+    budget: Budget,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let sinks = Arc::new(sinks);
-    let budget = Arc::new(Semaphore::new(max_in_flight_rows.max(1)));
+    let max_rows = budget.rows.clamp(1, u32::MAX as usize);
+    let max_kib = (budget.bytes / BYTE_PERMIT).clamp(1, u32::MAX as usize);
+    let rows_budget = Arc::new(Semaphore::new(max_rows));
+    let bytes_budget = Arc::new(Semaphore::new(max_kib));
     let mut writes: JoinSet<Result<(), Rejected>> = JoinSet::new();
     let fail = |(sink, e): Rejected| {
         health.sinks_ok.store(false, Ordering::Relaxed);
@@ -123,13 +137,16 @@ pub async fn store_and_ack(
                     open = false;
                     continue;
                 };
-                let rows = (batch.rows.len() as u32).clamp(1, max_in_flight_rows.max(1) as u32);
+                let rows = batch.rows.len().clamp(1, max_rows) as u32;
+                let kib = (batch.approx_bytes() / BYTE_PERMIT).clamp(1, max_kib) as u32;
                 // Wait for room, still reaping (and failing on) finished writes meanwhile.
                 let permit = loop {
                     tokio::select! {
-                        p = budget.clone().acquire_many_owned(rows) => {
-                            break p.expect("the budget is never closed");
-                        }
+                        p = async {
+                            let r = rows_budget.clone().acquire_many_owned(rows).await;
+                            let b = bytes_budget.clone().acquire_many_owned(kib).await;
+                            (r.expect("the budget is never closed"), b.expect("the budget is never closed"))
+                        } => break p,
                         Some(r) = writes.join_next() => finished(r)?,
                     }
                 };

@@ -225,6 +225,7 @@ pub async fn run(
         clickhouse.clone(),
         Duration::from_millis(cfg.clickhouse.insert_linger_ms),
         cfg.clickhouse.insert_max_rows,
+        cfg.clickhouse.insert_max_bytes,
     );
     let sinks: Vec<Arc<dyn ResultSink>> = vec![Arc::new(results), Arc::new(grouped)];
     let mut acks = tokio::spawn(acks::store_and_ack(
@@ -232,7 +233,10 @@ pub async fn run(
         sinks,
         tracker.clone(),
         health.clone(),
-        2 * cfg.clickhouse.insert_max_rows,
+        acks::Budget {
+            rows: 2 * cfg.clickhouse.insert_max_rows,
+            bytes: 2 * cfg.clickhouse.insert_max_bytes,
+        },
         cancel.clone(),
     ));
 

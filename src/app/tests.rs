@@ -454,6 +454,16 @@ impl Gated {
 }
 
 fn gated_stage(queue: usize, max_in_flight_rows: usize) -> Gated {
+    gated_stage_with(
+        queue,
+        super::acks::Budget {
+            rows: max_in_flight_rows,
+            bytes: 1 << 30,
+        },
+    )
+}
+
+fn gated_stage_with(queue: usize, budget: super::acks::Budget) -> Gated {
     let tracker = Arc::new(OffsetTracker::new());
     let fast = FakeSink::new("fast");
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
@@ -467,7 +477,7 @@ fn gated_stage(queue: usize, max_in_flight_rows: usize) -> Gated {
         vec![fast.clone(), slow],
         tracker.clone(),
         Arc::new(Health::default()),
-        max_in_flight_rows,
+        budget,
         CancellationToken::new(),
     ));
     Gated {
@@ -531,6 +541,34 @@ async fn tweets_in_flight_to_the_sinks_are_bounded() {
 }
 
 #[tokio::test]
+async fn bytes_in_flight_to_the_sinks_are_bounded_too() {
+    // Rows would allow a thousand tweets; two batches' worth of bytes (1 KiB each at least)
+    // holds the third back.
+    let g = gated_stage_with(
+        1,
+        super::acks::Budget {
+            rows: 1_000,
+            bytes: 2 * 1024,
+        },
+    );
+    g.send_seen_by_fast_sink(0..3).await;
+    g.send_seen_by_fast_sink(3..6).await;
+    g.tx.send(classified(&g.tracker, 6..9)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        g.fast.stored.load(Ordering::SeqCst),
+        6,
+        "the third batch waited"
+    );
+    g.gate.add_permits(1);
+    eventually("room for the third batch", || {
+        g.fast.stored.load(Ordering::SeqCst) == 9
+    })
+    .await;
+    g.open_gate_and_finish(2).await;
+}
+
+#[tokio::test]
 async fn a_sink_failing_for_good_stops_the_worker_without_acknowledging() {
     let tracker = Arc::new(OffsetTracker::new());
     let ok = FakeSink::new("ok");
@@ -548,7 +586,10 @@ async fn a_sink_failing_for_good_stops_the_worker_without_acknowledging() {
         vec![ok, broken],
         tracker.clone(),
         health.clone(),
-        IN_FLIGHT_ROWS,
+        super::acks::Budget {
+            rows: IN_FLIGHT_ROWS,
+            bytes: 1 << 30,
+        },
         cancel.clone(),
     )
     .await

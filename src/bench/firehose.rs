@@ -214,7 +214,7 @@ fn consume(
 ) -> anyhow::Result<Rate> {
     let group = format!("bench-firehose-{}", rand::random::<u32>());
     // The worker's overridable consumer defaults first (not its fixed 16-MiB prefetch limit).
-    let mut defaults = crate::kafka::consumer_defaults();
+    let mut defaults = crate::kafka::consumer_defaults(cfg.decode.max_message_bytes);
     defaults.extend([
         ("group.id", group),
         ("auto.offset.reset", "earliest".into()),

@@ -275,6 +275,11 @@ pub struct ClickHouseConfig {
     /// the sinks are bounded by twice this (so one group fills while the previous is written).
     #[serde(default = "default_insert_max_rows")]
     pub insert_max_rows: usize,
+    /// Largest insert in bytes of tweets (texts, ids and a fixed cost per row): a group also goes
+    /// out once it holds this much, and tweets waiting for the sinks are bounded by twice this
+    /// too, so long texts cannot make the rows budget gigabytes.
+    #[serde(default = "default_insert_max_bytes")]
+    pub insert_max_bytes: usize,
 }
 
 /// Model settings.
@@ -543,6 +548,9 @@ fn default_insert_linger_ms() -> u64 {
 }
 fn default_insert_max_rows() -> usize {
     10_000
+}
+fn default_insert_max_bytes() -> usize {
+    16 << 20
 }
 fn default_model_dir() -> PathBuf {
     "models/demo/1".into()

@@ -137,6 +137,15 @@ impl Config {
         if self.pipeline.queue_tweets == 0 || self.pipeline.sink_queue_batches == 0 {
             return bad("pipeline", "queue sizes must be at least 1".into());
         }
+        if self.clickhouse.insert_max_bytes < 64 * 1024 {
+            return bad(
+                "clickhouse.insert_max_bytes",
+                format!(
+                    "{} is below 64 KiB: one batch of long tweets would not fit",
+                    self.clickhouse.insert_max_bytes
+                ),
+            );
+        }
         if self.clickhouse.insert_max_rows < self.batch.max_batch_size {
             return bad(
                 "clickhouse.insert_max_rows",

@@ -213,7 +213,7 @@ impl Source {
             held: held.clone(),
             reassigned: AtomicBool::new(false),
         };
-        let mut cc = client_config(&self.cfg, &consumer_defaults());
+        let mut cc = client_config(&self.cfg, &consumer_defaults(self.rules.max_message_bytes));
         cc.set("group.id", &self.cfg.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

@@ -12,6 +12,8 @@ use crate::work::ClassifiedBatch;
 
 /// A champion batch waiting for the grouped insert, and who to tell when it is stored.
 struct Pending {
+    /// [`ClassifiedBatch::approx_bytes`] of the batch.
+    bytes: usize,
     deleted: Vec<String>,
     rows: Vec<IngestRow>,
     token: String,
@@ -29,9 +31,14 @@ pub struct GroupedClickHouse {
 
 impl GroupedClickHouse {
     /// Starts the writer task on the current runtime.
-    pub fn start(sink: ClickHouseSink, linger: Duration, full_rows: usize) -> Self {
+    pub fn start(
+        sink: ClickHouseSink,
+        linger: Duration,
+        full_rows: usize,
+        full_bytes: usize,
+    ) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(256);
-        tokio::spawn(group_writer(sink, rx, linger, full_rows));
+        tokio::spawn(group_writer(sink, rx, linger, full_rows, full_bytes));
         GroupedClickHouse { tx }
     }
 }
@@ -41,17 +48,21 @@ async fn group_writer(
     mut rx: tokio::sync::mpsc::Receiver<Pending>,
     linger: Duration,
     full_rows: usize,
+    full_bytes: usize,
 ) {
     let mut group: Vec<Pending> = Vec::new();
     while rx.recv_many(&mut group, 256).await > 0 {
         let until = tokio::time::Instant::now() + linger;
-        // Deletes count like rows: a burst of delete notices fills a group as tweets do.
-        while group
-            .iter()
-            .map(|p| p.rows.len() + p.deleted.len())
-            .sum::<usize>()
-            < full_rows
-        {
+        // Deletes count like rows: a burst of delete notices fills a group as tweets do; long
+        // texts fill it by bytes.
+        let full = |g: &[Pending]| {
+            g.iter()
+                .map(|p| p.rows.len() + p.deleted.len())
+                .sum::<usize>()
+                >= full_rows
+                || g.iter().map(|p| p.bytes).sum::<usize>() >= full_bytes
+        };
+        while !full(&group) {
             match tokio::time::timeout_at(until, rx.recv_many(&mut group, 256)).await {
                 Ok(n) if n > 0 => {}
                 _ => break,
@@ -104,6 +115,7 @@ impl crate::sink::ResultSink for GroupedClickHouse {
             }
             let (done, result) = tokio::sync::oneshot::channel();
             let pending = Pending {
+                bytes: batch.approx_bytes(),
                 deleted: batch.deleted.clone(),
                 rows: ClickHouseSink::ingest_rows([batch]),
                 token: batch.dedup_token(),
