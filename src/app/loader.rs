@@ -108,7 +108,18 @@ impl ReplicaInfo {
 }
 
 /// Where deployment events go besides the log and the metrics (ClickHouse, through the app).
-pub type EventSender = tokio::sync::mpsc::UnboundedSender<DeploymentEventRow>;
+/// Bounded ([`EVENTS_QUEUE`]): a flood of refused records costs a counter, not memory.
+pub type EventSender = tokio::sync::mpsc::Sender<DeploymentEventRow>;
+
+/// Event rows waiting for ClickHouse before new ones are dropped (and counted).
+pub const EVENTS_QUEUE: usize = 1024;
+
+fn send_event(tx: &EventSender, row: DeploymentEventRow) {
+    let epoch = row.epoch;
+    if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = tx.try_send(row) {
+        crate::telemetry::DeploymentEventDropped { epoch }.emit();
+    }
+}
 
 /// A record refused before it was loaded (unreadable, or failing [`Deployment::check`]): the
 /// same event as a refused deployment (log line, metric, `deployment_events` row).
@@ -132,7 +143,7 @@ pub(super) fn refusal_event(
             }
             .emit();
             if let Some(tx) = events {
-                let _ = tx.send(event_row(who, r.epoch, "refused", r.reason));
+                send_event(tx, event_row(who, r.epoch, "refused", r.reason));
             }
         }
     }
@@ -207,19 +218,22 @@ pub(super) fn deployment_event(
             "refused"
         };
         let message = error.unwrap_or_default().to_string();
-        let _ = tx.send(DeploymentEventRow {
-            champion: deployment.champion.to_string(),
-            // A refused record may name thousands: the row keeps the first few.
-            shadows: deployment.shadow_names().into_iter().take(16).collect(),
-            load_seconds,
-            since_change_ms: since_change.map_or(-1, |s| (s * 1e3) as i64),
-            key_id: deployment
-                .signature
-                .as_ref()
-                .map(|s| crate::deploy::sign::short(&s.key_id))
-                .unwrap_or_default(),
-            ..event_row(who, deployment.epoch, outcome, message)
-        });
+        send_event(
+            tx,
+            DeploymentEventRow {
+                champion: deployment.champion.to_string(),
+                // A refused record may name thousands: the row keeps the first few.
+                shadows: deployment.shadow_names().into_iter().take(16).collect(),
+                load_seconds,
+                since_change_ms: since_change.map_or(-1, |s| (s * 1e3) as i64),
+                key_id: deployment
+                    .signature
+                    .as_ref()
+                    .map(|s| crate::deploy::sign::short(&s.key_id))
+                    .unwrap_or_default(),
+                ..event_row(who, deployment.epoch, outcome, message)
+            },
+        );
     }
 }
 

@@ -132,7 +132,7 @@ pub async fn run(
         }))
     };
 
-    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(loader::EVENTS_QUEUE);
     let who = ReplicaInfo::of(&cfg);
     let refusals_tx = events_tx.clone();
     for (d, why) in &refused {

@@ -18,7 +18,7 @@ use crate::work::{ClassifiedBatch, Role};
 /// logged, never fatal (the log line and the metric were emitted already).
 pub(super) async fn record_events(
     clickhouse: ClickHouseSink,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<DeploymentEventRow>,
+    mut rx: tokio::sync::mpsc::Receiver<DeploymentEventRow>,
 ) {
     while let Some(row) = rx.recv().await {
         let write = || clickhouse.record(&row);

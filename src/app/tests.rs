@@ -169,7 +169,7 @@ struct During<'a> {
     deploy: &'a crossbeam_channel::Sender<Deployment>,
     seen: &'a mut Vec<ClassifiedBatch>,
     output: &'a mut tokio::sync::mpsc::Receiver<ClassifiedBatch>,
-    events: &'a mut tokio::sync::mpsc::UnboundedReceiver<DeploymentEventRow>,
+    events: &'a mut tokio::sync::mpsc::Receiver<DeploymentEventRow>,
 }
 
 impl During<'_> {
@@ -207,7 +207,7 @@ fn run_stages(
     during: impl FnOnce(&mut During) -> Vec<DeploymentEventRow>,
 ) -> anyhow::Result<Out> {
     let active = load_active(cfg, start, &factory, None)?;
-    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(super::loader::EVENTS_QUEUE);
     let mut inf = start_inference(
         cfg,
         active,

@@ -356,3 +356,19 @@ impl SinkRetry<'_> {
         tracing::warn!(sink = self.sink, error = %self.error, retry_in_ms = self.after_ms as u64, "sink write failed; retrying");
     }
 }
+
+/// A `deployment_events` row not recorded because the recorder is behind (a flood of refused
+/// control records): the event's log line and metric were emitted already; only the row is lost.
+pub struct DeploymentEventDropped {
+    pub epoch: u64,
+}
+
+impl DeploymentEventDropped {
+    pub fn emit(&self) {
+        counter!("vaxpulse_deployment_events_dropped_total").increment(1);
+        tracing::warn!(
+            epoch = self.epoch,
+            "deployment_events row dropped: the recorder is behind (a flood of control records?); the event is in this log and in vaxpulse_deployment_changes_total"
+        );
+    }
+}
