@@ -48,7 +48,7 @@ pub struct ChaosArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kill,clickhouse,broker,hostile,rebalance,deploy"
+        default_value = "kill,clickhouse,broker,hostile,rebalance,deploy,hostile-control"
     )]
     pub scenarios: Vec<Scenario>,
     /// Tweets of the SIGKILL scenario.
@@ -99,12 +99,18 @@ pub enum Scenario {
     Clickhouse,
     /// The broker stopped and restarted mid-run.
     Broker,
-    /// `--hostile` malformed messages (10 of them 2 MB) mixed into valid traffic.
+    /// `--hostile` malformed messages (10 of them 2 MB) mixed into valid traffic, plus
+    /// messages with 1.5 MB keys, delete notices with 60 000-character ids and a burst of
+    /// 20 000 deletes.
     Hostile,
     /// A third replica joins, then leaves (SIGTERM), during the run.
     Rebalance,
     /// Model versions mid-run: a shadow added, promoted to champion, then rolled back.
     Deploy,
+    /// Hostile control records mid-run (absolute path, `..`, a link out of the store,
+    /// `u64::MAX` epoch, 1 000 duplicate shadows, unpinned, unsigned and wrongly signed), a
+    /// replica SIGKILLed and restarted on them, then a valid signed change.
+    HostileControl,
 }
 
 /// Figures of one scenario; `lost` and `double_counted` must be 0.
@@ -240,6 +246,31 @@ fn traffic(seed: u64, valid: u64, hostile: u64) -> (Vec<(String, Vec<u8>)>, Hash
     (out, ids)
 }
 
+/// The hostile scenario's extra messages: `keys` invalid messages with 1.5 MB keys and
+/// `long_ids` delete notices with 60 000-character ids (each a dead letter, keyed uniquely in
+/// its first KiB), and a burst of `burst` delete notices of 64-digit ids no tweet has (applied,
+/// never dead-lettered).
+fn hostile_extras(keys: u64, long_ids: u64, burst: u64) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for i in 0..keys {
+        let key = format!("hostile-key-{i}-{}", "k".repeat(1_500_000));
+        out.push((key, format!("{{\"id\": \"{i}\", \"text\": ").into_bytes()));
+    }
+    for i in 0..long_ids {
+        let id = "9".repeat(60_000);
+        let p = format!(r#"{{"delete":{{"status":{{"id_str":"{id}"}}}}}}"#);
+        out.push((format!("hostile-delid-{i}"), p.into_bytes()));
+    }
+    for i in 0..burst {
+        let p = format!(
+            r#"{{"delete":{{"status":{{"id_str":"{:064}"}}}}}}"#,
+            10u128.pow(30) + i as u128
+        );
+        out.push((format!("delete-{i}"), p.into_bytes()));
+    }
+    out
+}
+
 struct Run<'a> {
     /// The kill scenario's broker (see [`Scenario::Kill`]); dropped last.
     _mock: Option<MockCluster<'static, DefaultProducerContext>>,
@@ -291,7 +322,7 @@ impl<'a> Run<'a> {
         std::fs::create_dir_all(&logs)?;
         let mut ncfg = ncfg;
         let mut env = names.env(args.config_path.as_deref());
-        if scenario == Scenario::Deploy {
+        if matches!(scenario, Scenario::Deploy | Scenario::HostileControl) {
             // Two versions of the demo model to deploy, promote and roll back.
             let store = std::env::current_dir()?
                 .join(format!("bench-results/chaos-store/{}", names.database));
@@ -306,6 +337,27 @@ impl<'a> Run<'a> {
                 "VAXPULSE_MODEL_DIR".into(),
                 store.join("demo/1").display().to_string(),
             ));
+            if scenario == Scenario::HostileControl {
+                // A real export outside the store under another name, linked into the store:
+                // a record naming it must not load it.
+                let outside = store.with_extension("outside");
+                let evil = demo_store(&outside, &["1"], &[]).join("demo");
+                let m = std::fs::read_to_string(evil.join("1/manifest.json"))?;
+                std::fs::write(
+                    evil.join("1/manifest.json"),
+                    m.replace("\"name\": \"demo\"", "\"name\": \"evil\""),
+                )?;
+                std::os::unix::fs::symlink(&evil, store.join("evil"))?;
+                // Replicas trust one key; the CLI (this run's config) signs with it.
+                let key = vaxpulse::deploy::sign::generate();
+                let key_file = store.with_extension("key");
+                let _ = std::fs::remove_file(&key_file);
+                vaxpulse::deploy::sign::write_signing_key(&key_file, &key)?;
+                let (public, _) = vaxpulse::deploy::sign::public_key(&key);
+                ncfg.deploy.trusted_keys = vec![public.clone()];
+                ncfg.deploy.signing_key_file = key_file;
+                env.push(("VAXPULSE_DEPLOY_TRUSTED_KEYS".into(), public));
+            }
         }
         env.push(("VAXPULSE_KAFKA_BROKERS".into(), cfg.kafka.brokers.clone()));
         if mock.is_some() {
@@ -651,8 +703,19 @@ async fn scenario(
             }
             Ok(r)
         }
+        Scenario::HostileControl => hostile_control(cfg, args, &mut rng).await,
         Scenario::Hostile => {
-            let (mut run, messages) = Run::new(cfg, args, which, args.tweets, args.hostile).await?;
+            // Besides `--hostile` malformed messages: 10 with 1.5 MB keys, 10 deletes with
+            // 60 000-character ids (dead letters too), and a burst of 20 000 deletes.
+            let (keys, long_ids, burst) = (10, 10, 20_000);
+            let hostile = args.hostile + keys + long_ids;
+            let (mut run, mut messages) =
+                Run::new(cfg, args, which, args.tweets, args.hostile).await?;
+            run.hostile = hostile;
+            // Spread through the traffic (seeded), not in one block.
+            messages.extend(hostile_extras(keys, long_ids, burst));
+            rand::seq::SliceRandom::shuffle(messages.as_mut_slice(), &mut rng);
+            let db = run.cfg.clickhouse.database.clone();
             for slot in 0..args.replicas {
                 run.fleet.spawn(slot)?;
             }
@@ -662,12 +725,217 @@ async fn scenario(
             );
             // Paced, so that the mock broker's ~5 MB per partition never has to hold a backlog
             // of 2 MB messages.
-            let rate = (args.tweets + args.hostile) as f64 / args.paced_seconds as f64;
+            let rate = messages.len() as f64 / args.paced_seconds as f64;
             produce_keyed(&run.cfg.kafka, &run.names.input, messages, Some(rate)).await?;
-            run.settle(which, format!("{} hostile messages", args.hostile))
-                .await
+            let mut r = run
+                .settle(
+                    which,
+                    format!(
+                        "{} hostile messages, {keys} 1.5 MB keys, {long_ids} huge delete ids, {burst} deletes",
+                        args.hostile
+                    ),
+                )
+                .await?;
+            let deleted: u64 = ch_scalar(&format!(
+                "SELECT uniqExact(tweet_id) FROM {db}.deleted_tweets"
+            ))
+            .await
+            .parse()?;
+            r.notes = format!(
+                "deleted ids stored {deleted}/{burst} (the output topic forwards each delete notice: output ids = tweets + deletes)"
+            );
+            if deleted != burst {
+                r.failed_checks
+                    .push(format!("{deleted} of {burst} deletes stored"));
+            }
+            if r.uncommitted != 0 {
+                r.failed_checks
+                    .push(format!("{} input messages left uncommitted", r.uncommitted));
+            }
+            Ok(r)
         }
     }
+}
+
+/// The hostile-control scenario: paced traffic on 2 replicas that trust one signing key;
+/// hostile records at 20 % (each must be refused, with its reason in `deployment_events`); a
+/// replica SIGKILLed and restarted at 40 % (it meets them all again at start-up and must not
+/// exit); a valid signed change at 60 %, applied by every replica.
+async fn hostile_control(
+    cfg: &Config,
+    args: &ChaosArgs,
+    rng: &mut StdRng,
+) -> anyhow::Result<ScenarioReport> {
+    use vaxpulse::deploy::{sign, Deployment};
+    let which = Scenario::HostileControl;
+    let (mut run, messages) = Run::new(cfg, args, which, args.tweets, 0).await?;
+    for slot in 0..args.replicas {
+        run.fleet.spawn(slot)?;
+    }
+    let paced_rate = args.tweets as f64 / args.paced_seconds as f64;
+    println!(
+        "chaos hostile-control: offering {} tweets at {paced_rate:.0}/s",
+        messages.len()
+    );
+    let producer = tokio::spawn({
+        let (cfg, topic) = (cfg.clone(), run.names.input.clone());
+        async move { produce_keyed(&cfg.kafka, &topic, messages, Some(paced_rate)).await }
+    });
+    let started = Instant::now();
+    let at = |share: f64| started + Duration::from_secs_f64(args.paced_seconds as f64 * share);
+
+    tokio::time::sleep_until(at(0.2).into()).await;
+    let store = run.cfg.model.store_dir.clone();
+    let group = run.cfg.kafka.group_id.clone();
+    let key = sign::read_signing_key(&run.cfg.deploy.signing_key_file)?;
+    let id = |v: &str| -> anyhow::Result<ModelId> {
+        Ok(vaxpulse::model::Manifest::load(&store.join("demo").join(v))?.id())
+    };
+    let (v1, v2) = (id("1")?, id("2")?);
+    // Each record as the CLI would write it (pinned, signed), then spoiled one way.
+    let record = |epoch: u64, shadows: Vec<ModelId>| -> anyhow::Result<Deployment> {
+        let mut d = Deployment {
+            epoch,
+            shadows,
+            action: "deploy-shadow".into(),
+            actor: "chaos".into(),
+            changed_at: Utc::now(),
+            ..Deployment::bootstrap(v1.clone())
+        };
+        for v in d.versions().cloned().collect::<Vec<_>>() {
+            if let Ok(m) = vaxpulse::model::Manifest::load(&store.join(&v.name).join(&v.version)) {
+                d.manifests.insert(v.version_label(), m.digest);
+            }
+        }
+        d.signature = Some(sign::sign(&key, &group, &d));
+        Ok(d)
+    };
+    let json = |d: &Deployment| serde_json::to_value(d).expect("a record serialises");
+    let mut hostile: Vec<(&str, serde_json::Value)> = Vec::new();
+    let mut renamed = |why: &'static str, name: String| -> anyhow::Result<()> {
+        let mut j = json(&record(1, vec![])?);
+        j["champion"]["name"] = name.into();
+        hostile.push((why, j));
+        Ok(())
+    };
+    renamed("directory names", store.display().to_string())?;
+    renamed("directory names", "../outside".into())?;
+    let mut far = record(u64::MAX, vec![v2.clone()])?;
+    far.signature = Some(sign::sign(&key, &group, &far));
+    hostile.push(("jumps more than", json(&far)));
+    hostile.push(("max_shadows", json(&record(1, vec![v2.clone(); 1000])?)));
+    let mut unpinned = record(1, vec![v2.clone()])?;
+    unpinned.manifests.clear();
+    unpinned.signature = Some(sign::sign(&key, &group, &unpinned));
+    hostile.push(("no manifest sha256", json(&unpinned)));
+    let mut unsigned = record(1, vec![v2.clone()])?;
+    unsigned.signature = None;
+    hostile.push(("unsigned", json(&unsigned)));
+    let mut foreign = record(1, vec![v2.clone()])?;
+    foreign.signature = Some(sign::sign(&sign::generate(), &group, &foreign));
+    hostile.push(("does not trust", json(&foreign)));
+    let mut tampered = record(1, vec![v2.clone()])?;
+    tampered.reason = "changed after signing".into();
+    hostile.push(("does not match the record", json(&tampered)));
+    // Last: it passes every record check and fails at load (outside the store).
+    let mut evil = record(1, vec![])?;
+    evil.champion = ModelId {
+        name: "evil".into(),
+        ..v1.clone()
+    };
+    evil.manifests.clear();
+    evil.manifests.insert(
+        "evil@1".into(),
+        vaxpulse::model::Manifest::load(&store.join("evil/1"))?.digest,
+    );
+    evil.signature = Some(sign::sign(&key, &group, &evil));
+    hostile.push(("outside the model store", json(&evil)));
+    let keyed = hostile
+        .iter()
+        .map(|(_, j)| (group.clone(), serde_json::to_vec(j).expect("JSON")))
+        .collect();
+    produce_keyed(&run.cfg.kafka, &run.cfg.kafka.control_topic, keyed, None).await?;
+    println!(
+        "chaos hostile-control: {} hostile records published",
+        hostile.len()
+    );
+
+    tokio::time::sleep_until(at(0.4).into()).await;
+    let slot = rng.random_range(0..args.replicas);
+    println!("chaos hostile-control: SIGKILL replica {slot} and restart it on those records");
+    run.fleet.sigkill(slot);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run.fleet.spawn(slot)?;
+
+    tokio::time::sleep_until(at(0.6).into()).await;
+    let opts = ChangeOptions {
+        reason: "chaos hostile-control: the valid change after the hostile ones".into(),
+        wait_replicas: args.replicas,
+        wait_timeout: Duration::from_secs(120),
+    };
+    let change = Change::Deploy {
+        model: ModelId::parse("demo@2").map_err(anyhow::Error::msg)?,
+        champion: false,
+    };
+    let o = ops::change(&run.cfg, change, &opts).await?;
+    println!(
+        "chaos hostile-control: valid signed change → {} applied by {} replicas",
+        o.after.summary(),
+        o.applied.len()
+    );
+    producer.await??;
+    let db = run.cfg.clickhouse.database.clone();
+    let mut r = run
+        .settle(
+            which,
+            format!(
+                "{} hostile control records, 1 × SIGKILL + restart, 1 valid change",
+                hostile.len()
+            ),
+        )
+        .await?;
+    let reasons = ch_scalar(&format!(
+        "SELECT arrayStringConcat(groupUniqArray(message), '\n') FROM {db}.deployment_events WHERE outcome = 'refused'"
+    ))
+    .await;
+    let missing: Vec<&str> = hostile
+        .iter()
+        .map(|(why, _)| *why)
+        .filter(|why| !reasons.contains(why))
+        .collect();
+    let applied: u64 = ch_scalar(&format!(
+        "SELECT uniqExact(replica) FROM {db}.deployment_events WHERE outcome = 'applied' AND epoch = {}",
+        o.after.epoch
+    ))
+    .await
+    .parse()?;
+    r.notes = format!(
+        "{} of {} hostile records refused with their reason; epoch {} applied by {applied} replicas",
+        hostile.len() - missing.len(),
+        hostile.len(),
+        o.after.epoch
+    );
+    if !missing.is_empty() {
+        r.failed_checks
+            .push(format!("no refusal saying: {}", missing.join(", ")));
+    }
+    // The `evil` record (epoch 1) passed the record checks, so replicas followed its epoch:
+    // the change takes epoch 2, built on what the store can load (not on `evil`).
+    if o.after.epoch != 2 || o.after.champion != v1 {
+        r.failed_checks.push(format!(
+            "the valid change became {} (expected epoch 2 on champion {v1}): a hostile record moved the group",
+            o.after.summary()
+        ));
+    }
+    if (applied as usize) < args.replicas || o.applied.len() < args.replicas {
+        r.failed_checks
+            .push(format!("the valid change applied by {applied} replicas"));
+    }
+    if r.uncommitted != 0 {
+        r.failed_checks
+            .push(format!("{} input messages left uncommitted", r.uncommitted));
+    }
+    Ok(r)
 }
 
 pub async fn run(cfg: Config, args: ChaosArgs) -> anyhow::Result<()> {

@@ -17,27 +17,93 @@ use crate::output::Table;
 use crate::sink::clickhouse::schema::{DEPLOYMENT_CHANGES, DEPLOYMENT_EVENTS};
 use crate::sink::clickhouse::{ClickHouseSink, DeploymentChangeRow};
 
-/// The group's deployment now: the control topic's latest, or the configured model.
-pub async fn current(cfg: &Config) -> anyhow::Result<Deployment> {
+/// Every published record a replica would admit, newest epoch first.
+async fn admissible(cfg: &Config) -> anyhow::Result<Vec<Deployment>> {
     let k = cfg.kafka.clone();
     let published = tokio::task::spawn_blocking(move || {
         ControlReader::open(&k)?.catch_up(Duration::from_secs(20))
     })
     .await??;
-    // The highest admissible epoch (what replicas adopt), not the last record by offset.
     let admission = super::Admission::from_config(cfg).map_err(anyhow::Error::msg)?;
-    let newest = published
+    let mut ok: Vec<Deployment> = published
         .into_iter()
         .filter(|d| admission.admit(d, 0).is_ok())
-        .max_by_key(|d| d.epoch);
-    match newest {
+        .collect();
+    ok.sort_by_key(|d| std::cmp::Reverse(d.epoch));
+    Ok(ok)
+}
+
+fn bootstrap(cfg: &Config) -> anyhow::Result<Deployment> {
+    let m = Manifest::load(&cfg.model.dir)
+        .with_context(|| "no deployment published yet, and model.dir is unusable")?;
+    Ok(Deployment::bootstrap(m.id()))
+}
+
+/// The group's deployment now: the highest admissible epoch on the control topic (what
+/// replicas adopt, not the last record by offset), or the configured model.
+pub async fn current(cfg: &Config) -> anyhow::Result<Deployment> {
+    match admissible(cfg).await?.into_iter().next() {
         Some(d) => Ok(d),
-        None => {
-            let m = Manifest::load(&cfg.model.dir)
-                .with_context(|| "no deployment published yet, and model.dir is unusable")?;
-            Ok(Deployment::bootstrap(m.id()))
+        None => bootstrap(cfg),
+    }
+}
+
+/// Whether this store holds every version of `d` as the record pins it (manifest only, no
+/// weights hashing): what a replica with the same store could load.
+fn loadable(store: &std::path::Path, d: &Deployment) -> Result<(), String> {
+    for v in d.versions() {
+        let dir = super::store::confined_version_dir(store, v).map_err(|e| format!("{e:#}"))?;
+        let m = Manifest::load(&dir).map_err(|e| e.to_string())?;
+        let pin = d.manifest_sha256(v);
+        if m.id() != *v || (!pin.is_empty() && m.digest != pin) {
+            return Err(format!(
+                "{} holds {}, not {v} as pinned",
+                dir.display(),
+                m.id()
+            ));
         }
     }
+    Ok(())
+}
+
+/// What a change builds on: the newest admissible record this store could load (one that
+/// passes every check but names what no store holds — a hand-written record — is skipped, so
+/// it cannot poison later changes), carrying the highest admissible epoch: replicas followed
+/// that epoch, and take only a newer one.
+async fn base(cfg: &Config) -> anyhow::Result<Deployment> {
+    let records = admissible(cfg).await?;
+    let Some(top) = records.first().map(|d| d.epoch) else {
+        return bootstrap(cfg);
+    };
+    let store = &cfg.model.store_dir;
+    let mut skipped = Vec::new();
+    let mut chosen = None;
+    for d in records {
+        if d.epoch == 0 {
+            chosen = Some(d);
+            break;
+        }
+        match loadable(store, &d) {
+            Ok(()) => {
+                chosen = Some(d);
+                break;
+            }
+            Err(why) => skipped.push(format!("epoch {}: {why}", d.epoch)),
+        }
+    }
+    let mut base = match chosen {
+        Some(d) => d,
+        None => bootstrap(cfg)?,
+    };
+    if !skipped.is_empty() {
+        eprintln!(
+            "warning: skipped published records this model store cannot load ({}); building on epoch {}",
+            skipped.join("; "),
+            base.epoch
+        );
+    }
+    base.epoch = top;
+    Ok(base)
 }
 
 /// `models list`: every version in the store, with its role in the current deployment.
@@ -228,7 +294,7 @@ pub async fn change(
     change: Change,
     opts: &ChangeOptions,
 ) -> anyhow::Result<ChangeOutcome> {
-    let before = current(cfg).await?;
+    let before = base(cfg).await?;
     let mut deployed_pin = None;
     let change = match change {
         Change::Deploy { model, champion } => {
