@@ -7,8 +7,10 @@
 //!   harness;
 //! - [`cpu`]: where the machine's CPU went during a run (machine, workers, the harness);
 //! - [`e2e`]: `bench e2e`, the whole system through broker and ClickHouse;
-//! - [`chaos`]: the fault-injection suite.
+//! - [`chaos`]: the fault-injection suite;
+//! - [`analytics`]: `bench analytics`, ClickHouse query cost against the size of the history.
 
+pub mod analytics;
 pub mod chaos;
 pub mod cpu;
 pub mod e2e;

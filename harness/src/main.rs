@@ -37,6 +37,9 @@ enum Command {
 enum BenchKind {
     /// Worker processes in one group: backlog capacity, RSS, paced latency.
     E2e(vaxpulse_harness::e2e::E2eArgs),
+    /// Analysts' and the worker's ClickHouse queries over a synthetic history of N
+    /// predictions: time and rows/bytes read, per size.
+    Analytics(vaxpulse_harness::analytics::AnalyticsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +66,9 @@ fn main() -> anyhow::Result<()> {
                 args.config_path = cli.config;
                 vaxpulse_harness::e2e::bench(cfg, args).await?;
             }
+            Command::Bench {
+                which: BenchKind::Analytics(args),
+            } => vaxpulse_harness::analytics::bench(cfg, args).await?,
             Command::Chaos(mut args) => {
                 args.config_path = cli.config;
                 vaxpulse_harness::chaos::run(cfg, args).await?;

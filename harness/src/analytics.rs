@@ -1,0 +1,319 @@
+//! `vaxpulse-harness bench analytics`: what analysts' and the worker's queries cost as the
+//! history grows. Fills a fresh database, through the real schema (`ingest` and its views),
+//! with a synthetic history built server-side (`INSERT … SELECT FROM numbers()`): champion
+//! predictions over several months, a promotion in the middle, one shadow on the last quarter,
+//! a share of deleted tweets. Then times each query (median of 3) and reports the rows and
+//! bytes it read (from ClickHouse's `X-ClickHouse-Summary`, machine-independent: for a
+//! time-bounded query it must not grow with the history).
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use vaxpulse::config::Config;
+use vaxpulse::output::Table;
+use vaxpulse::sink::clickhouse::ClickHouseSink;
+
+#[derive(Args, Debug, Clone)]
+pub struct AnalyticsArgs {
+    /// History sizes in predictions (champion + shadow rows), e.g. `1M,10M`.
+    #[arg(long, value_delimiter = ',', default_value = "100k,1M")]
+    pub predictions: Vec<String>,
+    /// Months of `created_at` the history spans.
+    #[arg(long, default_value_t = 6)]
+    pub months: u32,
+    /// Share of tweets deleted by their authors (their ids in `deleted_tweets`).
+    #[arg(long, default_value_t = 0.01)]
+    pub deleted_share: f64,
+    /// Keep the databases (named in the output) instead of dropping them.
+    #[arg(long)]
+    pub keep: bool,
+    #[arg(long, default_value = "bench-results/analytics.json")]
+    pub json: std::path::PathBuf,
+}
+
+/// One query at one history size.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    pub predictions: u64,
+    pub query: String,
+    pub median_ms: f64,
+    pub read_rows: u64,
+    pub read_bytes: u64,
+    /// `read_rows` over the rows of `predictions` (1.0 = a full scan of the history).
+    pub read_share: f64,
+}
+
+fn parse_count(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mult) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1_000),
+        Some('m') => (&s[..s.len() - 1], 1_000_000),
+        Some('g') | Some('b') => (&s[..s.len() - 1], 1_000_000_000),
+        _ => (s.as_str(), 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{s}`: a count such as 100k, 1M or 10M"))?;
+    Ok((n * mult as f64) as u64)
+}
+
+/// POSTs `sql` to ClickHouse's HTTP interface and waits for the end of the query; the body and
+/// the summary's (read_rows, read_bytes).
+fn post(url: &str, sql: &str) -> anyhow::Result<(String, u64, u64)> {
+    let hostport = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut s = std::net::TcpStream::connect(&hostport)?;
+    s.set_read_timeout(Some(Duration::from_secs(1800)))?;
+    write!(
+        s,
+        "POST /?wait_end_of_query=1 HTTP/1.0\r\nHost: {hostport}\r\nContent-Length: {}\r\n\r\n{sql}",
+        sql.len()
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "ClickHouse refused `{}`: {}",
+        sql.chars().take(120).collect::<String>(),
+        body.chars().take(600).collect::<String>()
+    );
+    let summary = head
+        .lines()
+        .find_map(|l| l.strip_prefix("X-ClickHouse-Summary: "))
+        .unwrap_or("{}");
+    let v: serde_json::Value = serde_json::from_str(summary).unwrap_or_default();
+    let num = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str().and_then(|s| s.parse().ok()).or(x.as_u64()))
+            .unwrap_or(0)
+    };
+    Ok((body.to_string(), num("read_rows"), num("read_bytes")))
+}
+
+/// Fills `db` with `n` predictions; returns the newest `created_at` (the history's "now").
+fn fill(url: &str, db: &str, n: u64, months: u32, deleted_share: f64) -> anyhow::Result<String> {
+    // 4 of 5 predictions are the champion's (one per tweet), the last quarter of the tweets
+    // also has a shadow's.
+    let tweets = n * 4 / 5;
+    let span = i64::from(months) * 30 * 86_400;
+    let start = "toDateTime64('2026-01-01 00:00:00', 3, 'UTC')";
+    let every = ((1.0 / deleted_share.max(1e-9)).round() as u64).max(1);
+    post(
+        url,
+        &format!(
+            "INSERT INTO {db}.deleted_tweets SELECT toString(number * {every}), now64(3) FROM numbers(intDiv({tweets}, {every}))"
+        ),
+    )?;
+    let half = tweets / 2;
+    let row = |role: &str, version: &str| {
+        format!(
+            "SELECT toString(number) AS tweet_id,
+                    {start} + toIntervalSecond(intDiv(number * {span}, {tweets})) AS created_at,
+                    'fr' AS lang, concat('tweet ', toString(number)) AS text,
+                    toInt32(number % 4) AS source_partition, toInt64(number) AS source_offset,
+                    {version} AS model_version, 'aaaaaaaaaaaa' AS model_hash, '{role}' AS role,
+                    if(number < {half}, 1, 2) AS deployment_epoch,
+                    arrayElement(['against', 'neutral', 'favour'], number % 3 + 1) AS label,
+                    map('against', 0.2, 'neutral', 0.3, 'favour', 0.5) AS scores,
+                    created_at + toIntervalSecond(1) AS classified_at"
+        )
+    };
+    let chunk = 1_000_000u64;
+    let mut from = 0;
+    while from < tweets {
+        let count = chunk.min(tweets - from);
+        post(
+            url,
+            &format!(
+                "INSERT INTO {db}.ingest {} FROM numbers({from}, {count})",
+                row(
+                    "champion",
+                    &format!("if(number < {half}, 'demo@1', 'demo@2')")
+                )
+            ),
+        )?;
+        from += count;
+    }
+    let mut from = tweets * 3 / 4;
+    while from < tweets {
+        let count = chunk.min(tweets - from);
+        post(
+            url,
+            &format!(
+                "INSERT INTO {db}.ingest {} FROM numbers({from}, {count})",
+                row(
+                    "shadow",
+                    &format!("if(number < {half}, 'demo@2', 'demo@1')")
+                )
+            ),
+        )?;
+        from += count;
+    }
+    let (now, _, _) = post(
+        url,
+        &format!("SELECT max(created_at) FROM {db}.predictions FORMAT TSV"),
+    )?;
+    Ok(now.trim().to_string())
+}
+
+/// The queries an analyst or the worker runs, each bounded in time the way its command is.
+fn queries(db: &str, now: &str) -> Vec<(&'static str, String)> {
+    let now = format!("toDateTime64('{now}', 3, 'UTC')");
+    vec![
+        (
+            "champion series, last 24 h (hourly)",
+            format!("SELECT hour, label, tweets FROM {db}.champion_hourly WHERE hour >= {now} - INTERVAL 24 HOUR ORDER BY hour, label"),
+        ),
+        (
+            "champion series, last 30 days (daily)",
+            format!("SELECT toStartOfDay(hour) AS day, label, sum(tweets) FROM {db}.champion_hourly WHERE hour >= {now} - INTERVAL 30 DAY GROUP BY day, label ORDER BY day, label"),
+        ),
+        (
+            "per-version opinion, last 24 h",
+            format!("SELECT hour, model_version, label, tweets FROM {db}.opinion_hourly_counts WHERE hour >= {now} - INTERVAL 24 HOUR ORDER BY hour"),
+        ),
+        (
+            "stability per version, last 30 days (daily)",
+            format!("SELECT day, model_version, predictions, mean_confidence FROM {db}.model_daily_stats WHERE day >= {now} - INTERVAL 30 DAY ORDER BY day"),
+        ),
+        (
+            "champion–shadow agreement, last 30 days (daily)",
+            format!("SELECT window, shadow_version, tweets, agreement, kappa FROM {db}.champion_shadow_agreement_daily WHERE window >= {now} - INTERVAL 30 DAY ORDER BY window"),
+        ),
+        (
+            "one tweet by id (classified_tweets)",
+            format!("SELECT tweet_id, label, model_version FROM {db}.classified_tweets WHERE tweet_id = '12345'"),
+        ),
+    ]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub async fn bench(cfg: Config, args: AnalyticsArgs) -> anyhow::Result<()> {
+    let url = cfg.clickhouse.url.clone();
+    let sizes: Vec<u64> = args
+        .predictions
+        .iter()
+        .map(|s| parse_count(s))
+        .collect::<anyhow::Result<_>>()?;
+    let mut all = Vec::new();
+    for &n in &sizes {
+        let mut c = cfg.clone();
+        c.clickhouse.database = format!("bench_analytics_{}_{n}", std::process::id());
+        let db = c.clickhouse.database.clone();
+        let sink = ClickHouseSink::new(&c.clickhouse, &c.clickhouse_password()?);
+        sink.apply_schema().await?;
+        let started = Instant::now();
+        let now = {
+            let (u, d) = (url.clone(), db.clone());
+            let (months, share) = (args.months, args.deleted_share);
+            tokio::task::spawn_blocking(move || fill(&u, &d, n, months, share)).await??
+        };
+        let (rows, _, _) = post(
+            &url,
+            &format!("SELECT count() FROM {db}.predictions FORMAT TSV"),
+        )?;
+        let total: u64 = rows.trim().parse().unwrap_or(n);
+        println!(
+            "analytics bench: {db}: {total} predictions over {} months, filled in {:.1} s (newest {now})",
+            args.months,
+            started.elapsed().as_secs_f64()
+        );
+        for (name, sql) in queries(&db, &now) {
+            let mut times = Vec::new();
+            let (mut rr, mut rb) = (0, 0);
+            for _ in 0..3 {
+                let t = Instant::now();
+                let (_, r, b) = post(&url, &sql)?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                (rr, rb) = (r, b);
+            }
+            all.push(Measured {
+                predictions: total,
+                query: name.into(),
+                median_ms: median(times),
+                read_rows: rr,
+                read_bytes: rb,
+                read_share: rr as f64 / total.max(1) as f64,
+            });
+        }
+        // The insert path: 64 tweets through `ingest` with this database's deleted ids.
+        let mut times = Vec::new();
+        let (mut rr, mut rb) = (0, 0);
+        for k in 0..3u64 {
+            let t = Instant::now();
+            let (_, r, b) = post(
+                &url,
+                &format!(
+                    "INSERT INTO {db}.ingest SELECT concat('new-{k}-', toString(number)), now64(3), 'fr', 'x', 0, toInt64(number), 'demo@2', 'aaaaaaaaaaaa', 'champion', 2, 'neutral', map('neutral', 1.0), now64(3) FROM numbers(64)"
+                ),
+            )?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            (rr, rb) = (r, b);
+        }
+        let (deleted, _, _) = post(
+            &url,
+            &format!("SELECT count() FROM {db}.deleted_tweets FORMAT TSV"),
+        )?;
+        all.push(Measured {
+            predictions: total,
+            query: format!("insert 64 tweets ({} deleted ids)", deleted.trim()),
+            median_ms: median(times),
+            read_rows: rr,
+            read_bytes: rb,
+            read_share: rr as f64 / total.max(1) as f64,
+        });
+        if !args.keep {
+            post(&url, &format!("DROP DATABASE IF EXISTS {db}"))?;
+        }
+    }
+    let mut t = Table::new(&[
+        "predictions",
+        "query",
+        "median ms",
+        "rows read",
+        "MiB read",
+        "rows read / predictions",
+    ]);
+    for m in &all {
+        t.row(vec![
+            m.predictions.to_string(),
+            m.query.clone(),
+            format!("{:.1}", m.median_ms),
+            m.read_rows.to_string(),
+            format!("{:.1}", m.read_bytes as f64 / (1 << 20) as f64),
+            format!("{:.3}", m.read_share),
+        ]);
+    }
+    println!("\n{}", t.render());
+    // How each query's cost grows with the history: the ratio between the largest and the
+    // smallest size (1.0 = independent of history).
+    if sizes.len() > 1 {
+        let (lo, hi) = (all[0].predictions, all[all.len() - 1].predictions);
+        let mut g = Table::new(&["query", "history ×", "time ×", "rows read ×"]);
+        for m in all.iter().filter(|m| m.predictions == lo) {
+            if let Some(h) = all.iter().find(|x| {
+                x.predictions == hi && x.query.split(" (").next() == m.query.split(" (").next()
+            }) {
+                g.row(vec![
+                    m.query.clone(),
+                    format!("{:.1}", hi as f64 / lo as f64),
+                    format!("{:.2}", h.median_ms / m.median_ms.max(1e-3)),
+                    format!("{:.2}", h.read_rows as f64 / m.read_rows.max(1) as f64),
+                ]);
+            }
+        }
+        println!("{}", g.render());
+    }
+    vaxpulse::output::write_json(&args.json, &all)?;
+    Ok(())
+}
