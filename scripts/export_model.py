@@ -68,8 +68,9 @@ def read_config(ckpt: Path) -> dict:
         raise ExportError(
             f"not a sequence classifier: architectures {archs}; fine-tune "
             "CamembertForSequenceClassification and save it with save_pretrained")
-    for key, want in [("hidden_act", "gelu"), ("position_embedding_type", "absolute"),
-                      ("type_vocab_size", 1)]:
+    # Any type_vocab_size: a single-text classifier only ever uses token type 0 (transformers'
+    # default config from scratch has 2); the export keeps row 0 of the table.
+    for key, want in [("hidden_act", "gelu"), ("position_embedding_type", "absolute")]:
         if cfg.get(key, want) != want:
             raise ExportError(f"unsupported architecture: {key} = {cfg.get(key)!r} (supported: {want!r})")
     return cfg
@@ -162,6 +163,9 @@ def export(args) -> None:
         eps=float(cfg.get("layer_norm_eps", 1e-5))).eval()
     ours = model.state_dict()
     state = {k: v for k, v in state.items() if k in ours}
+    tt = "roberta.embeddings.token_type_embeddings.weight"
+    if tt in state and state[tt].shape[0] > 1:
+        state[tt] = state[tt][:1].clone()
     missing = sorted(set(ours) - set(state))
     if missing:
         raise ExportError(f"unsupported architecture: weights missing for {missing[:5]}")

@@ -2,7 +2,8 @@
 //! transformers' own classes and `save_pretrained` (small, seeded, no download; class order
 //! pro, anti, neutral — unlike the demo's): the export maps the labels in the checkpoint's order,
 //! records hashes, and passes its own parity check through the Rust serving path; each kind of
-//! unusable checkpoint is refused with a message that says what is wrong.
+//! unusable checkpoint is refused with a message that says what is wrong; a checkpoint with
+//! `type_vocab_size = 2` (transformers' default) exports too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -160,5 +161,23 @@ fn a_users_checkpoint_is_exported_checked_and_bad_ones_are_refused() {
         &["--labels", "pour,contre,neutre"],
     );
     assert!(named.status.success(), "{}", said(&named));
+
+    // A config built from scratch has transformers' default `type_vocab_size = 2`: a
+    // single-text classifier uses token type 0 only, so it exports (row 0) and keeps parity.
+    let two = dir.join("checkpoint-type-vocab-2");
+    let made = python()
+        .arg(Path::new(ROOT).join("tests/fixtures/make_checkpoint.py"))
+        .arg(Path::new(ROOT).join("models/demo/1/tokenizer.json"))
+        .arg(&two)
+        .arg("2")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", said(&made));
+    let ok = export(&two, &dir.join("models/two/1"), &[]);
+    let text = said(&ok);
+    assert!(
+        ok.status.success() && text.contains("same label 10/10"),
+        "type_vocab_size = 2 exports with parity: {text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -79,11 +79,7 @@ async fn hostile_control_records_are_refused_and_the_replica_keeps_serving() {
             changed_at: Utc::now(),
             ..Deployment::bootstrap(v1.clone())
         };
-        for v in d.versions().cloned().collect::<Vec<_>>() {
-            if let Ok(m) = Manifest::load(&store.join(&v.name).join(&v.version)) {
-                d.manifests.insert(v.version_label(), m.digest);
-            }
-        }
+        pin_from_store(&store, &mut d);
         d
     };
     let mut unpinned = record(1, vec![v2.clone()]);

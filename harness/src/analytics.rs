@@ -124,37 +124,30 @@ fn fill(url: &str, db: &str, n: u64, months: u32, deleted_share: f64) -> anyhow:
                     created_at + toIntervalSecond(1) AS classified_at"
         )
     };
-    let chunk = 1_000_000u64;
-    let mut from = 0;
-    while from < tweets {
-        let count = chunk.min(tweets - from);
-        post(
-            url,
-            &format!(
-                "INSERT INTO {db}.ingest {} FROM numbers({from}, {count})",
-                row(
-                    "champion",
-                    &format!("if(number < {half}, 'demo@1', 'demo@2')")
-                )
-            ),
-        )?;
-        from += count;
-    }
-    let mut from = tweets * 3 / 4;
-    while from < tweets {
-        let count = chunk.min(tweets - from);
-        post(
-            url,
-            &format!(
-                "INSERT INTO {db}.ingest {} FROM numbers({from}, {count})",
-                row(
-                    "shadow",
-                    &format!("if(number < {half}, 'demo@2', 'demo@1')")
-                )
-            ),
-        )?;
-        from += count;
-    }
+    // Tweets `[from, tweets)` as `role` rows, in inserts of at most a million rows.
+    let insert = |from: u64, role: &str, version: &str| -> anyhow::Result<()> {
+        let mut from = from;
+        while from < tweets {
+            let count = 1_000_000u64.min(tweets - from);
+            let rows = row(role, version);
+            post(
+                url,
+                &format!("INSERT INTO {db}.ingest {rows} FROM numbers({from}, {count})"),
+            )?;
+            from += count;
+        }
+        Ok(())
+    };
+    insert(
+        0,
+        "champion",
+        &format!("if(number < {half}, 'demo@1', 'demo@2')"),
+    )?;
+    insert(
+        tweets * 3 / 4,
+        "shadow",
+        &format!("if(number < {half}, 'demo@2', 'demo@1')"),
+    )?;
     let (now, _, _) = post(
         url,
         &format!("SELECT max(created_at) FROM {db}.predictions FORMAT TSV"),

@@ -802,11 +802,7 @@ async fn hostile_control(
             changed_at: Utc::now(),
             ..Deployment::bootstrap(v1.clone())
         };
-        for v in d.versions().cloned().collect::<Vec<_>>() {
-            if let Ok(m) = vaxpulse::model::Manifest::load(&store.join(&v.name).join(&v.version)) {
-                d.manifests.insert(v.version_label(), m.digest);
-            }
-        }
+        crate::kit::pin_from_store(&store, &mut d);
         d.signature = Some(sign::sign(&key, &group, &d));
         Ok(d)
     };

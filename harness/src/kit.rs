@@ -593,3 +593,13 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Pins in `d` the manifest of each version the store at `store` holds a readable manifest for,
+/// as `vaxpulse models` does when it publishes (versions it cannot read stay unpinned).
+pub fn pin_from_store(store: &Path, d: &mut vaxpulse::deploy::Deployment) {
+    for v in d.versions().cloned().collect::<Vec<_>>() {
+        if let Ok(m) = vaxpulse::model::Manifest::load(&store.join(&v.name).join(&v.version)) {
+            d.manifests.insert(v.version_label(), m.digest);
+        }
+    }
+}

@@ -519,12 +519,11 @@ async fn later_batches_reach_a_fast_sink_while_a_slow_one_holds_earlier_ones() {
     assert_eq!(tracker.positions(&[0]), vec![(0, 30)]);
 }
 
-#[tokio::test]
-async fn tweets_in_flight_to_the_sinks_are_bounded() {
-    let g = gated_stage(1, 6);
+/// With room for two 3-tweet batches in `g`'s budget, the third waits until the slow sink
+/// stores one, whatever the fast sink could do.
+async fn the_third_batch_waits_for_room(g: Gated) {
     g.send_seen_by_fast_sink(0..3).await;
     g.send_seen_by_fast_sink(3..6).await;
-    // The budget (6 tweets) is spent: the third batch waits, whatever the fast sink could do.
     g.tx.send(classified(&g.tracker, 6..9)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
@@ -541,31 +540,19 @@ async fn tweets_in_flight_to_the_sinks_are_bounded() {
 }
 
 #[tokio::test]
+async fn tweets_in_flight_to_the_sinks_are_bounded() {
+    the_third_batch_waits_for_room(gated_stage(1, 6)).await;
+}
+
+#[tokio::test]
 async fn bytes_in_flight_to_the_sinks_are_bounded_too() {
     // Rows would allow a thousand tweets; two batches' worth of bytes (1 KiB each at least)
     // holds the third back.
-    let g = gated_stage_with(
-        1,
-        super::acks::Budget {
-            rows: 1_000,
-            bytes: 2 * 1024,
-        },
-    );
-    g.send_seen_by_fast_sink(0..3).await;
-    g.send_seen_by_fast_sink(3..6).await;
-    g.tx.send(classified(&g.tracker, 6..9)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        g.fast.stored.load(Ordering::SeqCst),
-        6,
-        "the third batch waited"
-    );
-    g.gate.add_permits(1);
-    eventually("room for the third batch", || {
-        g.fast.stored.load(Ordering::SeqCst) == 9
-    })
-    .await;
-    g.open_gate_and_finish(2).await;
+    let budget = super::acks::Budget {
+        rows: 1_000,
+        bytes: 2 * 1024,
+    };
+    the_third_batch_waits_for_room(gated_stage_with(1, budget)).await;
 }
 
 #[tokio::test]

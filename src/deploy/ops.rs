@@ -66,11 +66,15 @@ fn loadable(store: &std::path::Path, d: &Deployment) -> Result<(), String> {
     Ok(())
 }
 
-/// What a change builds on: the newest admissible record this store could load (one that
-/// passes every check but names what no store holds — a hand-written record — is skipped, so
-/// it cannot poison later changes), carrying the highest admissible epoch: replicas followed
-/// that epoch, and take only a newer one.
-async fn base(cfg: &Config) -> anyhow::Result<Deployment> {
+/// What a change builds on. `retire`, `promote` and `rollback` act on the published record as
+/// it is (an operator retires the broken shadow `models status` shows). A `deploy` builds on the
+/// newest admissible record this store could load — one that passes every check but names what
+/// no store holds (a hand-written record) is skipped, so it cannot poison the new deployment —
+/// carrying the highest admissible epoch: replicas followed that epoch and take only a newer one.
+async fn base(cfg: &Config, skip_unloadable: bool) -> anyhow::Result<Deployment> {
+    if !skip_unloadable {
+        return current(cfg).await;
+    }
     let records = admissible(cfg).await?;
     let Some(top) = records.first().map(|d| d.epoch) else {
         return bootstrap(cfg);
@@ -294,7 +298,7 @@ pub async fn change(
     change: Change,
     opts: &ChangeOptions,
 ) -> anyhow::Result<ChangeOutcome> {
-    let before = base(cfg).await?;
+    let before = base(cfg, matches!(change, Change::Deploy { .. })).await?;
     let mut deployed_pin = None;
     let change = match change {
         Change::Deploy { model, champion } => {
