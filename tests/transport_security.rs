@@ -90,14 +90,15 @@ fn certificates(dir: &Path) {
     ]);
 }
 
+/// Waits for `port` to accept connections, up to 60 s (chdb's start-up on a busy machine).
 fn wait_port(port: u16, what: &str) {
-    for _ in 0..200 {
+    for _ in 0..600 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("{what} did not listen on {port} within 20 s");
+    panic!("{what} did not listen on {port} within 60 s");
 }
 
 fn nisshi(port: u16, dir: &Path, secure: bool) -> Service {
