@@ -55,6 +55,8 @@ fn check_model(cfg: &Config) -> anyhow::Result<String> {
 }
 
 fn check_broker(cfg: &Config) -> anyhow::Result<String> {
+    // The worker's own start-up check first: it says whether the login or TLS failed.
+    crate::kafka::preflight(&cfg.kafka, Duration::from_secs(10))?;
     let consumer: BaseConsumer = client_config(&cfg.kafka, &[])
         .create()
         .context("cannot create a Kafka client (check kafka.properties)")?;
