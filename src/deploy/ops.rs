@@ -50,18 +50,14 @@ pub async fn current(cfg: &Config) -> anyhow::Result<Deployment> {
 
 /// Whether this store holds every version of `d` as the record pins it (manifest only, no
 /// weights hashing): what a replica with the same store could load.
-fn loadable(store: &std::path::Path, d: &Deployment) -> Result<(), String> {
-    for v in d.versions() {
-        let dir = super::store::confined_version_dir(store, v).map_err(|e| format!("{e:#}"))?;
-        let m = Manifest::load(&dir).map_err(|e| e.to_string())?;
-        let pin = d.manifest_sha256(v);
-        if m.id() != *v || (!pin.is_empty() && m.digest != pin) {
-            return Err(format!(
-                "{} holds {}, not {v} as pinned",
-                dir.display(),
-                m.id()
-            ));
-        }
+fn loadable(store: &std::path::Path, d: &Deployment) -> anyhow::Result<()> {
+    for id in d.versions() {
+        let dir = super::store::confined_version_dir(store, id)?;
+        let pinned = super::store::Pinned {
+            id,
+            manifest_sha256: d.manifest_sha256(id),
+        };
+        pinned.matches(&dir, &Manifest::load(&dir)?)?;
     }
     Ok(())
 }
@@ -92,7 +88,7 @@ async fn base(cfg: &Config, skip_unloadable: bool) -> anyhow::Result<Deployment>
                 chosen = Some(d);
                 break;
             }
-            Err(why) => skipped.push(format!("epoch {}: {why}", d.epoch)),
+            Err(why) => skipped.push(format!("epoch {}: {why:#}", d.epoch)),
         }
     }
     let mut base = match chosen {

@@ -148,6 +148,27 @@ pub struct Pinned<'a> {
     pub manifest_sha256: &'a str,
 }
 
+impl Pinned<'_> {
+    /// Whether `manifest` (read from `dir`) is the version pinned: same name and version, the
+    /// same weights hash when one is named, the same manifest sha256 when one is pinned.
+    pub fn matches(&self, dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
+        let (id, w) = (manifest.id(), self.id);
+        anyhow::ensure!(
+            id.name == w.name && id.version == w.version && (w.hash.is_empty() || id.hash == w.hash),
+            "{} holds {id}, but the deployment names {w}: copy the same export to every replica's model store",
+            dir.display()
+        );
+        anyhow::ensure!(
+            self.manifest_sha256.is_empty() || manifest.digest == self.manifest_sha256,
+            "{}: its manifest has sha256 {}, but the deployment pins {} (the store's copy of {w} differs from the one deployed, e.g. labels or tokenizer changed): copy the same export to every replica's model store",
+            dir.display(),
+            manifest.digest,
+            self.manifest_sha256
+        );
+        Ok(())
+    }
+}
+
 /// Loads `dir` as `expected` (when given) and runs every check. The caller runs this on a
 /// loader thread: it may take seconds for a base-sized model. The weights and tokenizer are
 /// built from the bytes that were hashed, so a file swapped after the check is never loaded.
@@ -162,19 +183,7 @@ pub fn load_checked(
     let files = manifest.read_files(dir, expected.is_some() || cfg.model.verify_checksums)?;
     let id = manifest.id();
     if let Some(want) = expected {
-        let w = want.id;
-        anyhow::ensure!(
-            id.name == w.name && id.version == w.version && (w.hash.is_empty() || id.hash == w.hash),
-            "{} holds {id}, but the deployment names {w}: copy the same export to every replica's model store",
-            dir.display()
-        );
-        anyhow::ensure!(
-            want.manifest_sha256.is_empty() || manifest.digest == want.manifest_sha256,
-            "{}: its manifest has sha256 {}, but the deployment pins {} (the store's copy of {w} differs from the one deployed, e.g. labels or tokenizer changed): copy the same export to every replica's model store",
-            dir.display(),
-            manifest.digest,
-            want.manifest_sha256
-        );
+        want.matches(dir, &manifest)?;
     }
     let tokenizer = TweetTokenizer::from_bytes(&files.tokenizer, manifest.max_length)?;
     let mut model = factory(dir, &manifest, &files)?;
