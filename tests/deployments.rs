@@ -75,9 +75,7 @@ async fn shadow_promotion_rollback_and_a_refused_version_on_a_running_worker() {
     let names = Names::fresh("dep");
     let root = std::env::temp_dir().join(unique("vaxpulse-store"));
     let store = demo_store(&root, &["1", "2"], &["3"]);
-    let mut cfg = names.test_config("");
-    cfg.model.store_dir = store.clone();
-    cfg.model.dir = store.join("demo/1");
+    let cfg = names.store_config(&store);
     create_topics(&cfg.kafka, &names, 2)
         .await
         .expect("topics created (scripts/services.sh start)");

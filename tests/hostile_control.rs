@@ -49,9 +49,7 @@ async fn hostile_control_records_are_refused_and_the_replica_keeps_serving() {
     .unwrap();
     std::os::unix::fs::symlink(&outside, store.join("evil")).unwrap();
 
-    let mut cfg = names.test_config("");
-    cfg.model.store_dir = store.clone();
-    cfg.model.dir = store.join("demo/1");
+    let cfg = names.store_config(&store);
     create_topics(&cfg.kafka, &names, 2)
         .await
         .expect("topics created (scripts/services.sh start)");
@@ -260,9 +258,7 @@ async fn only_records_signed_by_a_trusted_key_are_applied() {
     sign::write_signing_key(&key_file, &trusted).unwrap();
     let (public, key_id) = sign::public_key(&trusted);
 
-    let mut cfg = names.test_config("");
-    cfg.model.store_dir = store.clone();
-    cfg.model.dir = store.join("demo/1");
+    let mut cfg = names.store_config(&store);
     cfg.deploy.trusted_keys = vec![public];
     cfg.deploy.require_signed = true;
     create_topics(&cfg.kafka, &names, 1)

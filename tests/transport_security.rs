@@ -90,19 +90,27 @@ fn certificates(dir: &Path) {
     ]);
 }
 
-/// Waits for `port` to accept connections, up to 60 s (chdb's start-up on a busy machine).
-fn wait_port(port: u16, what: &str) {
-    for _ in 0..600 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+impl Service {
+    /// Waits up to 60 s (chdb's start-up on a busy machine) for `port` to accept connections;
+    /// if the process exits first, panics with its log.
+    fn listening(mut self, port: u16, what: &str, log: &Path) -> Self {
+        for _ in 0..600 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return self;
+            }
+            if let Ok(Some(status)) = self.0.try_wait() {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("{what} exited ({status}): {log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        panic!("{what} did not listen on {port} within 60 s");
     }
-    panic!("{what} did not listen on {port} within 60 s");
 }
 
 fn nisshi(port: u16, dir: &Path, secure: bool) -> Service {
     let url = format!("tcp://127.0.0.1:{port}");
+    let log = dir.join(format!("nisshi-{secure}.log"));
     let mut cmd = Command::new("nisshi");
     cmd.args(["broker", "--silent", "--listener-url", &url])
         .args(["--advertised-listener-url", &url])
@@ -110,7 +118,7 @@ fn nisshi(port: u16, dir: &Path, secure: bool) -> Service {
         .args(["--storage-engine", "sqlite://auth.db"])
         .current_dir(dir)
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("nisshi-{secure}.log"))).unwrap());
+        .stderr(std::fs::File::create(&log).unwrap());
     if secure {
         cmd.arg("--authentication")
             .arg("--cert")
@@ -118,18 +126,7 @@ fn nisshi(port: u16, dir: &Path, secure: bool) -> Service {
             .arg("--key")
             .arg(dir.join("broker.key"));
     }
-    let mut s = Service(cmd.spawn().expect("nisshi on PATH (scripts/setup.sh)"));
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return s;
-        }
-        if let Ok(Some(status)) = s.0.try_wait() {
-            let log = std::fs::read_to_string(dir.join(format!("nisshi-{secure}.log")));
-            panic!("nisshi exited ({status}): {}", log.unwrap_or_default());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("nisshi did not listen on {port} within 20 s")
+    Service(cmd.spawn().expect("nisshi on PATH (scripts/setup.sh)")).listening(port, "nisshi", &log)
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -225,6 +222,7 @@ async fn sasl_ssl_and_a_clickhouse_password_are_required_and_enough() {
     let _broker = nisshi(port, &dir, true);
 
     let (ch_http, ch_tcp) = (free_port(), free_port());
+    let ch_log = dir.join("clickhouse.log");
     let _clickhouse = Service(
         Command::new("python3")
             .arg(repo_root().join("scripts/clickhouse_server.py"))
@@ -235,11 +233,11 @@ async fn sasl_ssl_and_a_clickhouse_password_are_required_and_enough() {
                 format!("writer:{}", sha256_hex(&ch_pw)),
             )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&ch_log).unwrap())
             .spawn()
             .expect("python3 with chdb (source .state/env.sh)"),
-    );
-    wait_port(ch_http, "ClickHouse");
+    )
+    .listening(ch_http, "ClickHouse", &ch_log);
 
     let write =
         |file: &str, value: &str| std::fs::write(dir.join(file), format!("{value}\n")).unwrap();

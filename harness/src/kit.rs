@@ -128,6 +128,14 @@ listen = ""
         Config::from_toml_with_env(&toml, "test", std::iter::empty()).expect("test config is valid")
     }
 
+    /// [`Self::test_config`] serving from the model store `store`, starting on `demo/1`.
+    pub fn store_config(&self, store: &Path) -> Config {
+        let mut cfg = self.test_config("");
+        cfg.model.store_dir = store.to_path_buf();
+        cfg.model.dir = store.join("demo/1");
+        cfg
+    }
+
     /// Environment for a worker process of the tests: [`Self::test_config`]'s settings.
     pub fn test_env(&self) -> Vec<(String, String)> {
         let mut env = self.env(None);
