@@ -102,6 +102,10 @@ enum Command {
         reference_from: Option<chrono::DateTime<chrono::Utc>>,
         #[arg(long, requires = "reference_from")]
         reference_to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Windows reported, ending with the newest (default 48 hours, or 30 days with
+        /// --daily); only those and the reference are read.
+        #[arg(long)]
+        windows: Option<u32>,
         #[arg(long, default_value = "bench-results/monitor.json")]
         json: PathBuf,
         /// Also write the drift chart (PSI per window with the thresholds, agreement with each
@@ -116,6 +120,10 @@ enum Command {
         hourly: bool,
         #[arg(long)]
         model_version: Option<String>,
+        /// Only from this time on (RFC 3339, e.g. 2026-11-01T00:00:00Z); default the whole
+        /// history.
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
         #[arg(long, value_enum, default_value = "table")]
         format: vaxpulse::analytics::report::Format,
         /// Also write the opinion chart (share per label with the volume beneath) to this
@@ -388,13 +396,18 @@ fn main() -> anyhow::Result<()> {
                 reference_days,
                 reference_from,
                 reference_to,
+                windows,
                 json,
                 chart,
             } => {
                 let sink = ClickHouseSink::from_config(&cfg)?;
-                let pinned = reference_from.zip(reference_to);
-                let report =
-                    vaxpulse::analytics::monitor::monitor(&sink, daily, reference_days, pinned).await?;
+                let span = vaxpulse::analytics::monitor::Span {
+                    daily,
+                    reference_days,
+                    pinned: reference_from.zip(reference_to),
+                    windows: windows.unwrap_or(if daily { 30 } else { 48 }),
+                };
+                let report = vaxpulse::analytics::monitor::monitor(&sink, span).await?;
                 print!("{}", report.render());
                 vaxpulse::output::write_json(&json, &report)?;
                 if let Some(path) = chart {
@@ -409,12 +422,14 @@ fn main() -> anyhow::Result<()> {
             Command::Report {
                 hourly,
                 model_version,
+                since,
                 format,
                 chart,
             } => {
                 let sink = ClickHouseSink::from_config(&cfg)?;
                 let opinion =
-                    vaxpulse::analytics::report::opinion(&sink, hourly, model_version.as_deref()).await?;
+                    vaxpulse::analytics::report::opinion(&sink, hourly, model_version.as_deref(), since)
+                        .await?;
                 print!("{}", opinion.render(format)?);
                 if let Some(path) = chart {
                     vaxpulse::analytics::chart::opinion(&opinion, &path)

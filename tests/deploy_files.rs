@@ -29,10 +29,12 @@ fn metrics_in(text: &str) -> BTreeSet<String> {
 fn schema_objects() -> BTreeSet<String> {
     let re = Regex::new(r"CREATE (?:TABLE|VIEW|MATERIALIZED VIEW) IF NOT EXISTS vaxpulse\.(\w+)")
         .unwrap();
-    vaxpulse::sink::clickhouse::schema_statements("vaxpulse", false)
-        .iter()
-        .filter_map(|s| re.captures(s).map(|c| c[1].to_string()))
-        .collect()
+    vaxpulse::sink::clickhouse::schema_statements(
+        &vaxpulse::sink::clickhouse::schema::Layout::single("vaxpulse"),
+    )
+    .iter()
+    .filter_map(|s| re.captures(s).map(|c| c[1].to_string()))
+    .collect()
 }
 
 struct Query {

@@ -439,9 +439,17 @@ async fn monitor_flags_a_shifted_label_distribution() {
     };
     sink.insert(&batch(champion)).await.unwrap();
     sink.insert_shadows(&[batch(shadow)]).await.unwrap();
-    let r = vaxpulse::analytics::monitor::monitor(&sink, true, 1, None)
-        .await
-        .unwrap();
+    let r = vaxpulse::analytics::monitor::monitor(
+        &sink,
+        vaxpulse::analytics::monitor::Span {
+            daily: true,
+            reference_days: 1,
+            pinned: None,
+            windows: 30,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(r.champion.reference_tweets, 100);
     let levels: Vec<(&str, &str)> = r
         .champion
@@ -588,9 +596,17 @@ async fn monitor_flags_a_shifted_label_distribution() {
     };
     sink.record(&probe(0, "r1")).await.unwrap();
     sink.record(&probe(1, "r2")).await.unwrap();
-    let r = vaxpulse::analytics::monitor::monitor(&sink, true, 3, None)
-        .await
-        .unwrap();
+    let r = vaxpulse::analytics::monitor::monitor(
+        &sink,
+        vaxpulse::analytics::monitor::Span {
+            daily: true,
+            reference_days: 3,
+            pinned: None,
+            windows: 30,
+        },
+    )
+    .await
+    .unwrap();
     assert!(
         r.champion.windows.is_empty(),
         "three reference days: no window after them"

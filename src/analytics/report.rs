@@ -5,7 +5,7 @@
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
-use crate::sink::clickhouse::schema::{CHAMPION_HOURLY, OPINION_HOURLY};
+use crate::sink::clickhouse::schema::{CHAMPION_HOURLY, OPINION_HOURLY_COUNTS};
 use crate::sink::clickhouse::ClickHouseSink;
 
 #[derive(Row, Deserialize, Debug)]
@@ -112,12 +112,21 @@ impl Opinion {
 }
 
 /// Reads the counts per day (or hour) of the champion series, or of `model_version`'s own
-/// predictions.
+/// predictions, from `since` on (else the whole history): a filter on the hour, which both
+/// views' keys start with, so the rows read follow the window.
 pub async fn opinion(
     sink: &ClickHouseSink,
     by_hour: bool,
     model_version: Option<&str>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
 ) -> anyhow::Result<Opinion> {
+    let since = since.map_or(String::new(), |t| {
+        format!(
+            " AND hour >= toDateTime('{}', 'UTC')",
+            t.format("%Y-%m-%d %H:%M:%S")
+        )
+    });
+    let where_since = since.replacen(" AND", " WHERE", 1);
     let fmt = if by_hour {
         "%Y-%m-%d %H:00"
     } else {
@@ -132,14 +141,14 @@ pub async fn opinion(
         None => {
             let sql = format!(
                 "SELECT formatDateTime({bucket}, '{fmt}') AS period, toString(label) AS label, toUInt64(sum(tweets)) AS tweets
-                 FROM {CHAMPION_HOURLY} GROUP BY period, label ORDER BY period, label"
+                 FROM {CHAMPION_HOURLY}{where_since} GROUP BY period, label ORDER BY period, label"
             );
             sink.client().query(&sql).fetch_all().await?
         }
         Some(mv) => {
             let sql = format!(
-                "SELECT formatDateTime({bucket}, '{fmt}') AS period, toString(label) AS label, uniqExactMerge(tweets) AS tweets
-                 FROM {OPINION_HOURLY} WHERE model_version = ?
+                "SELECT formatDateTime({bucket}, '{fmt}') AS period, toString(label) AS label, toUInt64(sum(tweets)) AS tweets
+                 FROM {OPINION_HOURLY_COUNTS} WHERE model_version = ?{since}
                  GROUP BY period, label ORDER BY period, label"
             );
             sink.client().query(&sql).bind(mv).fetch_all().await?
@@ -159,8 +168,9 @@ pub async fn report(
     sink: &ClickHouseSink,
     by_hour: bool,
     model_version: Option<&str>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
 ) -> anyhow::Result<String> {
-    Ok(opinion(sink, by_hour, model_version).await?.table())
+    Ok(opinion(sink, by_hour, model_version, since).await?.table())
 }
 
 #[cfg(test)]

@@ -88,7 +88,14 @@ pub(super) async fn monitor_gauges(
     stop: CancellationToken,
 ) {
     loop {
-        match crate::analytics::monitor::monitor(&clickhouse, false, reference_days, None).await {
+        // The gauges show the latest hour: the reference and that hour are all it reads.
+        let span = crate::analytics::monitor::Span {
+            daily: false,
+            reference_days,
+            pinned: None,
+            windows: 1,
+        };
+        match crate::analytics::monitor::monitor(&clickhouse, span).await {
             Ok(report) => report.emit_gauges(),
             Err(e) => tracing::debug!(error = %e, "monitor gauges not updated"),
         }

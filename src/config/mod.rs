@@ -249,7 +249,7 @@ pub struct ClickHouseConfig {
     /// HTTP endpoint. Env: `VAXPULSE_CLICKHOUSE_URL`.
     #[serde(default = "default_clickhouse_url")]
     pub url: String,
-    /// Database holding `classified_tweets` and `opinion_hourly`.
+    /// Database holding `classified_tweets` and the other tables and views.
     #[serde(default = "default_database")]
     pub database: String,
     /// User name. Env: `VAXPULSE_CLICKHOUSE_USER`.
@@ -280,6 +280,24 @@ pub struct ClickHouseConfig {
     /// too, so long texts cannot make the rows budget gigabytes.
     #[serde(default = "default_insert_max_bytes")]
     pub insert_max_bytes: usize,
+    /// ClickHouse cluster (a `remote_servers` name) the tables live on; empty = one server.
+    /// Set: each table is a local table on every server plus a `Distributed` table of the same
+    /// name over them (tweet tables sharded by `cityHash64(tweet_id)`, so every row of one tweet
+    /// is on one shard and the per-shard deduplication stays exact); the worker inserts through
+    /// the distributed tables and waits for the shards (`distributed_foreground_insert`). Env:
+    /// `VAXPULSE_CLICKHOUSE_CLUSTER`.
+    #[serde(default)]
+    pub cluster: String,
+    /// With `cluster`: local tables are `Replicated*MergeTree` (paths
+    /// `/clickhouse/tables/{shard}/{database}/{table}`, replica `{replica}`: the servers'
+    /// macros), which needs ClickHouse Keeper or ZooKeeper.
+    #[serde(default)]
+    pub replicated: bool,
+    /// With `cluster`: HTTP URLs of every server, for a cluster without Keeper, where `ON
+    /// CLUSTER` DDL cannot run: the schema is applied to each of them in turn. Empty = DDL runs
+    /// once, `ON CLUSTER`.
+    #[serde(default)]
+    pub schema_urls: Vec<String>,
 }
 
 /// Model settings.
@@ -439,12 +457,24 @@ pub struct MonitorConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
-    /// Also remove deleted tweets from the counts (`champion_hourly`, `opinion_hourly`, the
-    /// predictions). Off: the tweet and its text leave `tweets`/`classified_tweets`, the counts
-    /// keep it as an anonymous number. Fixed when the database's schema is created (the
-    /// worker refuses to start on a schema made with the other setting).
+    /// Also remove deleted tweets from the counts (`champion_hourly`, `opinion_hourly_counts`,
+    /// the predictions). Off: the tweet and its text leave `tweets`/`classified_tweets`, the
+    /// counts keep it as an anonymous number.
     #[serde(default)]
     pub delete_counts: bool,
+    /// Days a delete notice's id is remembered (TTL of `deleted_tweets`): a tweet arriving
+    /// within that time after its delete is not stored. Keep it above the input topic's
+    /// retention, or a replay from old offsets can store a deleted tweet again; 0 = forever.
+    #[serde(default = "default_deleted_ids_days")]
+    pub deleted_ids_days: u32,
+    /// Days tweets (and their texts) are kept after `created_at` (TTL of `tweets` and
+    /// `tweet_hours`); 0 = forever.
+    #[serde(default)]
+    pub tweets_days: u32,
+    /// Days predictions are kept after the tweet's `created_at` (TTL of `predictions` and
+    /// `champion_labels`, so the series and the aggregates end there too); 0 = forever.
+    #[serde(default)]
+    pub predictions_days: u32,
 }
 
 /// Limits on deployment records read from the control topic (checked before anything is
@@ -551,6 +581,9 @@ fn default_insert_max_rows() -> usize {
 }
 fn default_insert_max_bytes() -> usize {
     16 << 20
+}
+fn default_deleted_ids_days() -> u32 {
+    30
 }
 fn default_model_dir() -> PathBuf {
     "models/demo/1".into()

@@ -101,6 +101,36 @@ impl Config {
                 format!("`{}`: use letters, digits and _", self.clickhouse.database),
             );
         }
+        let ch = &self.clickhouse;
+        if !ch
+            .cluster
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return bad(
+                "clickhouse.cluster",
+                format!(
+                    "`{}`: a remote_servers name (letters, digits and _)",
+                    ch.cluster
+                ),
+            );
+        }
+        if ch.cluster.is_empty() && (ch.replicated || !ch.schema_urls.is_empty()) {
+            return bad(
+                "clickhouse.cluster",
+                "clickhouse.replicated and clickhouse.schema_urls need clickhouse.cluster (the remote_servers name)".into(),
+            );
+        }
+        if let Some(u) = ch
+            .schema_urls
+            .iter()
+            .find(|u| !u.starts_with("http://") && !u.starts_with("https://") || u.contains('@'))
+        {
+            return bad(
+                "clickhouse.schema_urls",
+                format!("`{u}`: each an http(s):// URL without a user or password"),
+            );
+        }
         // Written so that NaN is refused too.
         let d = self.model.half_parity_max_abs_diff;
         if d.is_nan() || d <= 0.0 {

@@ -96,15 +96,15 @@ pub fn retry_policy() -> ExponentialBuilder {
 /// are retried without end (results are never dropped: a long outage holds the batch, and through
 /// the bounded queues, consumption); any other failure is returned at once.
 /// While it retries, `health` (when given) reports the replica not ready.
-pub(crate) async fn retry_until_done<F, Fut>(
+pub(crate) async fn retry_until_done<T, F, Fut>(
     sink: &'static str,
     mut op: F,
     keep_trying: fn(&SinkError) -> bool,
     health: Option<&Health>,
-) -> Result<(), SinkError>
+) -> Result<T, SinkError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), SinkError>>,
+    Fut: std::future::Future<Output = Result<T, SinkError>>,
 {
     let mut failing = None;
     loop {
@@ -124,7 +124,7 @@ where
             })
             .await;
         match res {
-            Ok(()) => return Ok(()),
+            Ok(v) => return Ok(v),
             Err(e) if keep_trying(&e) => {
                 tracing::error!(sink, error = %e, "sink still failing after a full retry round; retrying");
             }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 mod query;
 mod render;
 
-pub use query::monitor;
+pub use query::{monitor, Span};
 
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::output::Table;
 use crate::sink::clickhouse::schema::{
-    AGREEMENT_DAILY, AGREEMENT_HOURLY, CHAMPION_PREDICTIONS, PREDICTIONS, PROBE_RUNS,
+    AGREEMENT_DAILY, AGREEMENT_HOURLY, CHAMPION_LABELS, MODEL_SPANS, PREDICTIONS, PROBE_RUNS,
 };
 use crate::sink::clickhouse::ClickHouseSink;
 

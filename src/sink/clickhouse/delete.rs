@@ -1,14 +1,25 @@
-//! Deletions: a delete notice removes its tweet from `tweets` (and, with
-//! `retention.delete_counts`, from the counts and predictions). Every step is idempotent and
-//! retried until done, so a crash between steps is repaired by the replay. Ids go to the
-//! server in statements of at most [`DELETE_CHUNK_BYTES`] of ids, whatever the burst, so no
-//! statement can outgrow ClickHouse's `max_query_size` (256 KiB by default).
+//! Deletions, at the cost of the batch that carries them: no mutation, no scan of the history.
+//! A delete notice's id is remembered (`deleted_tweets`, primary key `tweet_id`, TTL
+//! `retention.deleted_ids_days`) and its tweet's stored rows get tombstones: rows of the same
+//! key with `is_deleted = 1` and a higher version, which `FINAL` and merges keep instead of the
+//! tweet. The key of those rows comes from `tweet_hours` (tweet id → hour), a primary-key
+//! lookup. A tweet arriving after its delete is screened before its insert ([`screen`]) and
+//! checked again after it ([`ClickHouseSink::store_rows`]), which closes the race with a delete
+//! stored meanwhile by another replica. Every step is idempotent and retried, so a crash between
+//! steps is repaired by the replay. Ids go to the server in statements of at most
+//! [`DELETE_CHUNK_BYTES`] of ids, whatever the burst, so no statement can outgrow ClickHouse's
+//! `max_query_size` (256 KiB by default).
+
+use std::collections::HashSet;
 
 use chrono::Utc;
 
-use super::schema::{DeletedRow, DELETED_TWEETS, OPINION_HOURLY, PREDICTIONS, TWEETS};
+use super::schema::{
+    DeletedRow, IngestRow, CHAMPION_LABELS, DELETED_TWEETS, PREDICTIONS, TOMBSTONE_RANK, TWEETS,
+    TWEET_HOURS,
+};
 use super::{combined_token, ClickHouseSink};
-use crate::sink::{retry_until_done, SinkError};
+use crate::sink::{retry_policy, retry_until_done, SinkError};
 
 /// Most bytes of ids bound into one statement (ids are at most 64 characters each, quoted and
 /// comma-separated in the query text): a quarter of ClickHouse's default `max_query_size`.
@@ -33,9 +44,97 @@ pub fn delete_chunks(ids: &[String]) -> Vec<&[String]> {
     chunks
 }
 
+/// Applies the ids found deleted to rows about to be inserted: with `delete_counts` their rows
+/// go; otherwise the prediction stays (an anonymous count) and the tweet is not stored.
+pub(crate) fn screen(rows: &mut Vec<IngestRow>, deleted: &HashSet<String>, delete_counts: bool) {
+    if deleted.is_empty() {
+        return;
+    }
+    if delete_counts {
+        rows.retain(|r| !deleted.contains(&r.tweet_id));
+    } else {
+        for r in rows.iter_mut().filter(|r| deleted.contains(&r.tweet_id)) {
+            r.deleted = 1;
+            r.text.clear();
+        }
+    }
+}
+
+/// The distinct tweet ids of `rows` not marked deleted, in order of first appearance.
+fn live_ids(rows: &[IngestRow]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    rows.iter()
+        .filter(|r| r.deleted == 0 && seen.insert(r.tweet_id.as_str()))
+        .map(|r| r.tweet_id.clone())
+        .collect()
+}
+
 impl ClickHouseSink {
+    /// Stores `rows` through `ingest` with `token`: screened against the deleted ids first,
+    /// checked again once stored (a delete stored meanwhile gets its tombstones now). Retried
+    /// until done (`until_done`) or a few times (shadows).
+    pub(crate) async fn store_rows(
+        &self,
+        table: &str,
+        mut rows: Vec<IngestRow>,
+        token: &str,
+        until_done: bool,
+    ) -> Result<(), SinkError> {
+        let ids = live_ids(&rows);
+        let before = self.deleted_among(&ids, until_done).await?;
+        screen(&mut rows, &before, self.delete_counts);
+        if !rows.is_empty() {
+            self.insert_retrying(table, &rows, token, until_done)
+                .await?;
+        }
+        let ids: Vec<String> = ids.into_iter().filter(|i| !before.contains(i)).collect();
+        let after: Vec<String> = self
+            .deleted_among(&ids, until_done)
+            .await?
+            .into_iter()
+            .collect();
+        self.tombstone(&after).await
+    }
+
+    /// Of `ids`, those with a delete notice: one primary-key lookup per chunk of ids.
+    async fn deleted_among(
+        &self,
+        ids: &[String],
+        until_done: bool,
+    ) -> Result<HashSet<String>, SinkError> {
+        let mut found = HashSet::new();
+        for chunk in delete_chunks(ids) {
+            let sql = format!("SELECT tweet_id FROM {DELETED_TWEETS} WHERE has(?, tweet_id)");
+            let lookup = || async {
+                self.client
+                    .query(&sql)
+                    .bind(chunk)
+                    .fetch_all::<String>()
+                    .await
+                    .map_err(SinkError::from)
+            };
+            let hits = if until_done {
+                retry_until_done(
+                    "clickhouse",
+                    lookup,
+                    SinkError::is_retriable,
+                    self.health.as_deref(),
+                )
+                .await?
+            } else {
+                use backon::Retryable;
+                lookup
+                    .retry(retry_policy().with_max_times(3))
+                    .when(SinkError::is_retriable)
+                    .await?
+            };
+            found.extend(hits);
+        }
+        Ok(found)
+    }
+
     /// Applies delete notices: remembers the ids (so a tweet arriving later is not stored) and
-    /// removes their rows from `tweets` (lightweight delete). Idempotent; retried until done.
+    /// puts tombstones on their stored rows. Idempotent; retried until done.
     pub async fn delete_tweets(&self, ids: &[String]) -> Result<(), SinkError> {
         if ids.is_empty() {
             return Ok(());
@@ -51,15 +150,49 @@ impl ClickHouseSink {
         let token = format!("delete-{}", combined_token(ids.iter().map(String::as_str)));
         self.insert_retrying(DELETED_TWEETS, &rows, &token, true)
             .await?;
+        self.tombstone(ids).await
+    }
+
+    /// Tombstones on the stored rows of `ids`: their tweets, and with `delete_counts` their
+    /// champion labels and predictions. Each statement reads the rows' keys by primary key
+    /// (`tweet_hours`, then the predictions of those hours only) and writes as many rows as it
+    /// found.
+    async fn tombstone(&self, ids: &[String]) -> Result<(), SinkError> {
+        let hours = format!("SELECT tweet_id, hour FROM {TWEET_HOURS} WHERE has(?, tweet_id)");
         for chunk in delete_chunks(ids) {
             self.until_done(
-                &format!("DELETE FROM {TWEETS} WHERE has(?, tweet_id)"),
+                &format!(
+                    "INSERT INTO {TWEETS} (tweet_id, created_at, stored_at, is_deleted)
+                     SELECT tweet_id, hour, now64(3), 1 FROM ({hours})"
+                ),
                 chunk,
             )
             .await?;
-            if self.delete_counts {
-                self.delete_counts_of(chunk).await?;
+            if !self.delete_counts {
+                continue;
             }
+            self.until_done(
+                &format!(
+                    "INSERT INTO {CHAMPION_LABELS} (hour, tweet_id, first_rank, is_deleted)
+                     SELECT hour, tweet_id, {TOMBSTONE_RANK}, 1 FROM ({hours})"
+                ),
+                chunk,
+            )
+            .await?;
+            // GLOBAL: on a cluster the hours are read once, not by every shard from every shard.
+            self.until_done(
+                &format!(
+                    "INSERT INTO {PREDICTIONS}
+                         (tweet_id, created_at, model_version, model_hash, role, classified_at,
+                          is_deleted)
+                     SELECT tweet_id, created_at, model_version, model_hash, role, now64(3), 1
+                     FROM {PREDICTIONS}
+                     WHERE toStartOfHour(created_at) GLOBAL IN (SELECT hour FROM ({hours}))
+                       AND has(?, tweet_id)"
+                ),
+                chunk,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -78,41 +211,6 @@ impl ClickHouseSink {
             },
             SinkError::is_retriable,
             self.health.as_deref(),
-        )
-        .await
-    }
-
-    /// `retention.delete_counts`: the hours `ids` counted in are rebuilt in `opinion_hourly`
-    /// without them, then their predictions go. Each step is retried until done, and the order
-    /// makes the whole safe to run again after a crash: the hours are found from the
-    /// predictions, which leave last. Rebuilding is safe beside concurrent inserts: the hour's
-    /// state is a set of tweet ids, and a set merged twice is the same set.
-    async fn delete_counts_of(&self, ids: &[String]) -> Result<(), SinkError> {
-        let hours = format!(
-            "SELECT DISTINCT toStartOfHour(created_at) FROM {PREDICTIONS} WHERE has(?, tweet_id)"
-        );
-        self.until_done(
-            &format!("DELETE FROM {OPINION_HOURLY} WHERE hour IN ({hours})"),
-            ids,
-        )
-        .await?;
-        // Not deduplicated: the same hour rebuilt twice must be written twice.
-        self.until_done(
-            &format!(
-                "INSERT INTO {OPINION_HOURLY}
-                 SELECT toStartOfHour(created_at) AS hour, model_version, model_hash, label,
-                        uniqExactState(tweet_id)
-                 FROM {PREDICTIONS}
-                 WHERE toStartOfHour(created_at) IN ({hours}) AND NOT has(?, tweet_id)
-                 GROUP BY hour, model_version, model_hash, label
-                 SETTINGS insert_deduplicate = 0"
-            ),
-            ids,
-        )
-        .await?;
-        self.until_done(
-            &format!("DELETE FROM {PREDICTIONS} WHERE has(?, tweet_id)"),
-            ids,
         )
         .await
     }
@@ -135,5 +233,49 @@ mod tests {
         assert_eq!(chunks.concat(), ids, "order and ids kept");
         assert!(delete_chunks(&[]).is_empty());
         assert_eq!(delete_chunks(&ids[..1]).len(), 1);
+    }
+
+    fn row(id: &str, role: &str) -> IngestRow {
+        IngestRow {
+            tweet_id: id.into(),
+            created_at: Utc::now(),
+            lang: "fr".into(),
+            text: format!("text of {id}"),
+            source_partition: 0,
+            source_offset: 0,
+            model_version: "m@1".into(),
+            model_hash: "h".into(),
+            role: role.into(),
+            deployment_epoch: 0,
+            label: "neutral".into(),
+            scores: Default::default(),
+            classified_at: Utc::now(),
+            deleted: 0,
+        }
+    }
+
+    #[test]
+    fn a_tweet_deleted_before_it_arrived_is_not_stored_and_counts_only_without_delete_counts() {
+        let deleted: HashSet<String> = ["b".to_string()].into();
+        let rows = || {
+            vec![
+                row("a", "champion"),
+                row("b", "champion"),
+                row("b", "shadow"),
+            ]
+        };
+        let mut kept = rows();
+        screen(&mut kept, &deleted, false);
+        assert_eq!(kept.len(), 3, "predictions still count");
+        assert!(kept.iter().all(|r| (r.tweet_id == "b") == (r.deleted == 1)));
+        assert!(kept
+            .iter()
+            .filter(|r| r.deleted == 1)
+            .all(|r| r.text.is_empty()));
+        assert_eq!(live_ids(&kept), vec!["a".to_string()]);
+        let mut gone = rows();
+        screen(&mut gone, &deleted, true);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].tweet_id, "a");
     }
 }

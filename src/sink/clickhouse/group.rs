@@ -70,7 +70,7 @@ async fn group_writer(
         }
         let started = Instant::now();
         let token = combined_token(group.iter().map(|p| p.token.as_str()));
-        let mut rows = Vec::with_capacity(group.iter().map(|p| p.rows.len()).sum());
+        let mut rows: Vec<IngestRow> = Vec::with_capacity(group.iter().map(|p| p.rows.len()).sum());
         let mut deleted = Vec::new();
         let mut waiting = Vec::with_capacity(group.len());
         for p in group.drain(..) {
@@ -80,8 +80,9 @@ async fn group_writer(
         }
         // Tweets first, then deletes: a tweet and its delete in the same group end deleted.
         let mut result = Ok(());
+        let stored = rows.len();
         if !rows.is_empty() {
-            result = sink.insert_retrying(INGEST, &rows, &token, true).await;
+            result = sink.store_rows(INGEST, rows, &token, true).await;
         }
         if result.is_ok() {
             result = sink.delete_tweets(&deleted).await;
@@ -90,7 +91,7 @@ async fn group_writer(
         if result.is_ok() {
             telemetry::BatchStored {
                 sink: "clickhouse",
-                rows: rows.len(),
+                rows: stored,
                 seconds: started.elapsed().as_secs_f64(),
             }
             .emit();

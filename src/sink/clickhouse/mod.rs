@@ -30,13 +30,26 @@ pub struct ClickHouseSink {
     timeout: Duration,
     health: Option<Arc<Health>>,
     delete_counts: bool,
+    layout: schema::Layout,
+    /// Servers the schema is applied to one by one (a cluster without Keeper).
+    schema_urls: Vec<String>,
 }
 
 impl ClickHouseSink {
     /// The sink of `cfg`: `clickhouse` settings and `retention`.
     pub fn from_config(cfg: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
-        Ok(Self::new(&cfg.clickhouse, &cfg.clickhouse_password()?)
-            .with_delete_counts(cfg.retention.delete_counts))
+        let mut sink = Self::new(&cfg.clickhouse, &cfg.clickhouse_password()?)
+            .with_delete_counts(cfg.retention.delete_counts);
+        sink.layout = schema::Layout::from_config(cfg);
+        sink.schema_urls = cfg.clickhouse.schema_urls.clone();
+        if sink.layout.cluster.is_some() {
+            // An insert through a Distributed table returns once every shard has its rows, so
+            // the acknowledgement (and the offset commit) still means stored.
+            sink.client = sink
+                .client
+                .with_setting("distributed_foreground_insert", "1");
+        }
+        Ok(sink)
     }
 
     /// `retention.delete_counts`: deletions also leave the counts.
@@ -59,6 +72,8 @@ impl ClickHouseSink {
             timeout: Duration::from_millis(cfg.insert_timeout_ms),
             health: None,
             delete_counts: false,
+            layout: schema::Layout::single(&cfg.database),
+            schema_urls: Vec::new(),
         }
     }
 
@@ -76,33 +91,66 @@ impl ClickHouseSink {
         &self.database
     }
 
-    /// Creates database, tables and views if missing (safe to run any number of times).
+    pub fn layout(&self) -> &schema::Layout {
+        &self.layout
+    }
+
+    /// Creates database, tables and views if missing (safe to run any number of times), sets
+    /// the retention TTLs; refuses a database made by an earlier release
+    /// ([`schema::outdated`]). On a cluster without Keeper, on each of `schema_urls`.
     pub async fn apply_schema(&self) -> Result<(), SinkError> {
-        // The database may not exist yet, so DDL runs without a default database.
-        let admin = self.client.clone().with_database("default");
-        for stmt in schema_statements(&self.database, self.delete_counts) {
-            (|| admin.query(&stmt).execute())
-                .retry(retry_policy())
-                .when(|e: &clickhouse::error::Error| {
-                    matches!(e, clickhouse::error::Error::Network(_))
-                })
-                .await?;
+        if self.schema_urls.is_empty() {
+            return self.apply_schema_on(&self.client).await;
         }
-        // The views were made once, maybe with the other setting: say so rather than half-apply.
-        let ddl: String = admin
-            .query("SELECT create_table_query FROM system.tables WHERE database = ? AND name = ?")
-            .bind(&self.database)
-            .bind(schema::PREDICTIONS_MV)
-            .fetch_one()
-            .await?;
-        let made_with = ddl.contains("deleted_tweets");
-        if made_with != self.delete_counts {
-            return Err(SinkError::Schema(format!(
-                "database {} was created with retention.delete_counts = {made_with}, the config says {}: \
-                 set it back, or recreate the view (DROP VIEW {}.predictions_mv, then start again) — \
-                 rows stored so far keep the old behaviour",
-                self.database, self.delete_counts, self.database
-            )));
+        for url in &self.schema_urls {
+            self.apply_schema_on(&self.client.clone().with_url(url))
+                .await
+                .map_err(|e| SinkError::Schema(format!("on {url}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn apply_schema_on(&self, client: &Client) -> Result<(), SinkError> {
+        // The database may not exist yet, so DDL runs without a default database.
+        let admin = client.clone().with_database("default");
+        let db = &self.database;
+        let engine = |table: String| {
+            let admin = admin.clone();
+            async move {
+                admin
+                    .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
+                    .bind(db)
+                    .bind(table)
+                    .fetch_optional::<String>()
+                    .await
+            }
+        };
+        if let Some(e) = engine(self.layout.storage(schema::TWEETS)).await? {
+            if let Some(why) = schema::outdated(db, &e) {
+                return Err(SinkError::Schema(why));
+            }
+        }
+        let run = |stmt: String| {
+            let admin = admin.clone();
+            async move {
+                (|| admin.query(&stmt).execute())
+                    .retry(retry_policy())
+                    .when(|e: &clickhouse::error::Error| {
+                        matches!(e, clickhouse::error::Error::Network(_))
+                    })
+                    .await
+            }
+        };
+        for stmt in schema_statements(&self.layout) {
+            run(stmt).await?;
+        }
+        for (table, expr, days) in self.layout.ttls() {
+            let present = engine(table.clone())
+                .await?
+                .is_some_and(|e| e.contains(" TTL "));
+            if let Some(stmt) = self.layout.ttl_statement(&table, expr, days, present) {
+                run(stmt).await?;
+            }
         }
         Ok(())
     }
@@ -182,6 +230,7 @@ impl ClickHouseSink {
                     .map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(0.0) as f32))
                     .collect(),
                 classified_at: r.classified_at,
+                deleted: 0,
             })
             .collect()
     }
@@ -196,8 +245,7 @@ impl ClickHouseSink {
         let token = batch.dedup_token();
         let started = Instant::now();
         let rows = Self::ingest_rows([batch]);
-        self.insert_retrying(schema::INGEST, &rows, &token, true)
-            .await?;
+        self.store_rows(schema::INGEST, rows, &token, true).await?;
         self.delete_tweets(&batch.deleted).await?;
         telemetry::BatchStored {
             sink: "clickhouse",
@@ -217,8 +265,7 @@ impl ClickHouseSink {
         }
         let tokens: Vec<String> = batches.iter().map(ClassifiedBatch::dedup_token).collect();
         let token = combined_token(tokens.iter().map(String::as_str));
-        self.insert_retrying(schema::INGEST, &rows, &token, false)
-            .await
+        self.store_rows(schema::INGEST, rows, &token, false).await
     }
 
     /// Appends one row to its table (`deployment_changes`, `deployment_events`, `probe_runs`,
