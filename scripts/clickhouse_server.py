@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Serves ClickHouse 26.9 (chdb-core, clickhouse-local mode) over HTTP and TCP on loopback.
+"""Serves ClickHouse 26.9 (chdb-core, clickhouse-local mode) over HTTP and TCP on loopback;
+with VAXPULSE_CH_CLUSTER, also knows a cluster of several such servers (see remote_servers).
 
 Usage: clickhouse_server.py DATA_DIR HTTP_PORT TCP_PORT   (runs until killed; loopback only)
 
@@ -12,6 +13,23 @@ import sys
 from pathlib import Path
 
 data = Path(sys.argv[1]).resolve()
+
+
+def remote_servers():
+    """VAXPULSE_CH_CLUSTER="NAME=host:tcp_port,host:tcp_port": a cluster of one shard per
+    server (Distributed tables over plain MergeTree; no Keeper needed)."""
+    spec = os.environ.get("VAXPULSE_CH_CLUSTER", "")
+    if not spec:
+        return ""
+    name, servers = spec.split("=", 1)
+    assert name.isidentifier(), f"VAXPULSE_CH_CLUSTER: {name!r} is not a cluster name"
+    shards = "".join(
+        f"<shard><replica><host>{h}</host><port>{p}</port></replica></shard>"
+        for h, p in (s.rsplit(":", 1) for s in servers.split(","))
+    )
+    return f"<remote_servers><{name}>{shards}</{name}></remote_servers>"
+
+
 http_port, tcp_port = int(sys.argv[2]), int(sys.argv[3])
 data.mkdir(parents=True, exist_ok=True)
 (data / "config.xml").write_text(f"""<clickhouse>
@@ -21,6 +39,7 @@ data.mkdir(parents=True, exist_ok=True)
   <path>{data}/db/</path>
   <logger><level>warning</level><console>true</console></logger>
   <users_config>{data}/users.xml</users_config>
+{remote_servers()}
 </clickhouse>
 """)
 

@@ -7,23 +7,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
 use vaxpulse::config::Config;
 use vaxpulse::synthetic::Generator;
-
-/// A child process killed when the test ends, however it ends.
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("command starts");
@@ -88,24 +78,6 @@ fn certificates(dir: &Path) {
         "-out",
         "broker.pem",
     ]);
-}
-
-impl Service {
-    /// Waits up to 60 s (chdb's start-up on a busy machine) for `port` to accept connections;
-    /// if the process exits first, panics with its log.
-    fn listening(mut self, port: u16, what: &str, log: &Path) -> Self {
-        for _ in 0..600 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return self;
-            }
-            if let Ok(Some(status)) = self.0.try_wait() {
-                let log = std::fs::read_to_string(log).unwrap_or_default();
-                panic!("{what} exited ({status}): {log}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{what} did not listen on {port} within 60 s");
-    }
 }
 
 fn nisshi(port: u16, dir: &Path, secure: bool) -> Service {
@@ -222,22 +194,15 @@ async fn sasl_ssl_and_a_clickhouse_password_are_required_and_enough() {
     let _broker = nisshi(port, &dir, true);
 
     let (ch_http, ch_tcp) = (free_port(), free_port());
-    let ch_log = dir.join("clickhouse.log");
-    let _clickhouse = Service(
-        Command::new("python3")
-            .arg(repo_root().join("scripts/clickhouse_server.py"))
-            .arg(dir.join("clickhouse"))
-            .args([ch_http.to_string(), ch_tcp.to_string()])
-            .env(
-                "VAXPULSE_CH_USERS",
-                format!("writer:{}", sha256_hex(&ch_pw)),
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&ch_log).unwrap())
-            .spawn()
-            .expect("python3 with chdb (source .state/env.sh)"),
-    )
-    .listening(ch_http, "ClickHouse", &ch_log);
+    let _clickhouse = Service::clickhouse(
+        &dir,
+        ch_http,
+        ch_tcp,
+        &[(
+            "VAXPULSE_CH_USERS",
+            format!("writer:{}", sha256_hex(&ch_pw)),
+        )],
+    );
 
     let write =
         |file: &str, value: &str| std::fs::write(dir.join(file), format!("{value}\n")).unwrap();

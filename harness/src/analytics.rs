@@ -26,6 +26,9 @@ pub struct AnalyticsArgs {
     /// Share of tweets deleted by their authors (their ids in `deleted_tweets`).
     #[arg(long, default_value_t = 0.01)]
     pub deleted_share: f64,
+    /// Deleted ids remembered when the 64-tweet insert is timed (one measure per count).
+    #[arg(long, value_delimiter = ',', default_value = "0,1M,10M")]
+    pub deleted_ids: Vec<String>,
     /// Keep the databases (named in the output) instead of dropping them.
     #[arg(long)]
     pub keep: bool,
@@ -97,19 +100,12 @@ fn post(url: &str, sql: &str) -> anyhow::Result<(String, u64, u64)> {
 }
 
 /// Fills `db` with `n` predictions; returns the newest `created_at` (the history's "now").
-fn fill(url: &str, db: &str, n: u64, months: u32, deleted_share: f64) -> anyhow::Result<String> {
+fn fill(url: &str, db: &str, n: u64, months: u32) -> anyhow::Result<String> {
     // 4 of 5 predictions are the champion's (one per tweet), the last quarter of the tweets
     // also has a shadow's.
     let tweets = n * 4 / 5;
     let span = i64::from(months) * 30 * 86_400;
     let start = "toDateTime64('2026-01-01 00:00:00', 3, 'UTC')";
-    let every = ((1.0 / deleted_share.max(1e-9)).round() as u64).max(1);
-    post(
-        url,
-        &format!(
-            "INSERT INTO {db}.deleted_tweets SELECT toString(number * {every}), now64(3) FROM numbers(intDiv({tweets}, {every}))"
-        ),
-    )?;
     let half = tweets / 2;
     let row = |role: &str, version: &str| {
         format!(
@@ -121,7 +117,7 @@ fn fill(url: &str, db: &str, n: u64, months: u32, deleted_share: f64) -> anyhow:
                     if(number < {half}, 1, 2) AS deployment_epoch,
                     arrayElement(['against', 'neutral', 'favour'], number % 3 + 1) AS label,
                     map('against', 0.2, 'neutral', 0.3, 'favour', 0.5) AS scores,
-                    created_at + toIntervalSecond(1) AS classified_at"
+                    created_at + toIntervalSecond(1) AS classified_at, 0 AS deleted"
         )
     };
     // Tweets `[from, tweets)` as `role` rows, in inserts of at most a million rows.
@@ -155,7 +151,28 @@ fn fill(url: &str, db: &str, n: u64, months: u32, deleted_share: f64) -> anyhow:
     Ok(now.trim().to_string())
 }
 
-/// The queries an analyst or the worker runs, each bounded in time the way its command is.
+/// Deletes `share` of the `tweets` tweets of [`fill`] as the worker does (their ids remembered,
+/// tombstones on their tweets), server-side.
+fn delete_share(url: &str, db: &str, tweets: u64, share: f64) -> anyhow::Result<()> {
+    let every = ((1.0 / share.max(1e-9)).round() as u64).max(1);
+    post(
+        url,
+        &format!(
+            "INSERT INTO {db}.deleted_tweets SELECT toString(number * {every}), now64(3) FROM numbers(intDiv({tweets}, {every}))"
+        ),
+    )?;
+    post(
+        url,
+        &format!(
+            "INSERT INTO {db}.tweets (tweet_id, created_at, stored_at, is_deleted)
+             SELECT tweet_id, hour, now64(3), 1 FROM {db}.tweet_hours
+             WHERE tweet_id IN (SELECT tweet_id FROM {db}.deleted_tweets)"
+        ),
+    )?;
+    Ok(())
+}
+
+/// The queries an analyst runs in SQL, each bounded in time the way its chart is.
 fn queries(db: &str, now: &str) -> Vec<(&'static str, String)> {
     let now = format!("toDateTime64('{now}', 3, 'UTC')");
     vec![
@@ -172,6 +189,10 @@ fn queries(db: &str, now: &str) -> Vec<(&'static str, String)> {
             format!("SELECT hour, model_version, label, tweets FROM {db}.opinion_hourly_counts WHERE hour >= {now} - INTERVAL 24 HOUR ORDER BY hour"),
         ),
         (
+            "per-version aggregates, whole history",
+            format!("SELECT model_version, label, sum(tweets) FROM {db}.opinion_hourly_counts GROUP BY model_version, label ORDER BY model_version, label"),
+        ),
+        (
             "stability per version, last 30 days (daily)",
             format!("SELECT day, model_version, predictions, mean_confidence FROM {db}.model_daily_stats WHERE day >= {now} - INTERVAL 30 DAY ORDER BY day"),
         ),
@@ -180,7 +201,11 @@ fn queries(db: &str, now: &str) -> Vec<(&'static str, String)> {
             format!("SELECT window, shadow_version, tweets, agreement, kappa FROM {db}.champion_shadow_agreement_daily WHERE window >= {now} - INTERVAL 30 DAY ORDER BY window"),
         ),
         (
-            "one tweet by id (classified_tweets)",
+            "one tweet by id (classified_tweets, hour from tweet_hours)",
+            format!("SELECT tweet_id, label, model_version FROM {db}.classified_tweets WHERE hour IN (SELECT hour FROM {db}.tweet_hours WHERE tweet_id = '12345') AND tweet_id = '12345'"),
+        ),
+        (
+            "one tweet by id (classified_tweets, id only)",
             format!("SELECT tweet_id, label, model_version FROM {db}.classified_tweets WHERE tweet_id = '12345'"),
         ),
     ]
@@ -191,10 +216,89 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The server's running totals of rows and bytes read by queries (`system.events`): what a
+/// code path that is not one HTTP request (the worker's insert, `monitor`) read is the
+/// difference, less what reading the totals costs.
+fn selected(url: &str) -> anyhow::Result<(u64, u64)> {
+    let (body, _, _) = post(
+        url,
+        "SELECT sumIf(value, event = 'SelectedRows'), sumIf(value, event = 'SelectedBytes') FROM system.events FORMAT TSV",
+    )?;
+    let mut it = body
+        .split_whitespace()
+        .map(|x| x.parse::<u64>().unwrap_or(0));
+    Ok((it.next().unwrap_or(0), it.next().unwrap_or(0)))
+}
+
+/// Times `op` three times (median) and reads what its last run read from the server's totals.
+async fn measure<F, Fut>(url: &str, mut op: F) -> anyhow::Result<(f64, u64, u64)>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    // What reading the totals itself reads.
+    let (a, b) = selected(url)?;
+    let (c, d) = selected(url)?;
+    let (own_rows, own_bytes) = (c - a, d - b);
+    let mut times = Vec::new();
+    let (mut rows, mut bytes) = (0, 0);
+    for k in 0..3 {
+        let (r0, b0) = selected(url)?;
+        let t = Instant::now();
+        op(k).await?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        let (r1, b1) = selected(url)?;
+        rows = (r1 - r0).saturating_sub(own_rows);
+        bytes = (b1 - b0).saturating_sub(own_bytes);
+    }
+    Ok((median(times), rows, bytes))
+}
+
+/// 64 new champion results at the history's newest time, as the worker stores them.
+fn batch(
+    k: u64,
+    deleted: u64,
+    now: chrono::DateTime<chrono::Utc>,
+) -> vaxpulse::work::ClassifiedBatch {
+    use vaxpulse::work::{Classification, ClassifiedBatch, Role};
+    let rows = (0..64)
+        .map(|i| Classification {
+            tweet_id: format!("new-{deleted}-{k}-{i}"),
+            created_at: now,
+            lang: "fr".into(),
+            text: format!("nouveau tweet {i} sur la vaccination"),
+            label: "neutral".into(),
+            scores: [("neutral".to_string(), serde_json::Value::from(1.0))]
+                .into_iter()
+                .collect(),
+            model_version: "demo@2".into(),
+            model_hash: "aaaaaaaaaaaa".into(),
+            role: Role::Champion,
+            deployment_epoch: 2,
+            classified_at: now,
+            source_partition: 0,
+            source_offset: i,
+            source_timestamp_ms: None,
+        })
+        .collect();
+    ClassifiedBatch {
+        rows,
+        deleted: Vec::new(),
+        acks: Vec::new(),
+        received: Vec::new(),
+    }
+}
+
 pub async fn bench(cfg: Config, args: AnalyticsArgs) -> anyhow::Result<()> {
+    use vaxpulse::analytics::monitor::{monitor, Span};
     let url = cfg.clickhouse.url.clone();
     let sizes: Vec<u64> = args
         .predictions
+        .iter()
+        .map(|s| parse_count(s))
+        .collect::<anyhow::Result<_>>()?;
+    let deleted_sizes: Vec<u64> = args
+        .deleted_ids
         .iter()
         .map(|s| parse_count(s))
         .collect::<anyhow::Result<_>>()?;
@@ -203,13 +307,13 @@ pub async fn bench(cfg: Config, args: AnalyticsArgs) -> anyhow::Result<()> {
         let mut c = cfg.clone();
         c.clickhouse.database = format!("bench_analytics_{}_{n}", std::process::id());
         let db = c.clickhouse.database.clone();
-        let sink = ClickHouseSink::new(&c.clickhouse, &c.clickhouse_password()?);
+        let sink = ClickHouseSink::from_config(&c)?;
         sink.apply_schema().await?;
         let started = Instant::now();
         let now = {
             let (u, d) = (url.clone(), db.clone());
-            let (months, share) = (args.months, args.deleted_share);
-            tokio::task::spawn_blocking(move || fill(&u, &d, n, months, share)).await??
+            let months = args.months;
+            tokio::task::spawn_blocking(move || fill(&u, &d, n, months)).await??
         };
         let (rows, _, _) = post(
             &url,
@@ -221,50 +325,107 @@ pub async fn bench(cfg: Config, args: AnalyticsArgs) -> anyhow::Result<()> {
             args.months,
             started.elapsed().as_secs_f64()
         );
-        for (name, sql) in queries(&db, &now) {
-            let mut times = Vec::new();
-            let (mut rr, mut rb) = (0, 0);
-            for _ in 0..3 {
-                let t = Instant::now();
-                let (_, r, b) = post(&url, &sql)?;
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-                (rr, rb) = (r, b);
-            }
+        let mut record = |query: String, (ms, rows, bytes): (f64, u64, u64)| {
             all.push(Measured {
                 predictions: total,
-                query: name.into(),
-                median_ms: median(times),
-                read_rows: rr,
-                read_bytes: rb,
-                read_share: rr as f64 / total.max(1) as f64,
-            });
+                query,
+                median_ms: ms,
+                read_rows: rows,
+                read_bytes: bytes,
+                read_share: rows as f64 / total.max(1) as f64,
+            })
+        };
+        let newest = chrono::NaiveDateTime::parse_from_str(&now, "%Y-%m-%d %H:%M:%S%.3f")
+            .map(|t| t.and_utc())
+            .unwrap_or_else(|_| chrono::Utc::now());
+        // The insert path, as the worker runs it (screening, insert, the check after it), with
+        // this many deleted ids remembered; none first, then the history's own deletions.
+        let insert = |want: u64| {
+            let (sink, url, db) = (&sink, url.clone(), db.clone());
+            async move {
+                let (have, _, _) = post(
+                    &url,
+                    &format!("SELECT count() FROM {db}.deleted_tweets FORMAT TSV"),
+                )?;
+                let have: u64 = have.trim().parse().unwrap_or(0);
+                if want > have {
+                    post(
+                        &url,
+                        &format!(
+                            "INSERT INTO {db}.deleted_tweets SELECT concat('gone-', toString(number)), now64(3) FROM numbers({have}, {})",
+                            want - have
+                        ),
+                    )?;
+                }
+                let m = measure(&url, |k| {
+                    let b = batch(k, want, newest);
+                    async move {
+                        sink.insert(&b).await?;
+                        Ok(())
+                    }
+                })
+                .await?;
+                anyhow::Ok((
+                    format!("insert 64 tweets ({} deleted ids)", want.max(have)),
+                    m,
+                ))
+            }
+        };
+        if deleted_sizes.first() == Some(&0) {
+            let (name, m) = insert(0).await?;
+            record(name, m);
         }
-        // The insert path: 64 tweets through `ingest` with this database's deleted ids.
-        let mut times = Vec::new();
-        let (mut rr, mut rb) = (0, 0);
-        for k in 0..3u64 {
-            let t = Instant::now();
-            let (_, r, b) = post(
-                &url,
-                &format!(
-                    "INSERT INTO {db}.ingest SELECT concat('new-{k}-', toString(number)), now64(3), 'fr', 'x', 0, toInt64(number), 'demo@2', 'aaaaaaaaaaaa', 'champion', 2, 'neutral', map('neutral', 1.0), now64(3) FROM numbers(64)"
-                ),
-            )?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-            (rr, rb) = (r, b);
+        delete_share(&url, &db, total * 4 / 5, args.deleted_share)?;
+        for (name, sql) in queries(&db, &now) {
+            let m = measure(&url, |_| {
+                let (u, q) = (url.clone(), sql.clone());
+                async move { post(&u, &q).map(|_| ()) }
+            })
+            .await?;
+            record(name.into(), m);
         }
-        let (deleted, _, _) = post(
-            &url,
-            &format!("SELECT count() FROM {db}.deleted_tweets FORMAT TSV"),
-        )?;
-        all.push(Measured {
-            predictions: total,
-            query: format!("insert 64 tweets ({} deleted ids)", deleted.trim()),
-            median_ms: median(times),
-            read_rows: rr,
-            read_bytes: rb,
-            read_share: rr as f64 / total.max(1) as f64,
-        });
+        let since = newest - chrono::Duration::days(30);
+        let m = measure(&url, |_| async {
+            vaxpulse::analytics::report::opinion(&sink, false, None, Some(since)).await?;
+            Ok(())
+        })
+        .await?;
+        record("report --since (30 days, daily)".into(), m);
+        let chart = std::env::temp_dir().join(format!("bench-opinion-{}.svg", std::process::id()));
+        let m = measure(&url, |_| async {
+            let o = vaxpulse::analytics::report::opinion(&sink, false, None, Some(since)).await?;
+            vaxpulse::analytics::chart::opinion(&o, &chart)
+        })
+        .await?;
+        record("report --since --chart (30 days)".into(), m);
+        let m = measure(&url, |_| async {
+            vaxpulse::analytics::report::opinion(&sink, false, None, None).await?;
+            Ok(())
+        })
+        .await?;
+        record("report (whole history, daily)".into(), m);
+        for (label, daily, windows) in [
+            ("monitor (hourly, 48 h)", false, 48),
+            ("monitor --daily (30 days)", true, 30),
+            ("drift-gauge refresh (latest hour)", false, 1),
+        ] {
+            let span = Span {
+                daily,
+                reference_days: 1,
+                pinned: None,
+                windows,
+            };
+            let m = measure(&url, |_| async {
+                monitor(&sink, span).await?;
+                Ok(())
+            })
+            .await?;
+            record(label.into(), m);
+        }
+        for &want in deleted_sizes.iter().filter(|&&w| w > 0) {
+            let (name, m) = insert(want).await?;
+            record(name, m);
+        }
         if !args.keep {
             post(&url, &format!("DROP DATABASE IF EXISTS {db}"))?;
         }
@@ -284,7 +445,7 @@ pub async fn bench(cfg: Config, args: AnalyticsArgs) -> anyhow::Result<()> {
             format!("{:.1}", m.median_ms),
             m.read_rows.to_string(),
             format!("{:.1}", m.read_bytes as f64 / (1 << 20) as f64),
-            format!("{:.3}", m.read_share),
+            format!("{:.4}", m.read_share),
         ]);
     }
     println!("\n{}", t.render());
@@ -294,9 +455,10 @@ pub async fn bench(cfg: Config, args: AnalyticsArgs) -> anyhow::Result<()> {
         let (lo, hi) = (all[0].predictions, all[all.len() - 1].predictions);
         let mut g = Table::new(&["query", "history ×", "time ×", "rows read ×"]);
         for m in all.iter().filter(|m| m.predictions == lo) {
-            if let Some(h) = all.iter().find(|x| {
-                x.predictions == hi && x.query.split(" (").next() == m.query.split(" (").next()
-            }) {
+            if let Some(h) = all
+                .iter()
+                .find(|x| x.predictions == hi && x.query == m.query)
+            {
                 g.row(vec![
                     m.query.clone(),
                     format!("{:.1}", hi as f64 / lo as f64),
@@ -306,6 +468,19 @@ pub async fn bench(cfg: Config, args: AnalyticsArgs) -> anyhow::Result<()> {
             }
         }
         println!("{}", g.render());
+    }
+    // The insert with the most deleted ids against the one with the fewest, at each size.
+    let inserts: Vec<&Measured> = all
+        .iter()
+        .filter(|m| m.query.starts_with("insert"))
+        .collect();
+    if let (Some(first), Some(last)) = (inserts.first(), inserts.last()) {
+        if inserts.len() > 1 {
+            println!(
+                "insert latency, most vs fewest deleted ids: {:.2}×",
+                last.median_ms / first.median_ms.max(1e-3)
+            );
+        }
     }
     vaxpulse::output::write_json(&args.json, &all)?;
     Ok(())

@@ -551,6 +551,55 @@ pub async fn ch_try(sql: &str) -> Result<String, clickhouse::error::Error> {
     Ok(rows.into_iter().next().unwrap_or_default())
 }
 
+/// A child process (a test's own broker or ClickHouse) killed when the test ends, however it
+/// ends.
+pub struct Service(pub std::process::Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Service {
+    /// Waits up to 60 s (chdb's start-up on a busy machine) for `port` to accept connections;
+    /// if the process exits first, panics with its log.
+    pub fn listening(mut self, port: u16, what: &str, log: &Path) -> Self {
+        for _ in 0..600 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return self;
+            }
+            if let Ok(Some(status)) = self.0.try_wait() {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("{what} exited ({status}): {log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what} did not listen on {port} within 60 s");
+    }
+
+    /// A ClickHouse (chdb, `scripts/clickhouse_server.py`) of its own under `dir`, with `env`
+    /// (`VAXPULSE_CH_USERS`, `VAXPULSE_CH_CLUSTER`); answering on HTTP `http`, TCP `tcp`.
+    pub fn clickhouse(dir: &Path, http: u16, tcp: u16, env: &[(&str, String)]) -> Self {
+        let log = dir.join(format!("clickhouse-{http}.log"));
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(repo_root().join("scripts/clickhouse_server.py"))
+            .arg(dir.join(format!("clickhouse-{http}")))
+            .args([http.to_string(), tcp.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Service(
+            cmd.spawn()
+                .expect("python3 with chdb (source .state/env.sh)"),
+        )
+        .listening(http, "ClickHouse", &log)
+    }
+}
+
 /// A TCP port free on loopback right now (for a worker's metrics endpoint).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -578,9 +578,9 @@ pub fn outdated(database: &str, engine_full: &str) -> Option<String> {
     (!engine_full.contains("is_deleted")).then(|| {
         format!(
             "database {database} was made by an earlier vaxpulse (tweets without tombstones, \
-             champion labels computed over the whole history): run `vaxpulse schema --migrate` \
-             once (it copies the history into the new tables, docs/analysts.md → Migrating), \
-             or point clickhouse.database at a new database"
+             champion labels computed over the whole history): point clickhouse.database at a \
+             new database and copy the history into it (docs/analysts.md → Migrating a \
+             database), or drop this one"
         )
     })
 }
