@@ -385,6 +385,87 @@ async fn a_replay_straddling_a_promotion_keeps_one_champion_label() {
     );
 }
 
+/// The monitor reads an hourly rollup; every hour written to is recomputed whole from the
+/// deduplicated tables before the next report: a late tweet in an hour already rolled up
+/// counts, a replay with other batch boundaries adds nothing, and a delete (with
+/// `retention.delete_counts`) leaves — the report always equals the tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_rollup_follows_late_writes_replays_and_deletes() {
+    use vaxpulse::analytics::monitor::{monitor, Span};
+    use vaxpulse::work::{Classification, ClassifiedBatch, Role};
+    let (names, sink) = fresh_database("rollup").await;
+    let sink = sink.with_delete_counts(true);
+    let day0 = chrono::DateTime::parse_from_rfc3339("2021-07-01T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let row = |day: i64, i: i64, label: &str| Classification {
+        tweet_id: format!("r{day}-{i}"),
+        created_at: day0 + chrono::Duration::days(day),
+        lang: "fr".into(),
+        text: "t".into(),
+        label: label.into(),
+        scores: [(label.to_string(), serde_json::Value::from(0.8))]
+            .into_iter()
+            .collect(),
+        model_version: "demo@1".into(),
+        model_hash: "aaaaaaaaaaaa".into(),
+        role: Role::Champion,
+        deployment_epoch: 0,
+        classified_at: Utc::now(),
+        source_partition: 0,
+        source_offset: day * 1000 + i,
+        source_timestamp_ms: None,
+    };
+    let batch = |rows, deleted: Vec<String>| ClassifiedBatch {
+        rows,
+        deleted,
+        acks: Vec::new(),
+        received: Vec::new(),
+    };
+    let label = |i: i64| if i % 2 == 0 { "favour" } else { "against" };
+    let day = |d: i64, ids: std::ops::Range<i64>| ids.map(|i| row(d, i, label(i))).collect();
+    sink.insert(&batch(day(0, 0..100), vec![])).await.unwrap();
+    sink.insert(&batch(day(1, 0..100), vec![])).await.unwrap();
+    let span = Span {
+        daily: true,
+        reference_days: 1,
+        pinned: None,
+        windows: 30,
+    };
+    let day1 = |r: &vaxpulse::analytics::monitor::MonitorReport| {
+        let w = &r.champion.windows[0];
+        assert_eq!(w.window, "2021-07-02 00:00:00");
+        (
+            w.tweets,
+            (w.shares["favour"] * w.tweets as f64).round() as u64,
+        )
+    };
+    assert_eq!(day1(&monitor(&sink, span).await.unwrap()), (100, 50));
+    // 20 late `favour` tweets in day 1, already rolled up.
+    let late: Vec<Classification> = (100..120).map(|i| row(1, i, "favour")).collect();
+    sink.insert(&batch(late.clone(), vec![])).await.unwrap();
+    assert_eq!(day1(&monitor(&sink, span).await.unwrap()), (120, 70));
+    // The same tweets again with other boundaries (another deduplication token): no change.
+    sink.insert(&batch(late[5..].to_vec(), vec![]))
+        .await
+        .unwrap();
+    assert_eq!(day1(&monitor(&sink, span).await.unwrap()), (120, 70));
+    // Ten of the late ones deleted: they leave the counts.
+    let gone: Vec<String> = late[..10].iter().map(|r| r.tweet_id.clone()).collect();
+    sink.insert(&batch(Vec::new(), gone)).await.unwrap();
+    let r = monitor(&sink, span).await.unwrap();
+    assert_eq!(day1(&r), (110, 60));
+    assert_eq!(
+        ch_scalar(&format!(
+            "SELECT sum(tweets) FROM {}.champion_hourly WHERE hour >= '2021-07-02 00:00:00'",
+            names.database
+        ))
+        .await,
+        "110",
+        "the report equals the table"
+    );
+}
+
 /// `vaxpulse monitor` on a real ClickHouse: a day like the reference is ok, a day whose label
 /// distribution moved is an alert (PSI by hand: 0.4·ln 1.8 + 0.4·ln 5 = 0.8789), the shadow's
 /// agreement and kappa match the hand computation, a flagged probe run is an alert by itself,

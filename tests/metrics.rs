@@ -55,6 +55,9 @@ async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_versi
                     && text.contains("vaxpulse_consumer_lag_messages{")
                     && text.contains("vaxpulse_probe_runs_total{")
                     && text.contains("\nvaxpulse_drift_alert ")
+                    // This one replica holds partition 0: it computes the group's gauges.
+                    && text.contains("\nvaxpulse_monitor_leader 1")
+                    && text.contains("vaxpulse_tweets_classified_total{")
             },
             || format!("{} of 300 tweets, metrics on :{port}", output.count()),
         )

@@ -154,6 +154,7 @@ pub async fn run(
     let gauges_task = (cfg.monitor.gauges_interval_s > 0).then(|| {
         tokio::spawn(side::monitor_gauges(
             clickhouse.clone(),
+            tracker.clone(),
             Duration::from_secs(cfg.monitor.gauges_interval_s),
             cfg.monitor.reference_days,
             gauges_stop.clone(),

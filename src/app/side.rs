@@ -79,26 +79,39 @@ pub(super) async fn record_probes(
     }
 }
 
-/// Every `every`, reads the drift and agreement of the latest hourly window (as `vaxpulse
-/// monitor` does) into the gauges; nothing to read yet is not an error.
+/// Every `every`, on the one replica of the group holding partition 0 of the input topic:
+/// refreshes the monitor's hourly rollup and reads the drift and agreement of the latest hourly
+/// window (as `vaxpulse monitor` does) into the gauges; nothing to read yet is not an error.
+/// The other replicas leave it to that one (`vaxpulse_monitor_leader` says which), so the
+/// group pays for one refresh per interval whatever its size.
 pub(super) async fn monitor_gauges(
     clickhouse: ClickHouseSink,
+    tracker: Arc<crate::batch::offsets::OffsetTracker>,
     every: Duration,
     reference_days: u32,
     stop: CancellationToken,
 ) {
     loop {
-        // The gauges show the latest hour: the reference and that hour are all it reads.
-        let span = crate::analytics::monitor::Span {
-            daily: false,
-            reference_days,
-            pinned: None,
-            windows: 1,
-        };
-        match crate::analytics::monitor::monitor(&clickhouse, span).await {
-            Ok(report) => report.emit_gauges(),
-            Err(e) => tracing::debug!(error = %e, "monitor gauges not updated"),
+        let leading = tracker.partitions().contains(&0);
+        let mut hours = 0;
+        if leading {
+            // The gauges show the latest hour: the reference and that hour are all it reads.
+            let span = crate::analytics::monitor::Span {
+                daily: false,
+                reference_days,
+                pinned: None,
+                windows: 1,
+            };
+            match crate::analytics::monitor::rollup::refresh(&clickhouse).await {
+                Ok(r) => hours = r.hours,
+                Err(e) => tracing::debug!(error = %e, "monitor rollup not refreshed"),
+            }
+            match crate::analytics::monitor::monitor(&clickhouse, span).await {
+                Ok(report) => report.emit_gauges(),
+                Err(e) => tracing::debug!(error = %e, "monitor gauges not updated"),
+            }
         }
+        telemetry::MonitorLeader { leading, hours }.emit();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}

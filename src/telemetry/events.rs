@@ -296,6 +296,28 @@ impl MonitorObserved<'_> {
     }
 }
 
+/// Whether this replica computes the group's monitor gauges (it holds partition 0 of the input
+/// topic): one replica per group refreshes the rollup and reads the drift, the others skip it.
+pub struct MonitorLeader {
+    pub leading: bool,
+    /// Hours of the rollup recomputed by this refresh (0 when not leading).
+    pub hours: usize,
+}
+
+impl MonitorLeader {
+    pub fn emit(&self) {
+        gauge!("vaxpulse_monitor_leader").set(f64::from(u8::from(self.leading)));
+        if self.leading {
+            counter!("vaxpulse_monitor_rollup_windows_total").increment(self.hours as u64);
+            tracing::debug!(hours = self.hours, "monitor rollup refreshed");
+        } else {
+            // A former leader's alert must not outlive its leadership in `max()`.
+            gauge!("vaxpulse_drift_alert").set(0.0);
+            tracing::debug!("monitor gauges left to the replica holding partition 0");
+        }
+    }
+}
+
 /// This replica started scoring with a deployment, or refused it (and kept the previous one).
 pub struct DeploymentChanged<'a> {
     pub epoch: u64,

@@ -162,6 +162,16 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "1 while vaxpulse monitor's status is alert (PSI >= 0.25 or a probe flag)",
     ),
     (
+        "vaxpulse_monitor_leader",
+        "gauge",
+        "1 on the replica that computes the group's drift gauges (it holds input partition 0)",
+    ),
+    (
+        "vaxpulse_monitor_rollup_windows_total",
+        "counter",
+        "Hourly windows of the monitor's rollup recomputed (those written to since the last refresh)",
+    ),
+    (
         "vaxpulse_ready",
         "gauge",
         "1 while /health/ready answers ready (consuming, sinks healthy), read at scrape time",

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 mod query;
 mod render;
+pub mod rollup;
 
 pub use query::{monitor, Span};
 
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::output::Table;
 use crate::sink::clickhouse::schema::{
-    AGREEMENT_DAILY, AGREEMENT_HOURLY, CHAMPION_LABELS, MODEL_SPANS, PREDICTIONS, PROBE_RUNS,
+    CHAMPION_LABELS, MODEL_SPANS, MONITOR_HOURLY, PREDICTIONS, PROBE_RUNS,
 };
 use crate::sink::clickhouse::ClickHouseSink;
 
@@ -87,24 +88,6 @@ struct Cell {
     tweets: u64,
     /// Sum of the top probabilities.
     confidence: f64,
-}
-
-#[derive(Row, Deserialize)]
-struct AgreementCell {
-    window: String,
-    shadow_version: String,
-    shadow_hash: String,
-    tweets: u64,
-    agreement: f64,
-    kappa: f64,
-}
-
-#[derive(Row, Deserialize)]
-struct FlipCell {
-    shadow: String,
-    champion_label: String,
-    shadow_label: String,
-    tweets: u64,
 }
 
 #[derive(Row, Deserialize)]

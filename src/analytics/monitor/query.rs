@@ -1,7 +1,7 @@
 //! The ClickHouse reads behind a report: champion and per-version cells, agreement, flips and
-//! probe runs, turned into a [`MonitorReport`]. Each read is bounded to the reference windows
-//! and the last [`Span::windows`] windows (a filter on the hour every table's key holds), so a
-//! report costs the same after a year as after a week.
+//! probe runs — from the hourly rollup ([`rollup`]) — turned into a [`MonitorReport`]. Each read
+//! is bounded to the reference windows and the last [`Span::windows`] windows (a filter on the
+//! hour the rollup's key starts with), so a report costs the same after a year as after a week.
 
 use super::*;
 
@@ -76,21 +76,18 @@ impl Span {
     }
 }
 
-/// Reads the series per `span`: the champion's and each version's reference and recent
-/// windows, the agreement of the recent windows, the flips of the latest, the probe runs.
+/// Reads the series per `span` from the hourly rollup (refreshed first: the hours written
+/// since the last refresh are recomputed; a read-only user reads it as the worker group last
+/// left it): the champion's and each version's reference and recent windows, the agreement of
+/// the recent windows, the flips of the latest, the probe runs.
 pub async fn monitor(sink: &ClickHouseSink, span: Span) -> anyhow::Result<MonitorReport> {
-    let bucket = if span.daily {
-        "toStartOfDay(hour)"
-    } else {
-        "hour"
-    };
-    // Per window, label and confidence bin: tweets and the sum of their top probabilities.
-    let cell = format!(
-        "toString({bucket}) AS window, toString(label) AS label,
-         toUInt8(least(floor(arrayMax(mapValues(scores)) * {CONFIDENCE_BINS}), {})) AS bin,
-         count() AS tweets, sum(toFloat64(arrayMax(mapValues(scores)))) AS confidence",
-        CONFIDENCE_BINS - 1
-    );
+    if let Err(e) = rollup::refresh(sink).await {
+        let readonly = e.to_string().contains("READONLY") || e.to_string().contains("Code: 164");
+        if !readonly {
+            return Err(e.context("refreshing the monitor's hourly rollup"));
+        }
+        tracing::warn!(error = %e, "read-only: the monitor's rollup is read as the worker group last refreshed it");
+    }
     let extent: Extent = sink
         .client()
         .query(&format!(
@@ -106,24 +103,6 @@ pub async fn monitor(sink: &ClickHouseSink, span: Span) -> anyhow::Result<Monito
     );
     let recent = span.recent_from(at(extent.last));
     let (ref_from, ref_to) = span.reference(at(extent.first));
-    let in_span = |from: DateTime<Utc>, to: DateTime<Utc>, hour: &str| {
-        format!(
-            "({hour} >= {} AND {hour} < {}) OR {hour} >= {}",
-            sql_time(from),
-            sql_time(to),
-            sql_time(recent)
-        )
-    };
-    let champion: Vec<Cell> = sink
-        .client()
-        .query(&format!(
-            "SELECT 'champion' AS series, {cell}
-             FROM {CHAMPION_LABELS} FINAL WHERE {}
-             GROUP BY window, label, bin ORDER BY window, label, bin",
-            in_span(ref_from, ref_to, "hour")
-        ))
-        .fetch_all()
-        .await?;
     // Each version against its own first days: where each starts comes from `model_spans`.
     let spans: Vec<SpanRow> = sink
         .client()
@@ -134,46 +113,97 @@ pub async fn monitor(sink: &ClickHouseSink, span: Span) -> anyhow::Result<Monito
         ))
         .fetch_all()
         .await?;
+    let range = |(from, to): (DateTime<Utc>, DateTime<Utc>)| {
+        format!("hour >= {} AND hour < {}", sql_time(from), sql_time(to))
+    };
     let mut references = BTreeMap::new();
-    let mut versions: Vec<Cell> = Vec::new();
-    if !spans.is_empty() {
-        let hour = "toStartOfHour(created_at)";
-        let mut filter = Vec::new();
-        for s in &spans {
-            let (from, to) = span.reference(at(s.first));
-            references.insert(format!("{}#{}", s.model_version, s.model_hash), (from, to));
-            filter.push(format!(
-                "(model_version = ? AND model_hash = ? AND {hour} >= {} AND {hour} < {})",
-                sql_time(from),
-                sql_time(to)
-            ));
-        }
-        filter.push(format!("{hour} >= {}", sql_time(recent)));
-        // One prediction per tweet and version, whichever role produced it.
-        let mut q = sink.client().query(&format!(
-            "SELECT concat(model_version, '#', model_hash) AS series, {cell}
-             FROM (SELECT model_version, model_hash, tweet_id, {hour} AS hour,
-                          any(label) AS label, any(scores) AS scores
-                   FROM {PREDICTIONS} FINAL WHERE {}
-                   GROUP BY model_version, model_hash, hour, tweet_id)
-             GROUP BY series, window, label, bin ORDER BY series, window, label, bin",
-            filter.join(" OR ")
+    let mut filter = vec![
+        format!("(kind = 'champion' AND {})", range((ref_from, ref_to))),
+        format!("hour >= {}", sql_time(recent)),
+    ];
+    for s in &spans {
+        let series = format!("{}#{}", s.model_version, s.model_hash);
+        let r = span.reference(at(s.first));
+        filter.push(format!(
+            "(kind = 'version' AND series = ? AND {})",
+            range(r)
         ));
-        for s in &spans {
-            q = q.bind(&s.model_version).bind(&s.model_hash);
-        }
-        versions = q.fetch_all().await?;
+        references.insert(series, r);
     }
-    let labels: Vec<String> = champion
+    let mut q = sink.client().query(&format!(
+        "SELECT toUInt32(hour) AS hour, toString(kind) AS kind, series, cells
+         FROM {MONITOR_HOURLY} FINAL WHERE {} ORDER BY hour, kind, series",
+        filter.join(" OR ")
+    ));
+    for s in references.keys() {
+        q = q.bind(s);
+    }
+    let stored: Vec<rollup::Stored> = q.fetch_all().await?;
+    let window_of = |hour: u32| {
+        span.window_start(at(hour))
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    };
+    // Label cells of the champion and of each version, summed over the hours of a window.
+    let mut cells: BTreeMap<(String, String, String, u8), (u64, f64)> = BTreeMap::new();
+    // Agreement pairs of each shadow, per window.
+    let mut pairs: BTreeMap<(String, String), BTreeMap<(String, String), u64>> = BTreeMap::new();
+    for row in &stored {
+        let window = window_of(row.hour);
+        for (key, (tweets, confidence)) in &row.cells {
+            let (a, b) = key.split_once('|').unwrap_or((key.as_str(), ""));
+            match row.kind.as_str() {
+                "pairs" => {
+                    if at(row.hour) >= recent {
+                        *pairs
+                            .entry((window.clone(), row.series.clone()))
+                            .or_default()
+                            .entry((a.to_string(), b.to_string()))
+                            .or_default() += tweets;
+                    }
+                }
+                kind => {
+                    let series = if kind == "champion" {
+                        "champion".to_string()
+                    } else {
+                        row.series.clone()
+                    };
+                    let bin = b.parse().unwrap_or(0);
+                    let c = cells
+                        .entry((series, window.clone(), a.to_string(), bin))
+                        .or_default();
+                    c.0 += tweets;
+                    c.1 += confidence;
+                }
+            }
+        }
+    }
+    let all: Vec<Cell> = cells
+        .into_iter()
+        .map(
+            |((series, window, label, bin), (tweets, confidence))| Cell {
+                series,
+                window,
+                label,
+                bin,
+                tweets,
+                confidence,
+            },
+        )
+        .collect();
+    let labels: Vec<String> = all
         .iter()
-        .chain(&versions)
         .map(|c| c.label.clone())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    let mut by_series: BTreeMap<&str, Vec<&Cell>> = BTreeMap::new();
+    for c in &all {
+        by_series.entry(c.series.as_str()).or_default().push(c);
+    }
     let champion_status = series_status(
         "champion".into(),
-        &champion.iter().collect::<Vec<_>>(),
+        by_series.remove("champion").as_deref().unwrap_or(&[]),
         &labels,
         span.reference_days,
         Some((ref_from, ref_to)),
@@ -183,11 +213,7 @@ pub async fn monitor(sink: &ClickHouseSink, span: Span) -> anyhow::Result<Monito
         "the reference {} holds no champion predictions: pin another with --reference-from/--reference-to",
         champion_status.reference
     );
-    let mut by_version: BTreeMap<&str, Vec<&Cell>> = BTreeMap::new();
-    for c in &versions {
-        by_version.entry(c.series.as_str()).or_default().push(c);
-    }
-    let versions = by_version
+    let versions = by_series
         .into_iter()
         .map(|(s, cells)| {
             series_status(
@@ -199,53 +225,20 @@ pub async fn monitor(sink: &ClickHouseSink, span: Span) -> anyhow::Result<Monito
             )
         })
         .collect();
-
-    let view = if span.daily {
-        AGREEMENT_DAILY
-    } else {
-        AGREEMENT_HOURLY
-    };
-    let agreement: Vec<AgreementCell> = sink
-        .client()
-        .query(&format!(
-            "SELECT toString(window) AS window, shadow_version, shadow_hash, tweets, agreement, kappa
-             FROM (SELECT * FROM {view} WHERE window >= {})
-             ORDER BY window, shadow_version, shadow_hash",
-            sql_time(recent)
-        ))
-        .fetch_all()
-        .await?;
-    let agreement: Vec<AgreementStatus> = agreement
-        .into_iter()
-        .map(|a| AgreementStatus {
-            window: a.window,
-            shadow: format!("{}#{}", a.shadow_version, a.shadow_hash),
-            tweets: a.tweets,
-            agreement: a.agreement,
-            kappa: a.kappa,
-        })
+    let agreement: Vec<AgreementStatus> = pairs
+        .iter()
+        .map(|((window, shadow), m)| agreement_of(window, shadow, m))
         .collect();
-    let flips: Vec<FlipCell> = match agreement.last().and_then(|a| parse_window(&a.window)) {
+    let flips = match agreement.last() {
         None => Vec::new(),
-        Some(from) => {
-            let (from, to) = (sql_time(from), sql_time(from + span.window()));
-            sink.client()
-                .query(&format!(
-                    "SELECT concat(s.model_version, '#', s.model_hash) AS shadow,
-                            toString(c.label) AS champion_label, toString(s.label) AS shadow_label,
-                            count() AS tweets
-                     FROM (SELECT hour, tweet_id, label FROM {CHAMPION_LABELS} FINAL) AS c
-                     INNER JOIN (SELECT toStartOfHour(created_at) AS hour, tweet_id, model_version,
-                                        model_hash, label
-                                 FROM {PREDICTIONS} FINAL WHERE role = 'shadow') AS s
-                     USING (hour, tweet_id)
-                     WHERE hour >= {from} AND hour < {to}
-                     GROUP BY shadow, champion_label, shadow_label
-                     ORDER BY shadow, champion_label, shadow_label"
-                ))
-                .fetch_all()
-                .await?
-        }
+        Some(last) => pairs
+            .iter()
+            .filter(|((w, _), _)| *w == last.window)
+            .flat_map(|((_, shadow), m)| {
+                m.iter()
+                    .map(move |((c, s), n)| (shadow.clone(), c.clone(), s.clone(), *n))
+            })
+            .collect(),
     };
     let probes: Vec<ProbeCell> = sink
         .client()
@@ -264,10 +257,7 @@ pub async fn monitor(sink: &ClickHouseSink, span: Span) -> anyhow::Result<Monito
         champion: champion_status,
         versions,
         agreement,
-        flips: flips
-            .into_iter()
-            .map(|f| (f.shadow, f.champion_label, f.shadow_label, f.tweets))
-            .collect(),
+        flips,
         probes: probes
             .into_iter()
             .map(|p| ProbeStatus {
@@ -280,4 +270,43 @@ pub async fn monitor(sink: &ClickHouseSink, span: Span) -> anyhow::Result<Monito
             })
             .collect(),
     })
+}
+
+/// Agreement and Cohen's kappa of one shadow in one window from its (champion label, shadow
+/// label) counts — what the `champion_shadow_agreement_*` views compute from the rows.
+fn agreement_of(
+    window: &str,
+    shadow: &str,
+    pairs: &BTreeMap<(String, String), u64>,
+) -> AgreementStatus {
+    let tweets: u64 = pairs.values().sum();
+    let n = tweets.max(1) as f64;
+    let same: u64 = pairs
+        .iter()
+        .filter(|((c, s), _)| c == s)
+        .map(|(_, k)| k)
+        .sum();
+    let mut champion: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut shadow_side: BTreeMap<&str, u64> = BTreeMap::new();
+    for ((c, s), k) in pairs {
+        *champion.entry(c).or_default() += k;
+        *shadow_side.entry(s).or_default() += k;
+    }
+    let chance: f64 = champion
+        .iter()
+        .map(|(l, k)| (*k as f64 / n) * (shadow_side.get(l).copied().unwrap_or(0) as f64 / n))
+        .sum();
+    let agreement = same as f64 / n;
+    let kappa = if chance < 1.0 {
+        (agreement - chance) / (1.0 - chance)
+    } else {
+        1.0
+    };
+    AgreementStatus {
+        window: window.to_string(),
+        shadow: shadow.to_string(),
+        tweets,
+        agreement,
+        kappa,
+    }
 }

@@ -15,8 +15,8 @@ use std::collections::HashSet;
 use chrono::Utc;
 
 use super::schema::{
-    DeletedRow, IngestRow, CHAMPION_LABELS, DELETED_TWEETS, PREDICTIONS, TOMBSTONE_RANK, TWEETS,
-    TWEET_HOURS,
+    DeletedRow, IngestRow, CHAMPION_LABELS, DELETED_TWEETS, PREDICTIONS, TOMBSTONE_RANK,
+    TOUCHED_HOURS, TWEETS, TWEET_HOURS,
 };
 use super::{combined_token, ClickHouseSink};
 use crate::sink::{retry_policy, retry_until_done, SinkError};
@@ -175,6 +175,15 @@ impl ClickHouseSink {
                 &format!(
                     "INSERT INTO {CHAMPION_LABELS} (hour, tweet_id, first_rank, is_deleted)
                      SELECT hour, tweet_id, {TOMBSTONE_RANK}, 1 FROM ({hours})"
+                ),
+                chunk,
+            )
+            .await?;
+            // The monitor's rollup recomputes these hours.
+            self.until_done(
+                &format!(
+                    "INSERT INTO {TOUCHED_HOURS} (hour, touched_at)
+                     SELECT DISTINCT hour, now64(3) FROM ({hours})"
                 ),
                 chunk,
             )

@@ -34,6 +34,13 @@ pub const TWEET_HOURS: &str = "tweet_hours";
 pub const CHAMPION_LABELS: &str = "champion_labels";
 /// First and last `created_at` each model identity scored (where each series starts).
 pub const MODEL_SPANS: &str = "model_spans";
+/// Hours written to, and when (what the monitor's rollup recomputes).
+pub const TOUCHED_HOURS: &str = "touched_hours";
+/// The monitor's cells per hour × series, recomputed whole from the deduplicated tables.
+pub const MONITOR_HOURLY: &str = "monitor_hourly";
+/// Each rollup of `monitor_hourly`: up to which write it has seen.
+pub const MONITOR_ROLLUPS: &str = "monitor_rollups";
+pub const TOUCHED_HOURS_MV: &str = "touched_hours_mv";
 pub const TWEETS_MV: &str = "tweets_mv";
 pub const PREDICTIONS_MV: &str = "predictions_mv";
 pub const TWEET_HOURS_MV: &str = "tweet_hours_mv";
@@ -72,6 +79,10 @@ pub const ALL: &[&str] = &[
     TWEET_HOURS,
     CHAMPION_LABELS,
     MODEL_SPANS,
+    TOUCHED_HOURS,
+    MONITOR_HOURLY,
+    MONITOR_ROLLUPS,
+    TOUCHED_HOURS_MV,
     TWEETS_MV,
     PREDICTIONS_MV,
     TWEET_HOURS_MV,
@@ -346,6 +357,35 @@ pub fn schema_statements(layout: &Layout) -> Vec<String> {
         "ORDER BY (model_version, model_hash)",
         "rand()",
     ));
+    out.extend(layout.table(
+        TOUCHED_HOURS,
+        "hour DateTime('UTC'), touched_at DateTime64(3, 'UTC')",
+        "MergeTree",
+        "",
+        "ORDER BY touched_at TTL toDateTime(touched_at) + INTERVAL 30 DAY",
+        "rand()",
+    ));
+    // Every version of one hour × series on one shard: `FINAL` keeps the newest recompute.
+    out.extend(layout.table(
+        MONITOR_HOURLY,
+        "hour DateTime('UTC'),
+         kind LowCardinality(String),
+         series String,
+         cells Array(Tuple(String, Tuple(UInt64, Float64))),
+         computed_at DateTime64(3, 'UTC')",
+        "ReplacingMergeTree",
+        "computed_at",
+        "PARTITION BY toYYYYMM(hour) ORDER BY (hour, kind, series)",
+        "cityHash64(toUInt32(hour), kind, series)",
+    ));
+    out.extend(layout.table(
+        MONITOR_ROLLUPS,
+        "rolled_at DateTime64(3, 'UTC'), up_to DateTime64(3, 'UTC'), hours UInt64",
+        "MergeTree",
+        "",
+        "ORDER BY rolled_at TTL toDateTime(rolled_at) + INTERVAL 30 DAY",
+        "rand()",
+    ));
     // Every result is inserted once, here (Null engine: nothing stored, on each server); the
     // views below split it into the tables, so a champion batch is one insert, deduplicated as
     // one block in every table. `deleted` marks a tweet whose delete notice came first: its
@@ -395,6 +435,11 @@ pub fn schema_statements(layout: &Layout) -> Vec<String> {
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.tweet_hours_mv{on} TO {db}.tweet_hours AS
             SELECT tweet_id, toStartOfHour(created_at) AS hour
             FROM {db}.ingest WHERE role = 'champion'"
+        ),
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.touched_hours_mv{on} TO {db}.touched_hours AS
+            SELECT DISTINCT toStartOfHour(created_at) AS hour, now64(3) AS touched_at
+            FROM {db}.ingest"
         ),
         format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.model_spans_mv{on} TO {db}.model_spans AS
