@@ -32,6 +32,11 @@ pub struct AnalyticsArgs {
     /// Keep the databases (named in the output) instead of dropping them.
     #[arg(long)]
     pub keep: bool,
+    /// Also time the queries of the layout before per-hour champion labels (its views,
+    /// verbatim, over the same `predictions` and `tweets`): the "before" of the same run; one
+    /// run each (they scan the history).
+    #[arg(long)]
+    pub baseline: bool,
     #[arg(long, default_value = "bench-results/analytics.json")]
     pub json: std::path::PathBuf,
 }
@@ -149,6 +154,56 @@ fn fill(url: &str, db: &str, n: u64, months: u32) -> anyhow::Result<String> {
         &format!("SELECT max(created_at) FROM {db}.predictions FORMAT TSV"),
     )?;
     Ok(now.trim().to_string())
+}
+
+/// The earlier layout's reads, verbatim over the same tables: its `champion_predictions` view
+/// grouped every champion prediction by tweet before anything could filter on the hour, and its
+/// `tweets_mv` filtered each insert with `NOT IN (SELECT tweet_id FROM deleted_tweets)`.
+fn baseline_queries(db: &str, now: &str) -> Vec<(&'static str, String)> {
+    let now = format!("toDateTime64('{now}', 3, 'UTC')");
+    let champion = format!(
+        "(SELECT tweet_id, first_created AS created_at,
+                 tupleElement(first_champion, 1) AS label, tupleElement(first_champion, 2) AS model_version,
+                 tupleElement(first_champion, 4) AS scores
+          FROM (SELECT tweet_id, min(created_at) AS first_created,
+                       argMin((label, model_version, model_hash, scores, deployment_epoch),
+                              (classified_at, model_version, model_hash)) AS first_champion
+                FROM {db}.predictions WHERE role = 'champion' GROUP BY tweet_id))"
+    );
+    let hourly = format!(
+        "(SELECT toStartOfHour(created_at) AS hour, label, count() AS tweets FROM {champion} GROUP BY hour, label)"
+    );
+    vec![
+        (
+            "champion series, last 24 h (hourly)",
+            format!("SELECT hour, label, tweets FROM {hourly} WHERE hour >= {now} - INTERVAL 24 HOUR ORDER BY hour, label"),
+        ),
+        (
+            "champion series, last 30 days (daily)",
+            format!("SELECT toStartOfDay(hour) AS day, label, sum(tweets) FROM {hourly} WHERE hour >= {now} - INTERVAL 30 DAY GROUP BY day, label ORDER BY day, label"),
+        ),
+        (
+            "champion–shadow agreement, last 30 days (daily)",
+            format!("SELECT toStartOfDay(c.created_at) AS window, s.model_version, count(), avg(c.label = s.label)
+                     FROM {champion} AS c
+                     INNER JOIN (SELECT tweet_id, model_version, label FROM {db}.predictions FINAL WHERE role = 'shadow') AS s
+                     USING (tweet_id) GROUP BY window, s.model_version HAVING window >= {now} - INTERVAL 30 DAY"),
+        ),
+        (
+            "one tweet by id (classified_tweets, id only)",
+            format!("SELECT t.tweet_id, c.label FROM (SELECT tweet_id, any(text) AS text FROM {db}.tweets GROUP BY tweet_id) AS t
+                     INNER JOIN {champion} AS c USING (tweet_id) WHERE tweet_id = '12345'"),
+        ),
+        (
+            "monitor (champion cells, every window)",
+            format!("SELECT toStartOfDay(created_at) AS window, label, toUInt8(least(floor(arrayMax(mapValues(scores)) * 10), 9)) AS bin, count()
+                     FROM {champion} GROUP BY window, label, bin"),
+        ),
+        (
+            "insert filter (64 ids NOT IN deleted_tweets)",
+            format!("SELECT count() FROM numbers(64) WHERE concat('new-', toString(number)) NOT IN (SELECT tweet_id FROM {db}.deleted_tweets)"),
+        ),
+    ]
 }
 
 /// Deletes `share` of the `tweets` tweets of [`fill`] as the worker does (their ids remembered,
@@ -377,6 +432,16 @@ pub async fn bench(cfg: Config, args: AnalyticsArgs) -> anyhow::Result<()> {
             }
         };
         delete_share(&url, &db, total * 4 / 5, args.deleted_share)?;
+        if args.baseline {
+            for (name, sql) in baseline_queries(&db, &now) {
+                let m = measure_runs(&url, 1, |_| {
+                    let (u, q) = (url.clone(), sql.clone());
+                    async move { post(&u, &q).map(|_| ()) }
+                })
+                .await?;
+                record(format!("before: {name}"), m);
+            }
+        }
         for (name, sql) in queries(&db, &now) {
             let m = measure(&url, |_| {
                 let (u, q) = (url.clone(), sql.clone());

@@ -211,6 +211,11 @@ impl Layout {
         out
     }
 
+    /// An append-only record table (MergeTree, rows spread at random on a cluster).
+    fn record_table(&self, name: &str, columns: &str, order_by: &str) -> Vec<String> {
+        self.table(name, columns, "MergeTree", "", order_by, "rand()")
+    }
+
     /// TTL of each stored table: (table, expression) with its days, 0 = none.
     pub fn ttls(&self) -> Vec<(String, &'static str, u32)> {
         vec![
@@ -357,13 +362,10 @@ pub fn schema_statements(layout: &Layout) -> Vec<String> {
         "ORDER BY (model_version, model_hash)",
         "rand()",
     ));
-    out.extend(layout.table(
+    out.extend(layout.record_table(
         TOUCHED_HOURS,
         "hour DateTime('UTC'), touched_at DateTime64(3, 'UTC')",
-        "MergeTree",
-        "",
         "ORDER BY touched_at TTL toDateTime(touched_at) + INTERVAL 30 DAY",
-        "rand()",
     ));
     // Every version of one hour × series on one shard: `FINAL` keeps the newest recompute.
     out.extend(layout.table(
@@ -378,13 +380,10 @@ pub fn schema_statements(layout: &Layout) -> Vec<String> {
         "PARTITION BY toYYYYMM(hour) ORDER BY (hour, kind, series)",
         "cityHash64(toUInt32(hour), kind, series)",
     ));
-    out.extend(layout.table(
+    out.extend(layout.record_table(
         MONITOR_ROLLUPS,
         "rolled_at DateTime64(3, 'UTC'), up_to DateTime64(3, 'UTC'), hours UInt64",
-        "MergeTree",
-        "",
         "ORDER BY rolled_at TTL toDateTime(rolled_at) + INTERVAL 30 DAY",
-        "rand()",
     ));
     // Every result is inserted once, here (Null engine: nothing stored, on each server); the
     // views below split it into the tables, so a champion batch is one insert, deduplicated as
@@ -533,7 +532,7 @@ pub fn schema_statements(layout: &Layout) -> Vec<String> {
     }
     // Every change of the group's deployment (who, what, when, from → to), written by the
     // `vaxpulse models` command that published it.
-    out.extend(layout.table(
+    out.extend(layout.record_table(
         DEPLOYMENT_CHANGES,
         "changed_at DateTime64(3, 'UTC'),
          group_id LowCardinality(String),
@@ -546,13 +545,10 @@ pub fn schema_statements(layout: &Layout) -> Vec<String> {
          from_shadows Array(String),
          to_shadows Array(String),
          key_id String DEFAULT ''",
-        "MergeTree",
-        "",
         "ORDER BY (group_id, epoch, changed_at)",
-        "rand()",
     ));
     // `vaxpulse eval` results: a model identity on a labelled set (by content hash).
-    out.extend(layout.table(
+    out.extend(layout.record_table(
         MODEL_EVALUATIONS,
         "evaluated_at DateTime64(3, 'UTC'),
          model String,
@@ -565,14 +561,11 @@ pub fn schema_statements(layout: &Layout) -> Vec<String> {
          details String,
          compared_with String,
          mcnemar_p Float64",
-        "MergeTree",
-        "",
         "ORDER BY (model, evaluated_at)",
-        "rand()",
     ));
     // Probe runs: each version's probabilities on the fixed probe set, per replica and run,
     // with the largest change against the version's first and previous runs.
-    out.extend(layout.table(
+    out.extend(layout.record_table(
         PROBE_RUNS,
         "at DateTime64(3, 'UTC'),
          group_id LowCardinality(String),
@@ -587,14 +580,11 @@ pub fn schema_statements(layout: &Layout) -> Vec<String> {
          max_deviation Float64,
          max_deviation_previous Float64,
          flagged UInt8",
-        "MergeTree",
-        "",
         "ORDER BY (model_version, model_hash, at)",
-        "rand()",
     ));
     // What each replica did with each deployment: applied (and how long after the change),
     // or refused (and why).
-    out.extend(layout.table(
+    out.extend(layout.record_table(
         DEPLOYMENT_EVENTS,
         "at DateTime64(3, 'UTC'),
          group_id LowCardinality(String),
@@ -607,10 +597,7 @@ pub fn schema_statements(layout: &Layout) -> Vec<String> {
          since_change_ms Int64,
          message String,
          key_id String DEFAULT ''",
-        "MergeTree",
-        "",
         "ORDER BY (group_id, epoch, at)",
-        "rand()",
     ));
     out
 }
