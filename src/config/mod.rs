@@ -445,7 +445,9 @@ pub struct MonitorConfig {
     #[serde(default = "default_probe_max_abs_diff")]
     pub probe_max_abs_diff: f64,
     /// Seconds between the queries behind the drift/agreement gauges
-    /// (`vaxpulse_drift_psi`, `vaxpulse_shadow_agreement_ratio`); 0 = no gauges.
+    /// (`vaxpulse_drift_psi`, `vaxpulse_shadow_agreement_ratio`), run by the one replica of the
+    /// group holding input partition 0, which also refreshes the monitor's hourly rollup then;
+    /// 0 = no gauges.
     #[serde(default = "default_gauges_interval_s")]
     pub gauges_interval_s: u64,
     /// Reference of those gauges: the first N days of each series (as `vaxpulse monitor`).
