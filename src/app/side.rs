@@ -106,7 +106,8 @@ pub(super) async fn monitor_gauges(
                 Ok(r) => hours = r.hours,
                 Err(e) => tracing::debug!(error = %e, "monitor rollup not refreshed"),
             }
-            match crate::analytics::monitor::monitor(&clickhouse, span).await {
+            // Refreshed just above: read the rollup as it stands (once per interval).
+            match crate::analytics::monitor::read(&clickhouse, span).await {
                 Ok(report) => report.emit_gauges(),
                 Err(e) => tracing::debug!(error = %e, "monitor gauges not updated"),
             }

@@ -13,7 +13,7 @@ mod query;
 mod render;
 pub mod rollup;
 
-pub use query::{monitor, Span};
+pub use query::{monitor, read, Span};
 
 use chrono::{DateTime, Utc};
 use clickhouse::Row;

@@ -76,10 +76,9 @@ impl Span {
     }
 }
 
-/// Reads the series per `span` from the hourly rollup (refreshed first: the hours written
-/// since the last refresh are recomputed; a read-only user reads it as the worker group last
-/// left it): the champion's and each version's reference and recent windows, the agreement of
-/// the recent windows, the flips of the latest, the probe runs.
+/// `vaxpulse monitor`: refreshes the hourly rollup (the hours written since the last refresh
+/// are recomputed; a read-only user reads it as the worker group last left it), then [`read`]s
+/// it.
 pub async fn monitor(sink: &ClickHouseSink, span: Span) -> anyhow::Result<MonitorReport> {
     if let Err(e) = rollup::refresh(sink).await {
         let readonly = e.to_string().contains("READONLY") || e.to_string().contains("Code: 164");
@@ -88,6 +87,13 @@ pub async fn monitor(sink: &ClickHouseSink, span: Span) -> anyhow::Result<Monito
         }
         tracing::warn!(error = %e, "read-only: the monitor's rollup is read as the worker group last refreshed it");
     }
+    read(sink, span).await
+}
+
+/// Reads the series per `span` from the hourly rollup as it stands: the champion's and each
+/// version's reference and recent windows, the agreement of the recent windows, the flips of the
+/// latest, the probe runs.
+pub async fn read(sink: &ClickHouseSink, span: Span) -> anyhow::Result<MonitorReport> {
     let extent: Extent = sink
         .client()
         .query(&format!(

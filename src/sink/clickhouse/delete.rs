@@ -19,7 +19,7 @@ use super::schema::{
     TOUCHED_HOURS, TWEETS, TWEET_HOURS,
 };
 use super::{combined_token, ClickHouseSink};
-use crate::sink::{retry_policy, retry_until_done, SinkError};
+use crate::sink::{retry_until_done, SinkError};
 
 /// Most bytes of ids bound into one statement (ids are at most 64 characters each, quoted and
 /// comma-separated in the query text): a quarter of ClickHouse's default `max_query_size`.
@@ -113,21 +113,7 @@ impl ClickHouseSink {
                     .await
                     .map_err(SinkError::from)
             };
-            let hits = if until_done {
-                retry_until_done(
-                    "clickhouse",
-                    lookup,
-                    SinkError::is_retriable,
-                    self.health.as_deref(),
-                )
-                .await?
-            } else {
-                use backon::Retryable;
-                lookup
-                    .retry(retry_policy().with_max_times(3))
-                    .when(SinkError::is_retriable)
-                    .await?
-            };
+            let hits = self.retrying(until_done, lookup).await?;
             found.extend(hits);
         }
         Ok(found)

@@ -91,10 +91,6 @@ impl ClickHouseSink {
         &self.database
     }
 
-    pub fn layout(&self) -> &schema::Layout {
-        &self.layout
-    }
-
     /// Creates database, tables and views if missing (safe to run any number of times), sets
     /// the retention TTLs; refuses a database made by an earlier release
     /// ([`schema::outdated`]). On a cluster without Keeper, on each of `schema_urls`.
@@ -185,17 +181,27 @@ impl ClickHouseSink {
         token: &str,
         until_done: bool,
     ) -> Result<(), SinkError> {
+        self.retrying(until_done, || self.insert_rows(table, rows, token))
+            .await
+    }
+
+    /// Runs `op` until it succeeds or fails for good (`until_done`: the champion's writes, never
+    /// dropped), or with a few retries only (shadows: best effort).
+    pub(crate) async fn retrying<T, F, Fut>(&self, until_done: bool, op: F) -> Result<T, SinkError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SinkError>>,
+    {
         if until_done {
             retry_until_done(
                 "clickhouse",
-                || self.insert_rows(table, rows, token),
+                op,
                 SinkError::is_retriable,
                 self.health.as_deref(),
             )
             .await
         } else {
-            (|| self.insert_rows(table, rows, token))
-                .retry(retry_policy().with_max_times(3))
+            op.retry(retry_policy().with_max_times(3))
                 .when(SinkError::is_retriable)
                 .await
         }
