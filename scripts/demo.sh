@@ -30,7 +30,8 @@ echo "demo: run $RUN — topics and schema"
 $B topics --partitions 4
 $B schema
 echo "demo: producing $N synthetic tweets"
-$B produce --synthetic "$N" --seed "$RANDOM"
+SEED1=$RANDOM
+$B produce --synthetic "$N" --seed "$SEED1"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -77,7 +78,8 @@ if [ "$SHADOW" = 1 ]; then
   fi
   export VAXPULSE_MODEL_STORE_DIR=$STORE
   $B models deploy demo@2 --reason "demo: second version as a shadow"
-  $B produce --synthetic "$N2" --seed "$RANDOM"
+  SEED2=$RANDOM
+  $B produce --synthetic "$N2" --seed "$SEED2"
   start_replicas
   echo "demo: demo@2 deployed as a shadow; waiting for $N2 more tweets"
   wait_for "SELECT uniqExact(tweet_id) FROM $RUN.classified_tweets" "$((N + N2))"
@@ -89,6 +91,15 @@ if [ "$SHADOW" = 1 ]; then
   rc=0
   $B monitor --daily --chart "$DRIFT_CHART" --json bench-results/demo-monitor.json || rc=$?
   echo "demo: vaxpulse monitor exited $rc (2 = alert: the synthetic opinion moves on purpose)"
+  echo "demo: live quality — a sample of the last 6 days, labelled from the generator's ground truth"
+  $B annotate sample --hours 144 --id demo
+  $B annotate simulate --sample demo --synthetic "$N:$SEED1" --synthetic "$N2:$SEED2"
+  $B quality --sample demo --json bench-results/demo-quality.json
+  if $B models promote demo@2 --reason "demo: gated promotion"; then
+    echo "demo: the quality gate passed demo@2: promoted"
+  else
+    echo "demo: the quality gate refused demo@2 (its reasons above; --force --reason overrides, recorded)"
+  fi
 fi
 $B report --chart "$OPINION_CHART" >/dev/null
 echo "demo: opinion chart written to $OPINION_CHART"

@@ -7,7 +7,8 @@ Usage: export_model.py CHECKPOINT_DIR --out models/NAME/VERSION [--labels agains
 
 Writes model.pt (TorchScript, dynamic batch and length: the checkpoint's weights in
 vaxmodel.CamembertClassifier, CamemBERT's architecture under Hugging Face parameter names),
-tokenizer.json (the checkpoint's fast tokenizer), parity.json (sample tweets, transformers' own
+tokenizer.json (the checkpoint's fast tokenizer, or — a checkpoint with only the slow
+tokenizer's sentencepiece.bpe.model — one converted from it and checked against SentencePiece), parity.json (sample tweets, transformers' own
 probabilities) and manifest.json (labels in the checkpoint's order mapped onto
 against/neutral/favour, max_length, pad id, sha256 of every file, the source checkpoint's hash).
 Then it runs `vaxpulse models check OUT`, which loads the export through the worker's own Rust
@@ -20,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -101,6 +103,79 @@ def map_labels(cfg: dict, given: str | None) -> list:
     return mapped
 
 
+def convert_sentencepiece(ckpt: Path, dest: Path) -> str:
+    """Writes dest/tokenizer.json converted from ckpt's sentencepiece.bpe.model (the slow
+    CamemBERT tokenizer a 2020 fine-tune ships) with transformers' own CamembertConverter, then
+    checks it against SentencePiece itself with fairseq's id layout (4 specials first, so piece k
+    is id k + 4; <s> and </s> around the text). Unigram decoding may break an exact tie between
+    two equally scored segmentations differently: such a text counts as agreeing when both
+    segmentations spell the same string with the same total score. Returns a one-line summary."""
+    spm_file = ckpt / "sentencepiece.bpe.model"
+    try:
+        import sentencepiece
+        import google.protobuf  # noqa: F401  (the converter parses the model with it)
+        from transformers.convert_slow_tokenizer import CamembertConverter
+    except ImportError as e:
+        raise ExportError(f"converting {spm_file.name} needs the sentencepiece and protobuf packages ({e}); "
+                          "scripts/setup.sh installs them in the project's venv")
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(spm_file))
+    from transformers.convert_slow_tokenizer import import_protobuf
+    proto = import_protobuf().ModelProto()
+    proto.ParseFromString(spm_file.read_bytes())
+    if proto.trainer_spec.model_type != 1:
+        raise ExportError(f"{spm_file.name} is a SentencePiece model of type {proto.trainer_spec.model_type} "
+                          "(CamemBERT's is unigram, type 1): convert it to tokenizer.json yourself and put it "
+                          "next to config.json")
+    fixed = {"<s>NOTUSED": 0, "<pad>": 1, "</s>NOTUSED": 2, "<unk>": 3}
+
+    class Slow:  # what the converter reads of the slow tokenizer
+        vocab_file = str(spm_file)
+
+        @staticmethod
+        def convert_tokens_to_ids(t):
+            return fixed[t] if t in fixed else sp.piece_to_id(t) + 4
+
+    tok = CamembertConverter(Slow()).converted()
+    from vaxmodel import normalize
+    texts = [normalize(t) for t in SAMPLES]
+    extra = Path(__file__).resolve().parent.parent / "data/heldout_synthetic.jsonl"
+    if extra.is_file():
+        texts += [normalize(json.loads(line)["text"]) for line in extra.read_text(encoding="utf-8").splitlines()[:300]]
+    exact = ties = 0
+    # fairseq's ids: SentencePiece's <unk> (piece 0) is id 3, every other piece k is k + 4.
+    to_id = lambda k: 3 if k == 0 else k + 4  # noqa: E731
+    to_piece = lambda i: 0 if i == 3 else i - 4  # noqa: E731
+    score = lambda ids: sum(sp.get_score(to_piece(i)) for i in ids)  # noqa: E731
+    spelled = lambda ids: "".join(sp.id_to_piece(to_piece(i)) for i in ids)  # noqa: E731
+    for text in texts:
+        ours = tok.encode(text).ids
+        ref = [to_id(sp.piece_to_id("<s>"))] + [to_id(k) for k in sp.encode(text)] + [to_id(sp.piece_to_id("</s>"))]
+        if ours == ref:
+            exact += 1
+            continue
+        inner_ok = all(3 <= i < 4 + sp.get_piece_size() for i in ours[1:-1])
+        if inner_ok and spelled(ours[1:-1]) == spelled(ref[1:-1]) \
+                and abs(score(ours[1:-1]) - score(ref[1:-1])) < 1e-4:
+            ties += 1
+            continue
+        raise ExportError(f"the converted tokenizer disagrees with SentencePiece on {text[:60]!r}: "
+                          f"{ours[:12]}… vs {ref[:12]}…")
+    tok.save(str(dest / "tokenizer.json"))
+    return (f"converted {spm_file.name} ({sp.get_piece_size()} pieces) to tokenizer.json: same ids as "
+            f"SentencePiece on {exact}/{len(texts)} texts, an equally scored tie on {ties}")
+
+
+def reference_tokenizer(ckpt: Path, tok_file: Path, converted: bool):
+    """The tokenizer the reference probabilities are computed with: the checkpoint's own, or
+    (converted) the fast tokenizer just written, with CamemBERT's special tokens."""
+    if not converted:
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(str(ckpt), local_files_only=True)
+    from transformers import PreTrainedTokenizerFast
+    return PreTrainedTokenizerFast(tokenizer_file=str(tok_file), bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+
+
 def load_weights(ckpt: Path) -> tuple:
     import torch
     st = ckpt / "model.safetensors"
@@ -131,21 +206,33 @@ def main(argv=None) -> int:
 
 
 def export(args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="vaxpulse-export-"))
+    try:
+        export_with(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def export_with(args, work: Path) -> None:
     ckpt, out = args.checkpoint, args.out
     if not ckpt.is_dir():
         raise ExportError(f"{ckpt} is not a directory")
     cfg = read_config(ckpt)
     labels = map_labels(cfg, args.labels)
-    tok_file = ckpt / "tokenizer.json"
-    if not tok_file.is_file():
-        raise ExportError(f"missing tokenizer files: {ckpt} has no tokenizer.json (save the fast tokenizer "
-                          "with tokenizer.save_pretrained(dir); CamembertTokenizerFast writes it)")
     if len(out.parts) < 2:
         raise ExportError(f"--out {out}: use models/NAME/VERSION")
     name, version = out.parts[-2], out.parts[-1]
+    tok_file = ckpt / "tokenizer.json"
+    converted = False
+    if not tok_file.is_file():
+        if not (ckpt / "sentencepiece.bpe.model").is_file():
+            raise ExportError(f"missing tokenizer files: {ckpt} has neither tokenizer.json nor sentencepiece.bpe.model "
+                              "(save the tokenizer with tokenizer.save_pretrained(dir) next to the weights)")
+        print(f"export_model: {convert_sentencepiece(ckpt, work)}")
+        tok_file, converted = work / "tokenizer.json", True
 
     import torch
-    from transformers import AutoTokenizer, CamembertForSequenceClassification
+    from transformers import CamembertForSequenceClassification
     from vaxmodel import CamembertClassifier, normalize
     from vaxmodel import export as export_version
 
@@ -171,7 +258,10 @@ def export(args) -> None:
         raise ExportError(f"unsupported architecture: weights missing for {missing[:5]}")
     model.load_state_dict(state, strict=True)
 
-    tok = AutoTokenizer.from_pretrained(str(ckpt), local_files_only=True)
+    tok = reference_tokenizer(ckpt, tok_file, converted)
+    if len(tok) > int(cfg["vocab_size"]):
+        raise ExportError(f"the tokenizer has {len(tok)} tokens but the model's vocab_size is {cfg['vocab_size']}: "
+                          "the tokenizer files do not belong to these weights")
     hf = CamembertForSequenceClassification.from_pretrained(
         str(ckpt), local_files_only=True, attn_implementation="eager").eval()
     texts = [normalize(t) for t in SAMPLES]

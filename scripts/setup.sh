@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what vaxpulse needs on a fresh machine (idempotent): Debian build packages, a Python
-# venv with torch 2.11.0 (libtorch for tch 0.24), tokenizers and chdb-core, the nisshi broker
+# venv with torch 2.11.0 (libtorch for tch 0.24), tokenizers, sentencepiece (the export converts
+# slow CamemBERT tokenizers) and chdb-core, Chromium and npm playwright-core (the annotation
+# page's browser test), the nisshi broker
 # (Kafka protocol, SQLite storage; built once with cargo, ~25 min on 2 cores, then cached) and
 # promtool (Debian's prometheus package; the metrics test lints /metrics with it).
 # Writes .state/env.sh, which the other scripts source. VAXPULSE_SERVICES=external (CI with
@@ -10,7 +12,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VAXPULSE_HOME=${VAXPULSE_HOME:-$HOME/.cache/vaxpulse}
 VENV=$VAXPULSE_HOME/venv
-REQS="torch==2.11.0 tokenizers==0.23.3 transformers chdb-core==26.9.0 numpy"
+REQS="torch==2.11.0 tokenizers==0.23.3 transformers==5.24.0 chdb-core==26.9.0 numpy sentencepiece==0.2.1 protobuf==7.36.2"
 mkdir -p "$ROOT/.state" "$VAXPULSE_HOME"
 
 need_apt=()
@@ -24,6 +26,9 @@ for pkg in libssl-dev libcurl4-openssl-dev zlib1g-dev libclang-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 command -v promtool >/dev/null || need_apt+=(prometheus)
+# The annotation page's browser test: Debian's Chromium, driven by npm playwright-core below.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -41,6 +46,17 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$marker" 2>/dev/null)" != "$REQS" ];
   echo "$REQS" > "$marker"
 else
   echo "setup: Python venv ready at $VENV"
+fi
+
+NODE_DIR=$VAXPULSE_HOME/node
+PLAYWRIGHT=playwright-core@1.64.1
+if [ "$(cat "$NODE_DIR/.vaxpulse-npm" 2>/dev/null)" != "$PLAYWRIGHT" ]; then
+  echo "setup: installing $PLAYWRIGHT into $NODE_DIR"
+  mkdir -p "$NODE_DIR"
+  (cd "$NODE_DIR" && npm install --no-audit --no-fund --silent "$PLAYWRIGHT")
+  echo "$PLAYWRIGHT" > "$NODE_DIR/.vaxpulse-npm"
+else
+  echo "setup: $PLAYWRIGHT present in $NODE_DIR"
 fi
 
 export PATH=$HOME/.cargo/bin:$PATH
@@ -62,5 +78,6 @@ export VAXPULSE_HOME=$VAXPULSE_HOME
 export PATH=$VENV/bin:\$HOME/.cargo/bin:\$PATH
 export LIBTORCH_USE_PYTORCH=1
 export LD_LIBRARY_PATH=$TORCH_LIB\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}
+export NODE_PATH=$NODE_DIR/node_modules
 ENV
 echo "setup: done; wrote .state/env.sh"

@@ -16,17 +16,19 @@
 //!    ([`batch::offsets`]) and, in order, committed by the consumer thread.
 //!
 //! # Layers (a module imports only from the layers below it; `tests/module_graph.rs` checks)
-//! - ground floor: [`telemetry`], [`config`], [`output`], [`relevance`], [`kafka`] (client
+//! - ground floor: [`telemetry`], [`config`], [`output`], [`stats`], [`relevance`], [`kafka`] (client
 //!   settings), [`batch`], [`tweet`], [`work`] (the types that flow through the pipeline);
 //! - stages and stores: [`model`], [`source`], [`sink`], [`deploy`], [`probe`],
 //!   [`synthetic`], [`produce`];
 //! - wiring and readers: [`app`] (one file per stage), [`analytics`] (what analysts read),
-//!   [`eval`], [`bench`], [`validate`].
+//!   [`eval`], [`bench`], [`validate`], [`quality`] (samples, live quality, the promotion
+//!   gate) and [`annotate`] (the annotation page).
 //!
 //! The end-to-end bench, the fault-injection suite and the test kit are in the
 //! `vaxpulse-harness` crate, which is not part of the worker image.
 
 pub mod analytics;
+pub mod annotate;
 pub mod app;
 pub mod batch;
 pub mod bench;
@@ -38,9 +40,11 @@ pub mod model;
 pub mod output;
 pub mod probe;
 pub mod produce;
+pub mod quality;
 pub mod relevance;
 pub mod sink;
 pub mod source;
+pub mod stats;
 pub mod synthetic;
 pub mod telemetry;
 pub mod tweet;

@@ -113,6 +113,27 @@ enum Command {
         #[arg(long)]
         chart: Option<PathBuf>,
     },
+    /// Annotation: draw samples of recent traffic, serve the annotation page, make tokens.
+    Annotate {
+        #[command(subcommand)]
+        command: AnnotateCommand,
+    },
+    /// Live quality per version from the annotations: weighted accuracy and macro-F1 with
+    /// intervals, recall, each shadow against the champion (McNemar), labels still needed.
+    Quality {
+        /// Samples drawn from this time on (RFC 3339); default quality.window_days ago.
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only this sample.
+        #[arg(long)]
+        sample: Option<String>,
+        /// The champion to compare with (NAME@VERSION#HASH); default the identity whose
+        /// newest prediction of these tweets was a champion one.
+        #[arg(long)]
+        champion: Option<String>,
+        #[arg(long, default_value = "bench-results/quality.json")]
+        json: PathBuf,
+    },
     /// Tweets per day (or hour) × label from ClickHouse: the champion series, or one version's
     /// own predictions; as a table, CSV or JSON, and optionally a chart.
     Report {
@@ -157,9 +178,14 @@ enum ModelsCommand {
         #[command(flatten)]
         change: ChangeArgs,
     },
-    /// Make a shadow the champion; the old champion stays on as a shadow.
+    /// Make a shadow the champion; the old champion stays on as a shadow. The quality gate
+    /// decides first (live labels, McNemar, probes, drift: `vaxpulse quality`); `--force
+    /// --reason WHY` overrides it, and the override is recorded.
     Promote {
         model: String,
+        /// Promote although the quality gate refuses (needs --reason).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         change: ChangeArgs,
     },
@@ -180,6 +206,48 @@ enum ModelsCommand {
     Keygen {
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AnnotateCommand {
+    /// Draw a sample of the champion's tweets of the last hours for annotation (uniform part
+    /// plus over-sampled disagreements and low confidence; quality.* sets the sizes).
+    Sample {
+        /// Hours of traffic, ending at the start of this hour.
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
+        /// End of the window (RFC 3339, rounded down to the hour); default now.
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Sample id (default: the window's end and this moment).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Serve the annotation page on annotate.listen until SIGTERM/SIGINT.
+    Serve,
+    /// Make a token for annotator NAME: prints the token (give it to them) and the line to
+    /// append to annotate.tokens_file (it holds only the token's hash).
+    Token { name: String },
+    /// Label a sample from the synthetic generator's own ground truth (the demo's annotator):
+    /// the same --seed/--days as `produce --synthetic` regenerate each tweet's true opinion.
+    Simulate {
+        /// COUNT:SEED of each `produce --synthetic COUNT --seed SEED` run (repeat the flag).
+        #[arg(long, value_name = "COUNT:SEED", required = true)]
+        synthetic: Vec<String>,
+        /// The `--days` those runs used.
+        #[arg(long, default_value_t = 5)]
+        days: u32,
+        #[arg(long, default_value = "demo-annotator")]
+        annotator: String,
+        /// Share of labels given wrong on purpose (a careless annotator).
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Stop after this many labels.
+        #[arg(long)]
+        limit: Option<u64>,
+        #[arg(long)]
+        sample: Option<String>,
     },
 }
 
@@ -228,6 +296,139 @@ async fn models_change(
     );
     for (replica, ms) in &o.applied {
         println!("  applied by {replica} {ms} ms after the change");
+    }
+    Ok(())
+}
+
+/// The quality gate before a promotion: prints the verdict, stores the decision, and returns
+/// the reason to record with the change (an override says so); refuses unless it passed or
+/// `force` (with a reason).
+async fn gate(
+    cfg: &Config,
+    m: &vaxpulse::model::ModelId,
+    force: bool,
+    reason: &str,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        !force || !reason.trim().is_empty(),
+        "--force needs --reason WHY: the override is recorded with the change"
+    );
+    let (candidate, champion) = vaxpulse::deploy::ops::promotion_pair(cfg, m).await?;
+    let sink = ClickHouseSink::from_config(cfg)?;
+    let actor = vaxpulse::deploy::actor();
+    let verdict = vaxpulse::quality::check_promotion(
+        cfg,
+        &sink,
+        &candidate.to_string(),
+        &champion.to_string(),
+    )
+    .await;
+    let v = match verdict {
+        Ok(v) => v,
+        Err(e) if force => {
+            eprintln!("the quality gate could not be evaluated ({e:#}); forced");
+            return Ok(format!("forced past the quality gate (not evaluated: {e:#}): {reason}"));
+        }
+        Err(e) => anyhow::bail!(
+            "the quality gate could not be evaluated: {e:#}; fix that, or pass --force --reason WHY"
+        ),
+    };
+    print!("{}", v.render());
+    let outcome = match (v.passed, force) {
+        (true, _) => "passed",
+        (false, true) => "forced",
+        (false, false) => "refused",
+    };
+    v.record(&sink, &cfg.kafka.group_id, outcome, &actor, reason)
+        .await
+        .context("storing the gate's decision in promotion_decisions")?;
+    match outcome {
+        "passed" => Ok(reason.to_string()),
+        "forced" => Ok(format!(
+            "forced past the quality gate ({}): {reason}",
+            v.reasons.join("; ")
+        )),
+        _ => anyhow::bail!(
+            "promotion of {candidate} refused by the quality gate (above); annotate more, or pass --force --reason WHY"
+        ),
+    }
+}
+
+async fn annotate(cfg: &Config, command: AnnotateCommand) -> anyhow::Result<()> {
+    use vaxpulse::annotate;
+    match command {
+        AnnotateCommand::Token { name } => {
+            let (token, line) = annotate::tokens::new_token(&name)?;
+            println!("token for {name} (give it to them; it is not stored): {token}");
+            println!("line for annotate.tokens_file:\n{line}");
+        }
+        AnnotateCommand::Sample { hours, until, id } => {
+            use chrono::{DurationRound, TimeDelta};
+            anyhow::ensure!(hours > 0, "--hours must be at least 1");
+            let now = chrono::Utc::now();
+            let to = until.unwrap_or(now).duration_trunc(TimeDelta::hours(1))?;
+            let to = if until.is_none() { to + TimeDelta::hours(1) } else { to };
+            let from = to - TimeDelta::hours(i64::from(hours));
+            let id = id.unwrap_or_else(|| format!("s{}", now.format("%Y%m%dT%H%M%S")));
+            let sink = ClickHouseSink::from_config(cfg)?;
+            let d = vaxpulse::quality::sample::draw(&sink, &cfg.quality, &id, from, to).await?;
+            println!(
+                "sample {} of tweets created {} – {}: expected {:.0} tweets",
+                d.sample_id,
+                d.from.format("%Y-%m-%d %H:%M"),
+                d.to.format("%Y-%m-%d %H:%M"),
+                d.design.expected_size()
+            );
+            for (name, n, p) in &d.design.strata {
+                let drawn = d.drawn.iter().find(|(s, _)| s == name).map_or(0, |x| x.1);
+                println!("  {name:<15} {n:>9} tweets, inclusion probability {p:.5}, drawn {drawn}");
+            }
+        }
+        AnnotateCommand::Serve => {
+            let annotators = annotate::tokens::Annotators::load(&cfg.annotate.tokens_file)?;
+            let sink = ClickHouseSink::from_config(cfg)?;
+            let listener = tokio::net::TcpListener::bind(&cfg.annotate.listen)
+                .await
+                .with_context(|| format!("cannot listen on annotate.listen {}", cfg.annotate.listen))?;
+            println!("annotation page on http://{}/", listener.local_addr()?);
+            let cancel = tokio_util::sync::CancellationToken::new();
+            cancel_on_signal(cancel.clone(), Duration::from_secs(10));
+            annotate::serve(listener, sink, annotators, async move {
+                cancel.cancelled().await
+            })
+            .await?;
+        }
+        AnnotateCommand::Simulate {
+            synthetic,
+            days,
+            annotator,
+            error_rate,
+            limit,
+            sample,
+        } => {
+            let generated = synthetic
+                .iter()
+                .map(|s| {
+                    let (n, seed) = s.split_once(':').unwrap_or((s, ""));
+                    Ok((n.parse::<u64>()?, seed.parse::<u64>()?))
+                })
+                .collect::<Result<Vec<_>, std::num::ParseIntError>>()
+                .context("--synthetic takes COUNT:SEED, e.g. 20000:42")?;
+            let sink = ClickHouseSink::from_config(cfg)?;
+            let n = annotate::simulate(
+                &sink,
+                &annotate::Simulation {
+                    generated,
+                    days,
+                    annotator,
+                    error_rate,
+                    limit,
+                    sample,
+                },
+            )
+            .await?;
+            println!("labelled {n} tweets from the generator's ground truth");
+        }
     }
     Ok(())
 }
@@ -316,8 +517,14 @@ fn main() -> anyhow::Result<()> {
                 };
                 models_change(&cfg, c, &change).await?
             }
-            ModelsCommand::Promote { model, change } => {
-                let c = vaxpulse::deploy::Change::Promote(model_id(&model)?);
+            ModelsCommand::Promote {
+                model,
+                force,
+                mut change,
+            } => {
+                let m = model_id(&model)?;
+                change.reason = gate(&cfg, &m, force, &change.reason).await?;
+                let c = vaxpulse::deploy::Change::Promote(m);
                 models_change(&cfg, c, &change).await?
             }
             ModelsCommand::Rollback { change } => {
@@ -418,6 +625,28 @@ fn main() -> anyhow::Result<()> {
                 if report.worst() == "alert" {
                     std::process::exit(2);
                 }
+            }
+            Command::Annotate { command } => annotate(&cfg, command).await?,
+            Command::Quality {
+                since,
+                sample,
+                champion,
+                json,
+            } => {
+                let sink = ClickHouseSink::from_config(&cfg)?;
+                let since = since.unwrap_or_else(|| {
+                    chrono::Utc::now() - chrono::Duration::days(i64::from(cfg.quality.window_days))
+                });
+                let report = vaxpulse::quality::report::quality(
+                    &sink,
+                    &cfg.quality,
+                    since,
+                    sample.as_deref(),
+                    champion.as_deref(),
+                )
+                .await?;
+                print!("{}", report.render());
+                vaxpulse::output::write_json(&json, &report)?;
             }
             Command::Report {
                 hourly,

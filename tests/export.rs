@@ -3,7 +3,8 @@
 //! pro, anti, neutral — unlike the demo's): the export maps the labels in the checkpoint's order,
 //! records hashes, and passes its own parity check through the Rust serving path; each kind of
 //! unusable checkpoint is refused with a message that says what is wrong; a checkpoint with
-//! `type_vocab_size = 2` (transformers' default) exports too.
+//! `type_vocab_size = 2` (transformers' default) exports too, and so does one shaped like a 2020
+//! fine-tune (sentencepiece.bpe.model only, pytorch_model.bin, LABEL_0..2).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -179,5 +180,26 @@ fn a_users_checkpoint_is_exported_checked_and_bad_ones_are_refused() {
         ok.status.success() && text.contains("same label 10/10"),
         "type_vocab_size = 2 exports with parity: {text}"
     );
+
+    // A checkpoint shaped like a 2020 fine-tune: only the slow tokenizer's
+    // sentencepiece.bpe.model, weights in pytorch_model.bin, LABEL_0..2, type_vocab_size 2. The
+    // export converts the tokenizer itself (checked against SentencePiece) and keeps parity.
+    let old = dir.join("checkpoint-2020");
+    let made = python()
+        .arg(Path::new(ROOT).join("tests/fixtures/make_checkpoint_2020.py"))
+        .arg(&old)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", said(&made));
+    assert!(!old.join("tokenizer.json").exists() && old.join("pytorch_model.bin").exists());
+    let ok = export(&old, &dir.join("models/old/1"), &["--labels", "contre,neutre,pour"]);
+    let text = said(&ok);
+    assert!(
+        ok.status.success()
+            && text.contains("converted sentencepiece.bpe.model (400 pieces)")
+            && text.contains("same label 10/10"),
+        "the 2020 shape exports with a converted tokenizer and parity: {text}"
+    );
+    assert!(dir.join("models/old/1/tokenizer.json").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

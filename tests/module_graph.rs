@@ -147,6 +147,7 @@ fn the_ground_floor_imports_no_domain_module() {
     let allowed: &[(&str, &[&str])] = &[
         ("telemetry", &[]),
         ("output", &[]),
+        ("stats", &[]),
         ("relevance", &[]),
         // The keyword filter is compiled once at validation, so a bad pattern fails start-up.
         ("config", &["relevance"]),

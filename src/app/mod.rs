@@ -157,6 +157,10 @@ pub async fn run(
             tracker.clone(),
             Duration::from_secs(cfg.monitor.gauges_interval_s),
             cfg.monitor.reference_days,
+            side::QualityGauges {
+                cfg: cfg.quality.clone(),
+                group_id: cfg.kafka.group_id.clone(),
+            },
             gauges_stop.clone(),
         ))
     });

@@ -89,8 +89,10 @@ pub(super) async fn monitor_gauges(
     tracker: Arc<crate::batch::offsets::OffsetTracker>,
     every: Duration,
     reference_days: u32,
+    quality: QualityGauges,
     stop: CancellationToken,
 ) {
+    let mut proposed = std::collections::BTreeSet::new();
     loop {
         let leading = tracker.partitions().contains(&0);
         let mut hours = 0;
@@ -107,15 +109,88 @@ pub(super) async fn monitor_gauges(
                 Err(e) => tracing::debug!(error = %e, "monitor rollup not refreshed"),
             }
             // Refreshed just above: read the rollup as it stands (once per interval).
-            match crate::analytics::monitor::read(&clickhouse, span).await {
+            let monitored = crate::analytics::monitor::read(&clickhouse, span).await;
+            match &monitored {
                 Ok(report) => report.emit_gauges(),
                 Err(e) => tracing::debug!(error = %e, "monitor gauges not updated"),
             }
+            quality
+                .emit(&clickhouse, monitored.as_ref().ok(), &mut proposed)
+                .await;
         }
         telemetry::MonitorLeader { leading, hours }.emit();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// The live-quality part of the gauges: each identity's weighted accuracy from the annotations
+/// of the last `quality.window_days`, and (with `quality.propose_promotions`) a proposal
+/// event, stored once per candidate, for each shadow the promotion gate would pass.
+pub(super) struct QualityGauges {
+    pub(super) cfg: crate::config::QualityConfig,
+    pub(super) group_id: String,
+}
+
+impl QualityGauges {
+    async fn emit(
+        &self,
+        clickhouse: &ClickHouseSink,
+        monitored: Option<&crate::analytics::monitor::MonitorReport>,
+        proposed: &mut std::collections::BTreeSet<String>,
+    ) {
+        let since = chrono::Utc::now() - chrono::Duration::days(i64::from(self.cfg.window_days));
+        let report =
+            match crate::quality::report::quality(clickhouse, &self.cfg, since, None, None).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "quality gauges not updated");
+                    return;
+                }
+            };
+        for v in &report.versions {
+            telemetry::QualityEstimated {
+                model: &v.model,
+                role: &v.role,
+                labels: v.labels,
+                accuracy: v.accuracy.estimate,
+                accuracy_low: v.accuracy.low,
+                accuracy_high: v.accuracy.high,
+                macro_f1: v.macro_f1.estimate,
+            }
+            .emit();
+        }
+        let (Some(champion), Some(monitored), true) = (
+            report.champion.as_deref(),
+            monitored,
+            self.cfg.propose_promotions,
+        ) else {
+            return;
+        };
+        for v in report.versions.iter().filter(|v| v.role == "shadow") {
+            let verdict = crate::quality::gate::judge(
+                &report,
+                Ok(monitored),
+                &v.model,
+                champion,
+                &self.cfg,
+            );
+            telemetry::PromotionProposed {
+                candidate: &v.model,
+                champion,
+                proposed: verdict.passed,
+            }
+            .emit();
+            if verdict.passed && proposed.insert(v.model.clone()) {
+                if let Err(e) = verdict
+                    .record(clickhouse, &self.group_id, "proposed", "worker", "")
+                    .await
+                {
+                    tracing::warn!(error = %e, "the promotion proposal was not stored");
+                }
+            }
         }
     }
 }

@@ -14,6 +14,8 @@ const SECTIONS: &[&str] = &[
     "monitor",
     "retention",
     "deploy",
+    "quality",
+    "annotate",
 ];
 
 impl Config {

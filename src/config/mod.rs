@@ -99,6 +99,12 @@ pub struct Config {
     /// What a replica accepts from the control topic.
     #[serde(default)]
     pub deploy: DeployConfig,
+    /// Annotation samples, live quality estimates and the promotion gate.
+    #[serde(default)]
+    pub quality: QualityConfig,
+    /// The annotation page (`vaxpulse annotate serve`).
+    #[serde(default)]
+    pub annotate: AnnotateConfig,
 }
 
 /// Where a consumer group without committed offsets starts reading.
@@ -505,6 +511,94 @@ pub struct DeployConfig {
     pub signing_key_file: PathBuf,
 }
 
+/// How tweets are drawn for annotation and what evidence a promotion needs
+/// (docs/analysts.md → Which version is best).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QualityConfig {
+    /// Tweets a sample aims at (its expected size: each tweet is drawn independently).
+    #[serde(default = "default_sample_size")]
+    pub sample_size: u64,
+    /// Share of a sample drawn uniformly from the window; the rest over-samples the
+    /// informative strata (champion–shadow disagreements, low champion confidence).
+    #[serde(default = "default_uniform_share")]
+    pub uniform_share: f64,
+    /// A champion top probability below this puts a tweet in the `low_confidence` stratum.
+    #[serde(default = "default_low_confidence_below")]
+    pub low_confidence_below: f64,
+    /// Share of sampled tweets served to two annotators (inter-annotator agreement).
+    #[serde(default = "default_double_share")]
+    pub double_share: f64,
+    /// Level of the confidence intervals (0.95 = 95 %).
+    #[serde(default = "default_confidence_level")]
+    pub confidence_level: f64,
+    /// McNemar p-value a candidate must beat the champion with.
+    #[serde(default = "default_significance")]
+    pub significance: f64,
+    /// Power at which `quality` says how many paired labels a decision still needs.
+    #[serde(default = "default_power")]
+    pub power: f64,
+    /// Paired labels (annotated tweets both versions scored) a promotion needs at least.
+    #[serde(default = "default_min_paired_labels")]
+    pub min_paired_labels: u64,
+    /// Accuracy a candidate may lose against the champion and still pass (non-inferiority:
+    /// the interval's lower bound of candidate − champion above −margin). 0 = it must beat
+    /// the champion.
+    #[serde(default)]
+    pub non_inferiority_margin: f64,
+    /// Days of annotations the gate and the worker's quality gauges read.
+    #[serde(default = "default_quality_days")]
+    pub window_days: u32,
+    /// Let the worker group propose a promotion when a shadow passes the gate: an event, a
+    /// log line and the `vaxpulse_promotion_proposed` gauge; it never promotes by itself.
+    #[serde(default)]
+    pub propose_promotions: bool,
+}
+
+/// The annotation page: where it listens and who may label.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnotateConfig {
+    /// Address of the page (loopback by default: put a TLS proxy in front to open it wider).
+    #[serde(default = "default_annotate_listen")]
+    pub listen: String,
+    /// File of `NAME:SHA256_HEX_OF_TOKEN` lines (`vaxpulse annotate token NAME` prints one);
+    /// annotators sign in with their token (or HTTP basic, the token as password).
+    #[serde(default)]
+    pub tokens_file: PathBuf,
+}
+
+fn default_sample_size() -> u64 {
+    200
+}
+fn default_uniform_share() -> f64 {
+    0.5
+}
+fn default_low_confidence_below() -> f64 {
+    0.6
+}
+fn default_double_share() -> f64 {
+    0.1
+}
+fn default_confidence_level() -> f64 {
+    0.95
+}
+fn default_significance() -> f64 {
+    0.05
+}
+fn default_power() -> f64 {
+    0.8
+}
+fn default_min_paired_labels() -> u64 {
+    100
+}
+fn default_quality_days() -> u32 {
+    30
+}
+fn default_annotate_listen() -> String {
+    "127.0.0.1:8470".into()
+}
+
 fn default_max_shadows() -> usize {
     4
 }
@@ -670,7 +764,9 @@ default_from_serde!(
     MetricsConfig,
     MonitorConfig,
     RetentionConfig,
-    DeployConfig
+    DeployConfig,
+    QualityConfig,
+    AnnotateConfig
 );
 
 impl Default for Config {

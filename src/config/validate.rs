@@ -229,6 +229,30 @@ impl Config {
         if self.monitor.reference_days == 0 {
             return bad("monitor.reference_days", "must be at least 1".into());
         }
+        let q = &self.quality;
+        for (key, v, open_low) in [
+            ("quality.uniform_share", q.uniform_share, true),
+            ("quality.low_confidence_below", q.low_confidence_below, false),
+            ("quality.double_share", q.double_share, false),
+            ("quality.confidence_level", q.confidence_level, true),
+            ("quality.significance", q.significance, true),
+            ("quality.power", q.power, true),
+        ] {
+            let ok = v.is_finite() && v <= 1.0 && if open_low { v > 0.0 } else { v >= 0.0 };
+            if !ok {
+                let range = if open_low { "(0, 1]" } else { "[0, 1]" };
+                return bad(key, format!("{v} must be in {range}"));
+            }
+        }
+        if !(q.non_inferiority_margin.is_finite() && (0.0..0.5).contains(&q.non_inferiority_margin)) {
+            return bad(
+                "quality.non_inferiority_margin",
+                format!("{} must be in [0, 0.5) (an accuracy difference, e.g. 0.01)", q.non_inferiority_margin),
+            );
+        }
+        if q.sample_size == 0 || q.window_days == 0 {
+            return bad("quality.sample_size / window_days", "must be at least 1".into());
+        }
         Ok(())
     }
 }

@@ -374,6 +374,18 @@ pub async fn change(
     })
 }
 
+/// The shadow `m` names and the champion it would replace, in the group's deployment now.
+pub async fn promotion_pair(cfg: &Config, m: &ModelId) -> anyhow::Result<(ModelId, ModelId)> {
+    let d = current(cfg).await?;
+    let candidate = deployed(&d, m)?;
+    anyhow::ensure!(
+        d.shadows.contains(&candidate),
+        "{candidate} is not a shadow of this deployment ({}): only a shadow is promoted",
+        d.summary()
+    );
+    Ok((candidate, d.champion.clone()))
+}
+
 fn deployed(d: &Deployment, m: &ModelId) -> anyhow::Result<ModelId> {
     d.versions()
         .find(|v| {

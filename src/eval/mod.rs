@@ -4,7 +4,7 @@
 //! an error naming its line; unreadable lines are counted and skipped (or, `--strict`, an
 //! error); an empty set is an error.
 
-pub mod metrics;
+pub use crate::stats::metrics;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};

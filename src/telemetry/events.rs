@@ -394,3 +394,61 @@ impl DeploymentEventDropped {
         );
     }
 }
+
+/// An annotator labelled (or skipped) a tweet on the annotation page.
+pub struct Annotated<'a> {
+    pub label: &'a str,
+}
+
+impl Annotated<'_> {
+    pub fn emit(&self) {
+        counter!("vaxpulse_annotations_total", "label" => self.label.to_string()).increment(1);
+        tracing::debug!(label = self.label, "annotation stored");
+    }
+}
+
+/// Live quality of one model identity, estimated from the annotations (the group's leader
+/// emits it with the monitor gauges).
+pub struct QualityEstimated<'a> {
+    pub model: &'a str,
+    pub role: &'a str,
+    pub labels: u64,
+    pub accuracy: f64,
+    pub accuracy_low: f64,
+    pub accuracy_high: f64,
+    pub macro_f1: f64,
+}
+
+impl QualityEstimated<'_> {
+    pub fn emit(&self) {
+        let (m, r) = (self.model.to_string(), self.role.to_string());
+        gauge!("vaxpulse_quality_accuracy_ratio", "model" => m.clone(), "role" => r.clone(), "bound" => "estimate").set(self.accuracy);
+        gauge!("vaxpulse_quality_accuracy_ratio", "model" => m.clone(), "role" => r.clone(), "bound" => "low").set(self.accuracy_low);
+        gauge!("vaxpulse_quality_accuracy_ratio", "model" => m.clone(), "role" => r.clone(), "bound" => "high").set(self.accuracy_high);
+        gauge!("vaxpulse_quality_macro_f1_ratio", "model" => m.clone(), "role" => r.clone()).set(self.macro_f1);
+        gauge!("vaxpulse_quality_labels", "model" => m, "role" => r).set(self.labels as f64);
+        tracing::debug!(model = self.model, accuracy = self.accuracy, labels = self.labels, "live quality estimated");
+    }
+}
+
+/// The gate would pass a shadow's promotion (`quality.propose_promotions`): a proposal for an
+/// operator, never a promotion.
+pub struct PromotionProposed<'a> {
+    pub candidate: &'a str,
+    pub champion: &'a str,
+    pub proposed: bool,
+}
+
+impl PromotionProposed<'_> {
+    pub fn emit(&self) {
+        gauge!("vaxpulse_promotion_proposed", "model" => self.candidate.to_string())
+            .set(f64::from(u8::from(self.proposed)));
+        if self.proposed {
+            tracing::warn!(
+                candidate = self.candidate,
+                champion = self.champion,
+                "the quality gate passes this shadow: promote it with `vaxpulse models promote` after a look at `vaxpulse quality`"
+            );
+        }
+    }
+}

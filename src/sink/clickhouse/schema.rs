@@ -68,6 +68,14 @@ pub const MODEL_EVALUATIONS: &str = "model_evaluations";
 pub const PROBE_RUNS: &str = "probe_runs";
 /// What each replica did with each deployment.
 pub const DEPLOYMENT_EVENTS: &str = "deployment_events";
+/// Tweets drawn for annotation, each with its stratum and inclusion probability.
+pub const ANNOTATION_SAMPLES: &str = "annotation_samples";
+/// Labels given by annotators (undo = a tombstone of the same key).
+pub const ANNOTATIONS: &str = "annotations";
+/// A temperature per model identity, fitted on labelled data.
+pub const CALIBRATIONS: &str = "calibrations";
+/// Each promotion decision of the quality gate, with its evidence.
+pub const PROMOTION_DECISIONS: &str = "promotion_decisions";
 
 /// Every table and view [`schema_statements`] creates on one server (a test keeps the two in
 /// step); on a cluster each stored table also has its `_local` table.
@@ -100,6 +108,10 @@ pub const ALL: &[&str] = &[
     MODEL_EVALUATIONS,
     PROBE_RUNS,
     DEPLOYMENT_EVENTS,
+    ANNOTATION_SAMPLES,
+    ANNOTATIONS,
+    CALIBRATIONS,
+    PROMOTION_DECISIONS,
 ];
 
 /// The version a tombstone of `champion_labels` carries: above every real prediction's.
@@ -599,6 +611,62 @@ pub fn schema_statements(layout: &Layout) -> Vec<String> {
          key_id String DEFAULT ''",
         "ORDER BY (group_id, epoch, at)",
     ));
+    // A sample drawn for annotation (Poisson sampling: each tweet of the window in with its
+    // own probability, recorded so estimates weight it by 1 / inclusion_prob). `double`: the
+    // tweet is served to two annotators (inter-annotator agreement).
+    out.extend(layout.table(
+        ANNOTATION_SAMPLES,
+        "sample_id String,
+         drawn_at DateTime64(3, 'UTC'),
+         tweet_id String,
+         hour DateTime('UTC'),
+         stratum LowCardinality(String),
+         inclusion_prob Float64,
+         double UInt8",
+        "ReplacingMergeTree",
+        "drawn_at",
+        "ORDER BY (sample_id, tweet_id)",
+        "cityHash64(sample_id)",
+    ));
+    // One label per sample × tweet × annotator; an undo writes the same key with a newer
+    // `annotated_at` and `is_deleted = 1`. Labels: against, neutral, favour, off_topic.
+    out.extend(layout.table(
+        ANNOTATIONS,
+        "sample_id String,
+         tweet_id String,
+         annotator LowCardinality(String),
+         label LowCardinality(String),
+         annotated_at DateTime64(3, 'UTC'),
+         is_deleted UInt8 DEFAULT 0",
+        "ReplacingMergeTree",
+        "annotated_at, is_deleted",
+        "ORDER BY (sample_id, tweet_id, annotator)",
+        "cityHash64(sample_id)",
+    ));
+    out.extend(layout.record_table(
+        CALIBRATIONS,
+        "fitted_at DateTime64(3, 'UTC'),
+         model String,
+         temperature Float64,
+         source String,
+         n UInt64,
+         ece_before Float64,
+         ece_after Float64",
+        "ORDER BY (model, fitted_at)",
+    ));
+    out.extend(layout.record_table(
+        PROMOTION_DECISIONS,
+        "decided_at DateTime64(3, 'UTC'),
+         group_id LowCardinality(String),
+         candidate String,
+         champion String,
+         outcome LowCardinality(String),
+         reasons Array(String),
+         evidence String,
+         actor String,
+         reason String",
+        "ORDER BY (group_id, decided_at)",
+    ));
     out
 }
 
@@ -681,6 +749,64 @@ pub(crate) struct DeletedRow {
     pub(crate) tweet_id: String,
     #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
     pub(crate) deleted_at: DateTime<Utc>,
+}
+
+/// A row of `annotations`: a label, or (`is_deleted` 1) the undo of one.
+#[derive(Row, Serialize, Deserialize, Debug, Clone)]
+pub struct AnnotationRow {
+    pub sample_id: String,
+    pub tweet_id: String,
+    pub annotator: String,
+    /// against, neutral, favour, off_topic or skip.
+    pub label: String,
+    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
+    pub annotated_at: DateTime<Utc>,
+    pub is_deleted: u8,
+}
+
+/// A row of `calibrations`.
+#[derive(Row, Serialize, Deserialize, Debug, Clone)]
+pub struct CalibrationRow {
+    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
+    pub fitted_at: DateTime<Utc>,
+    /// NAME@VERSION#HASH.
+    pub model: String,
+    pub temperature: f64,
+    /// `annotations` or the eval file's sha256.
+    pub source: String,
+    pub n: u64,
+    pub ece_before: f64,
+    pub ece_after: f64,
+}
+
+/// A row of `promotion_decisions`.
+#[derive(Row, Serialize, Deserialize, Debug, Clone)]
+pub struct PromotionDecisionRow {
+    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
+    pub decided_at: DateTime<Utc>,
+    pub group_id: String,
+    pub candidate: String,
+    pub champion: String,
+    /// passed, refused, forced or proposed.
+    pub outcome: String,
+    /// Each check that failed (empty when all passed).
+    pub reasons: Vec<String>,
+    /// The evidence as JSON (the gate's figures).
+    pub evidence: String,
+    pub actor: String,
+    pub reason: String,
+}
+
+impl StoredRow for AnnotationRow {
+    const TABLE: &'static str = ANNOTATIONS;
+}
+
+impl StoredRow for CalibrationRow {
+    const TABLE: &'static str = CALIBRATIONS;
+}
+
+impl StoredRow for PromotionDecisionRow {
+    const TABLE: &'static str = PROMOTION_DECISIONS;
 }
 
 impl StoredRow for IngestRow {

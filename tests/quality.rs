@@ -1,0 +1,182 @@
+//! Live quality on a simulated stream with a known accuracy, in the real ClickHouse: 6 000
+//! tweets over a day, scored by a champion that is right 90 % of the time on easy tweets and
+//! 40 % on the 10 % hard (low-confidence) ones, and by a shadow that is better on both. A
+//! sample is drawn (uniform half, over-sampled disagreements and low confidence), an annotator
+//! labels it through the page's own store functions (reading the true opinion from the text, as
+//! a person would read the tweet), a second one the double-annotation share. The weighted
+//! estimate finds the stream's accuracy where the sample's plain mean is far off; the shadow is
+//! told apart from the champion; the gate refuses without a probe run or with too few labels,
+//! and passes on the evidence.
+
+mod common;
+
+use chrono::{Duration, TimeZone, Utc};
+use common::*;
+use vaxpulse::annotate::store;
+use vaxpulse::quality::report::{quality, CLASSES};
+use vaxpulse::sink::clickhouse::ClickHouseSink;
+
+const CHAMPION: &str = "champ@1#aaaaaaaaaaaa";
+const SHADOW: &str = "chall@1#bbbbbbbbbbbb";
+
+/// The stream: gold from a hash, each model right with its stratum's probability.
+fn stream_sql(db: &str, n: u64) -> String {
+    let right = |salt: &str, hard: u32, easy: u32| {
+        format!("cityHash64(number, '{salt}') % 100 < if(hard, {hard}, {easy})")
+    };
+    format!(
+        "INSERT INTO {db}.ingest (tweet_id, created_at, lang, text, source_partition, source_offset,
+                                  model_version, model_hash, role, deployment_epoch, label, scores, classified_at)
+         SELECT toString(5000000 + number) AS tweet_id,
+                toDateTime64('2026-11-20 00:00:00', 3, 'UTC') + toIntervalSecond(number * 14) AS created_at,
+                'fr', concat('gold:', gold, ' tweet ', toString(number), ' sur le vaccin'),
+                0, toInt64(number), model_version, model_hash, role, 1,
+                label, map(label, toFloat32(if(hard, 0.45, 0.9))), now64(3)
+         FROM (
+             SELECT number, cityHash64(number, 'hard') % 10 = 0 AS hard,
+                    ['against', 'neutral', 'favour'][cityHash64(number, 'gold') % 3 + 1] AS gold,
+                    ['against', 'neutral', 'favour'][(cityHash64(number, 'gold') + 1) % 3 + 1] AS wrong,
+                    m.1 AS model_version, m.2 AS model_hash, m.3 AS role,
+                    if(m.3 = 'champion', {champ}, {shadow}) AS right_,
+                    if(right_, gold, wrong) AS label
+             FROM numbers({n})
+             ARRAY JOIN [('champ@1', 'aaaaaaaaaaaa', 'champion'), ('chall@1', 'bbbbbbbbbbbb', 'shadow')] AS m
+         )",
+        champ = right("c", 40, 90),
+        shadow = right("s", 75, 95),
+    )
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct Truth {
+    champion: f64,
+    shadow: f64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_live_quality_finds_the_streams_accuracy_and_the_gate_rests_on_it() {
+    let names = Names::fresh("quality");
+    let mut cfg = names.test_config("");
+    cfg.quality.sample_size = 400;
+    cfg.quality.min_paired_labels = 100;
+    let sink = ClickHouseSink::from_config(&cfg).unwrap();
+    sink.apply_schema().await.unwrap();
+    let db = &names.database;
+    sink.client()
+        .query(&stream_sql(db, 6_000))
+        .execute()
+        .await
+        .unwrap();
+    let truth = sink
+        .client()
+        .query(&format!(
+            "SELECT avgIf(label = gold, role = 'champion') AS champion, avgIf(label = gold, role = 'shadow') AS shadow
+             FROM (SELECT label, role, extract(text, 'gold:(\\\\w+)') AS gold
+                   FROM {db}.predictions FINAL AS p
+                   INNER JOIN {db}.tweets FINAL AS t USING (tweet_id))"
+        ))
+        .fetch_one::<Truth>()
+        .await
+        .unwrap();
+    assert!((0.80..0.88).contains(&truth.champion), "{}", truth.champion);
+
+    let from = Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap();
+    let drawn = vaxpulse::quality::sample::draw(&sink, &cfg.quality, "t1", from, from + Duration::hours(24))
+        .await
+        .unwrap();
+    let per = |s: &str| drawn.drawn.iter().find(|(n, _)| n == s).map_or(0, |x| x.1);
+    let total: u64 = drawn.drawn.iter().map(|x| x.1).sum();
+    assert!((300..=500).contains(&total), "drawn {total}: {:?}", drawn.drawn);
+    // Over-sampled: disagreements are ~8 % of the stream but a large share of the sample.
+    assert!(per("disagreement") * 4 > total, "{:?}", drawn.drawn);
+    // Drawing the same sample again adds nothing.
+    vaxpulse::quality::sample::draw(&sink, &cfg.quality, "t1", from, from + Duration::hours(24))
+        .await
+        .unwrap();
+    let again = ch_scalar(&format!("SELECT count() FROM {db}.annotation_samples FINAL WHERE sample_id = 't1'")).await;
+    assert_eq!(again, total.to_string());
+
+    // alice labels every tweet; bob the ones served twice.
+    let gold_of = |text: &str| {
+        let g = text.split_whitespace().next().unwrap().trim_start_matches("gold:");
+        assert!(CLASSES.contains(&g), "{text}");
+        g.to_string()
+    };
+    let mut labelled = 0u64;
+    let mut naive_right = 0u64;
+    let mut champ_label = std::collections::HashMap::new();
+    for (id, label) in sink
+        .client()
+        .query(&format!("SELECT tweet_id, label FROM {db}.predictions FINAL WHERE role = 'champion'"))
+        .fetch_all::<(String, String)>()
+        .await
+        .unwrap()
+    {
+        champ_label.insert(id, label);
+    }
+    while let Some(t) = store::next(&sink, "t1", "alice").await.unwrap() {
+        let g = gold_of(&t.text);
+        naive_right += u64::from(champ_label[&t.tweet_id] == g);
+        store::label(&sink, "t1", &t.tweet_id, "alice", &g, Utc::now()).await.unwrap();
+        labelled += 1;
+    }
+    assert_eq!(labelled, total, "every sampled tweet served once to alice");
+    let mut doubled = 0;
+    while let Some(t) = store::next(&sink, "t1", "bob").await.unwrap() {
+        store::label(&sink, "t1", &t.tweet_id, "bob", &gold_of(&t.text), Utc::now()).await.unwrap();
+        doubled += 1;
+        assert!(doubled <= total, "bob is served only the double share");
+    }
+    assert!(doubled > 0 && doubled * 4 < total, "double share ~10 %: {doubled} of {total}");
+
+    let since = Utc::now() - Duration::hours(1);
+    let r = quality(&sink, &cfg.quality, since, Some("t1"), Some(CHAMPION)).await.unwrap();
+    print!("{}", r.render());
+    let c = r.version(CHAMPION).unwrap();
+    let s = r.version(SHADOW).unwrap();
+    let naive = naive_right as f64 / labelled as f64;
+    assert!(
+        c.accuracy.low <= truth.champion && truth.champion <= c.accuracy.high,
+        "the interval {:?} covers the stream's accuracy {}",
+        c.accuracy,
+        truth.champion
+    );
+    assert!((c.accuracy.estimate - truth.champion).abs() < 0.05);
+    assert!(naive < truth.champion - 0.1, "the sample's own mean {naive} is biased low");
+    assert!((s.accuracy.estimate - truth.shadow).abs() < 0.05, "{:?} vs {}", s.accuracy, truth.shadow);
+    let vs = s.versus_champion.as_ref().unwrap();
+    assert!(vs.comparison.mcnemar.p_value < 0.01 && vs.comparison.difference.low > 0.0, "{vs:?}");
+    assert_eq!(r.annotator_kappa, Some(1.0));
+    assert_eq!(r.doubly_annotated, doubled);
+
+    // The gate: no probe run of the shadow yet → refused, saying so.
+    let v = vaxpulse::quality::check_promotion(&cfg, &sink, SHADOW, CHAMPION).await.unwrap();
+    print!("{}", v.render());
+    assert!(!v.passed);
+    assert!(v.reasons.iter().any(|r| r.contains("no probe run")), "{:?}", v.reasons);
+    assert!(v.reasons.iter().all(|r| !r.contains("does not beat")), "{:?}", v.reasons);
+    sink.client()
+        .query(&format!(
+            "INSERT INTO {db}.probe_runs (at, group_id, replica, device, model_version, model_hash, probe_set,
+                                         probe_ids, labels, scores, max_deviation, max_deviation_previous, flagged)
+             VALUES (now64(3), 'g', 'r1', 'cpu', 'chall@1', 'bbbbbbbbbbbb', 'p', [], [], [], 0, 0, 0)"
+        ))
+        .execute()
+        .await
+        .unwrap();
+    let v = vaxpulse::quality::check_promotion(&cfg, &sink, SHADOW, CHAMPION).await.unwrap();
+    print!("{}", v.render());
+    assert!(v.passed, "{:?}", v.reasons);
+    v.record(&sink, "g", "passed", "test", "").await.unwrap();
+    // The champion does not beat the shadow; and more labels than there are are needed.
+    let back = vaxpulse::quality::check_promotion(&cfg, &sink, CHAMPION, SHADOW).await.unwrap();
+    assert!(!back.passed);
+    cfg.quality.min_paired_labels = 100_000;
+    let few = vaxpulse::quality::check_promotion(&cfg, &sink, SHADOW, CHAMPION).await.unwrap();
+    assert!(few.reasons.iter().any(|r| r.starts_with("only ")), "{:?}", few.reasons);
+    let stored = ch_scalar(&format!(
+        "SELECT concat(outcome, ' ', candidate, ' ', JSONExtractString(evidence, 'probe')) FROM {db}.promotion_decisions"
+    ))
+    .await;
+    assert_eq!(stored, format!("passed {SHADOW} clean"));
+}
