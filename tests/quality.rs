@@ -72,8 +72,8 @@ async fn weighted_live_quality_finds_the_streams_accuracy_and_the_gate_rests_on_
         .query(&format!(
             "SELECT avgIf(label = gold, role = 'champion') AS champion, avgIf(label = gold, role = 'shadow') AS shadow
              FROM (SELECT label, role, extract(text, 'gold:(\\\\w+)') AS gold
-                   FROM {db}.predictions FINAL AS p
-                   INNER JOIN {db}.tweets FINAL AS t USING (tweet_id))"
+                   FROM {db}.predictions AS p FINAL
+                   INNER JOIN {db}.tweets AS t FINAL USING (tweet_id))"
         ))
         .fetch_one::<Truth>()
         .await

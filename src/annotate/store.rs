@@ -44,7 +44,7 @@ struct Candidate {
 #[derive(clickhouse::Row, serde::Deserialize)]
 struct Text {
     text: String,
-    created_at: String,
+    created_utc: String,
 }
 
 /// The newest sample, if any.
@@ -93,7 +93,7 @@ pub async fn next(
         let text = sink
             .client()
             .query(&format!(
-                "SELECT text, toString(created_at) AS created_at FROM {db}.{TWEETS} FINAL
+                "SELECT text, toString(created_at) AS created_utc FROM {db}.{TWEETS} FINAL
                  WHERE toStartOfHour(created_at) = toDateTime(?, 'UTC') AND tweet_id = ?
                  LIMIT 1"
             ))
@@ -106,7 +106,7 @@ pub async fn next(
                 sample_id: sample.into(),
                 tweet_id: c.tweet_id,
                 text: t.text,
-                created_at: t.created_at,
+                created_at: t.created_utc,
             }));
         }
     }
@@ -202,7 +202,7 @@ pub async fn tweet(
     let rows = sink
         .client()
         .query(&format!(
-            "SELECT text, toString(created_at) AS created_at FROM {db}.{TWEETS} FINAL
+            "SELECT text, toString(created_at) AS created_utc FROM {db}.{TWEETS} FINAL
              WHERE toStartOfHour(created_at) GLOBAL IN (
                        SELECT hour FROM {db}.{ANNOTATION_SAMPLES} WHERE sample_id = ? AND tweet_id = ?)
                AND tweet_id = ?
@@ -217,7 +217,7 @@ pub async fn tweet(
         sample_id: sample.into(),
         tweet_id: tweet.into(),
         text: t.text,
-        created_at: t.created_at,
+        created_at: t.created_utc,
     }))
 }
 

@@ -274,10 +274,14 @@ pub async fn load(
     let samples = format!(
         "SELECT sample_id FROM {db}.{ANNOTATION_SAMPLES} WHERE drawn_at >= fromUnixTimestamp64Milli(?) AND (? = '' OR sample_id = ?)"
     );
+    // `samples` appears once or twice in each query: its three arguments each time.
     let bind = |sql: &str| {
-        let t = since.timestamp_millis();
-        let s = sample.unwrap_or("");
-        sink.client().query(sql).bind(t).bind(s).bind(s)
+        let (t, s) = (since.timestamp_millis(), sample.unwrap_or(""));
+        let mut q = sink.client().query(sql);
+        for _ in 0..sql.matches(samples.as_str()).count() {
+            q = q.bind(t).bind(s).bind(s);
+        }
+        q
     };
     let counts = bind(&format!(
         "SELECT uniqExact(sample_id) AS samples, uniqExact(sample_id, tweet_id) AS tweets

@@ -400,8 +400,8 @@ mod tests {
         assert!(big < 600 && small > 5 * big, "big gap {big}, small gap {small}");
         assert_eq!(labels_needed(10, 10, 600, 0.05, 0.8), None);
         // Connor's formula by hand: ψ = 0.2, δ = 0.1, z = 1.95996, 0.84162 →
-        // (1.95996·√0.2 + 0.84162·√0.19)² / 0.01 = 765.5 → 766.
-        assert_eq!(labels_needed(90, 30, 600, 0.05, 0.8), Some(766));
+        // (1.95996·√0.2 + 0.84162·√0.19)² / 0.01 = (0.87652 + 0.36685)² / 0.01 = 154.6 → 155.
+        assert_eq!(labels_needed(90, 30, 600, 0.05, 0.8), Some(155));
     }
 
     #[test]
