@@ -180,3 +180,64 @@ async fn weighted_live_quality_finds_the_streams_accuracy_and_the_gate_rests_on_
     .await;
     assert_eq!(stored, format!("passed {SHADOW} clean"));
 }
+
+fn cli(names: &Names, store: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vaxpulse"))
+        .args(args)
+        .envs(names.test_env())
+        .env("VAXPULSE_MODEL_STORE_DIR", store)
+        .env("VAXPULSE_MODEL_DIR", store.join("demo/1"))
+        .env("VAXPULSE_ACTOR", "tester")
+        .output()
+        .unwrap()
+}
+
+/// `vaxpulse models promote` without evidence is refused (the reasons printed, the decision
+/// stored, nothing published); `--force` needs a reason; a forced promotion is published and
+/// the override recorded in `deployment_changes` and `promotion_decisions`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_refuses_a_promotion_without_evidence_and_records_a_forced_one() {
+    let names = Names::fresh("gate");
+    let root = std::env::temp_dir().join(unique("vaxpulse-gate-store"));
+    let store = demo_store(&root, &["1", "2"], &[]);
+    let cfg = names.store_config(&store);
+    create_topics(&cfg.kafka, &names, 1).await.expect("topics (scripts/services.sh start)");
+    ClickHouseSink::from_config(&cfg).unwrap().apply_schema().await.unwrap();
+    let said = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    let o = cli(&names, &store, &["models", "deploy", "demo@2"]);
+    assert!(o.status.success(), "{}", said(&o));
+
+    let o = cli(&names, &store, &["models", "promote", "demo@2"]);
+    let text = said(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(text.contains("refused by the quality gate"), "{text}");
+    assert!(text.contains("only 0 annotated tweets"), "{text}");
+    let o = cli(&names, &store, &["models", "promote", "demo@2", "--force"]);
+    assert!(said(&o).contains("--force needs --reason"), "{}", said(&o));
+
+    let o = cli(
+        &names,
+        &store,
+        &["models", "promote", "demo@2", "--force", "--reason", "incident 42"],
+    );
+    assert!(o.status.success(), "{}", said(&o));
+    let db = &names.database;
+    let reason = ch_scalar(&format!(
+        "SELECT reason FROM {db}.deployment_changes WHERE action = 'promote'"
+    ))
+    .await;
+    assert!(
+        reason.starts_with("forced past the quality gate (only 0 annotated tweets") && reason.ends_with(": incident 42"),
+        "{reason}"
+    );
+    assert_eq!(
+        ch_scalar(&format!(
+            "SELECT arrayStringConcat(groupArray(concat(outcome, '/', actor)), ',') FROM (SELECT outcome, actor FROM {db}.promotion_decisions ORDER BY decided_at)"
+        ))
+        .await,
+        "refused/tester,forced/tester"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
