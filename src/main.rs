@@ -131,6 +131,10 @@ enum Command {
         /// newest prediction of these tweets was a champion one.
         #[arg(long)]
         champion: Option<String>,
+        /// Store the temperature fitted per version on these labels (`calibrations`): CBPE
+        /// and later reports use it.
+        #[arg(long)]
+        calibrate: bool,
         #[arg(long, default_value = "bench-results/quality.json")]
         json: PathBuf,
     },
@@ -631,18 +635,20 @@ fn main() -> anyhow::Result<()> {
                 since,
                 sample,
                 champion,
+                calibrate,
                 json,
             } => {
                 let sink = ClickHouseSink::from_config(&cfg)?;
                 let since = since.unwrap_or_else(|| {
                     chrono::Utc::now() - chrono::Duration::days(i64::from(cfg.quality.window_days))
                 });
-                let report = vaxpulse::quality::report::quality(
+                let report = vaxpulse::quality::report::quality_with_estimates(
                     &sink,
                     &cfg.quality,
                     since,
                     sample.as_deref(),
                     champion.as_deref(),
+                    calibrate,
                 )
                 .await?;
                 print!("{}", report.render());

@@ -241,3 +241,74 @@ async fn the_cli_refuses_a_promotion_without_evidence_and_records_a_forced_one()
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// CBPE tracks a known shift: on day 1 the tweets are easy (top probability 0.9, right 90 % of
+/// the time), on day 2 most are hard (0.5, right 50 %). The label-free estimate per day follows
+/// the accuracy the labels show, and drops with it; the fitted temperature of this calibrated
+/// model stays near 1 (the estimates use the temperature just fitted and stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_label_free_estimate_follows_a_known_shift_between_two_days() {
+    let names = Names::fresh("cbpe");
+    let mut cfg = names.test_config("");
+    cfg.quality.sample_size = 300;
+    let sink = ClickHouseSink::from_config(&cfg).unwrap();
+    sink.apply_schema().await.unwrap();
+    let db = &names.database;
+    // 4 000 tweets over two days; day 2 (number ≥ 2000) has 60 % hard tweets.
+    sink.client()
+        .query(&format!(
+            "INSERT INTO {db}.ingest (tweet_id, created_at, lang, text, source_partition, source_offset,
+                                      model_version, model_hash, role, deployment_epoch, label, scores, classified_at)
+             SELECT toString(9000000 + number), toDateTime64('2026-11-10 00:00:00', 3, 'UTC') + toIntervalSecond(number * 43),
+                    'fr', concat('gold:', gold, ' tweet ', toString(number)), 0, toInt64(number),
+                    'champ@1', 'aaaaaaaaaaaa', 'champion', 1, label,
+                    mapFromArrays(['against', 'neutral', 'favour'],
+                                  arrayMap(c -> toFloat32(if(c = label, conf, (1 - conf) / 2)), ['against', 'neutral', 'favour'])),
+                    now64(3)
+             FROM (SELECT number,
+                          cityHash64(number, 'hard') % 10 < if(number >= 2000, 6, 0) AS hard,
+                          if(hard, 0.5, 0.9) AS conf,
+                          ['against', 'neutral', 'favour'][cityHash64(number, 'gold') % 3 + 1] AS gold,
+                          ['against', 'neutral', 'favour'][(cityHash64(number, 'gold') + 1 + cityHash64(number, 'w') % 2) % 3 + 1] AS wrong,
+                          if(cityHash64(number, 'r') % 1000 < conf * 1000, gold, wrong) AS label
+                   FROM numbers(4000))"
+        ))
+        .execute()
+        .await
+        .unwrap();
+    let from = Utc.with_ymd_and_hms(2026, 11, 10, 0, 0, 0).unwrap();
+    vaxpulse::quality::sample::draw(&sink, &cfg.quality, "two-days", from, from + Duration::hours(48))
+        .await
+        .unwrap();
+    while let Some(t) = store::next(&sink, "two-days", "alice").await.unwrap() {
+        let g = t.text.split_whitespace().next().unwrap().trim_start_matches("gold:").to_string();
+        store::label(&sink, "two-days", &t.tweet_id, "alice", &g, Utc::now()).await.unwrap();
+    }
+    let since = Utc::now() - Duration::hours(1);
+    let r = vaxpulse::quality::report::quality_with_estimates(&sink, &cfg.quality, since, None, None, true)
+        .await
+        .unwrap();
+    print!("{}", r.render());
+    let days: Vec<_> = r.cbpe.iter().filter(|d| d.model == CHAMPION).collect();
+    assert_eq!(days.len(), 2, "{:?}", r.cbpe);
+    for d in &days {
+        let real = d.realized_accuracy.unwrap();
+        assert!(
+            (d.expected_accuracy - real.estimate).abs() < 0.07,
+            "{}: CBPE {} vs labels {:?}",
+            d.day,
+            d.expected_accuracy,
+            real
+        );
+    }
+    assert!((days[0].expected_accuracy - 0.9).abs() < 0.025, "day 1: {}", days[0].expected_accuracy);
+    assert!((days[1].expected_accuracy - 0.66).abs() < 0.03, "day 2: {}", days[1].expected_accuracy);
+    let drop = days[0].realized_accuracy.unwrap().estimate - days[1].realized_accuracy.unwrap().estimate;
+    assert!(drop > 0.12, "the labels see the shift too: {drop}");
+    let c = r.calibration.iter().find(|c| c.model == CHAMPION).unwrap();
+    assert!((0.7..1.4).contains(&c.temperature), "{c:?}");
+    assert_eq!(
+        ch_scalar(&format!("SELECT count() FROM {db}.calibrations WHERE model = '{CHAMPION}' AND source = 'annotations'")).await,
+        "1"
+    );
+}

@@ -4,8 +4,10 @@
 //! that scored them: weighted accuracy and macro-F1 with intervals, per-class recall, the
 //! weighted confusion matrix, each version against the champion on the same tweets (McNemar,
 //! the difference with its interval, labels still needed), the off-topic share (the relevance
-//! filter's precision) and inter-annotator agreement. Gold is a tweet's first label; a second
-//! annotator's label only feeds the agreement.
+//! filter's precision) and inter-annotator agreement; with [`quality_with_estimates`] also a
+//! temperature per identity (ECE before and after) and the label-free accuracy estimate (CBPE)
+//! per day next to the labels' own. Gold is a tweet's first label; a second annotator's label
+//! only feeds the agreement.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,7 +20,8 @@ use crate::stats::weighted::{
     WeightedConfusion,
 };
 use crate::output::Table;
-use crate::sink::clickhouse::schema::{ANNOTATIONS, ANNOTATION_SAMPLES, PREDICTIONS};
+use crate::sink::clickhouse::schema::{ANNOTATIONS, ANNOTATION_SAMPLES, CALIBRATIONS, PREDICTIONS};
+use crate::stats::calibration::{fit_temperature, weighted_ece, Scored};
 use crate::sink::clickhouse::ClickHouseSink;
 
 /// The classes a label may name; `off_topic` is outside the classifier's classes.
@@ -30,6 +33,8 @@ pub const SKIP: &str = "skip";
 #[derive(Debug, Clone)]
 pub struct Annotated {
     pub weight: f64,
+    /// Start of the tweet's hour (Unix seconds).
+    pub hour: u32,
     /// Index in [`CLASSES`], or `None` for off-topic.
     pub gold: Option<usize>,
     /// identity → (predicted class, the probabilities in [`CLASSES`] order).
@@ -77,6 +82,34 @@ pub struct QualityReport {
     pub annotator_kappa: Option<f64>,
     pub doubly_annotated: u64,
     pub level: f64,
+    /// Temperature per identity fitted on these labels, and the ECE before and after.
+    pub calibration: Vec<Calibration>,
+    /// Label-free accuracy estimates per day × identity, next to the labels' own.
+    pub cbpe: Vec<DailyEstimate>,
+}
+
+/// Temperature scaling of one identity on the annotations.
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibration {
+    pub model: String,
+    pub labels: u64,
+    pub temperature: f64,
+    /// The temperature stored in `calibrations` (what CBPE uses), 1 when none.
+    pub stored_temperature: f64,
+    pub ece_before: f64,
+    pub ece_after: f64,
+}
+
+/// One day of one identity: CBPE's expected accuracy over all its predictions of the day, and
+/// the weighted accuracy of the day's annotated tweets.
+#[derive(Debug, Clone, Serialize)]
+pub struct DailyEstimate {
+    pub day: String,
+    pub model: String,
+    pub predictions: u64,
+    pub expected_accuracy: f64,
+    pub labels: u64,
+    pub realized_accuracy: Option<Interval>,
 }
 
 impl QualityReport {
@@ -159,6 +192,38 @@ impl QualityReport {
                 self.doubly_annotated
             )),
             None => out.push_str("inter-annotator agreement: no tweet labelled twice yet\n"),
+        }
+        if !self.calibration.is_empty() {
+            let mut t = Table::new(&["version", "labels", "temperature (fitted)", "stored", "ECE before", "ECE after"]);
+            for c in &self.calibration {
+                t.row(vec![
+                    c.model.clone(),
+                    c.labels.to_string(),
+                    format!("{:.3}", c.temperature),
+                    format!("{:.3}", c.stored_temperature),
+                    format!("{:.4}", c.ece_before),
+                    format!("{:.4}", c.ece_after),
+                ]);
+            }
+            out.push_str("\n### calibration (temperature scaling on the annotations; `quality --calibrate` stores it)\n\n");
+            out.push_str(&t.render());
+        }
+        if !self.cbpe.is_empty() {
+            let mut t = Table::new(&["day", "version", "predictions", "expected accuracy (CBPE)", "labels", "annotated accuracy"]);
+            for d in &self.cbpe {
+                t.row(vec![
+                    d.day.clone(),
+                    d.model.clone(),
+                    d.predictions.to_string(),
+                    format!("{:.1} %", 100.0 * d.expected_accuracy),
+                    d.labels.to_string(),
+                    d.realized_accuracy.map_or("-".into(), |i| {
+                        format!("{:.1} % [{:.1}, {:.1}]", 100.0 * i.estimate, 100.0 * i.low, 100.0 * i.high)
+                    }),
+                ]);
+            }
+            out.push_str("\n### label-free estimate per day (calibrated confidence) vs the labels\n\n");
+            out.push_str(&t.render());
         }
         out
     }
@@ -246,6 +311,7 @@ struct LabelLine {
     annotator: String,
     label: String,
     inclusion_prob: f64,
+    hour: u32,
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]
@@ -292,11 +358,11 @@ pub async fn load(
     // Each tweet's labels in time order, with the probability its sample drew it with.
     let labels = bind(&format!(
         "SELECT a.sample_id AS sample_id, a.tweet_id AS tweet_id, a.annotator AS annotator, a.label AS label,
-                s.inclusion_prob AS inclusion_prob
+                s.inclusion_prob AS inclusion_prob, toUnixTimestamp(s.hour) AS hour
          FROM (SELECT sample_id, tweet_id, annotator, label, annotated_at
                FROM {db}.{ANNOTATIONS} FINAL
                WHERE sample_id GLOBAL IN ({samples}) AND label != '{SKIP}') AS a
-         INNER JOIN (SELECT sample_id, tweet_id, inclusion_prob FROM {db}.{ANNOTATION_SAMPLES} FINAL) AS s
+         INNER JOIN (SELECT sample_id, tweet_id, inclusion_prob, hour FROM {db}.{ANNOTATION_SAMPLES} FINAL) AS s
          USING (sample_id, tweet_id)
          ORDER BY a.annotated_at, a.annotator"
     ))
@@ -359,6 +425,7 @@ pub async fn load(
                 seen.insert(key, (code, l.annotator.clone(), String::new()));
                 items.push(Annotated {
                     weight: 1.0 / l.inclusion_prob.max(f64::MIN_POSITIVE),
+                    hour: l.hour,
                     gold: (code < CLASSES.len()).then_some(code),
                     predicted: by_tweet.get(&l.tweet_id).cloned().unwrap_or_default(),
                 });
@@ -401,16 +468,192 @@ pub async fn quality(
     champion: Option<&str>,
 ) -> anyhow::Result<QualityReport> {
     let (items, roles, counts) = load(sink, since, sample).await?;
-    let champion = champion.map(String::from).or_else(|| {
-        let mut c: Vec<&String> = roles
-            .iter()
-            .filter(|(_, r)| r.as_str() == "champion")
-            .map(|(m, _)| m)
-            .collect();
-        c.sort();
-        c.first().map(|m| (*m).clone())
-    });
+    let champion = champion.map(String::from).or_else(|| newest_champion(&roles));
     Ok(report(items, &roles, champion, counts, since, q))
+}
+
+/// [`quality`] with calibration (a temperature per identity fitted on the labels, stored in
+/// `calibrations` when `store`) and CBPE per day over the days the samples cover: what the
+/// `quality` command prints.
+pub async fn quality_with_estimates(
+    sink: &ClickHouseSink,
+    q: &QualityConfig,
+    since: DateTime<Utc>,
+    sample: Option<&str>,
+    champion: Option<&str>,
+    store: bool,
+) -> anyhow::Result<QualityReport> {
+    let (items, roles, counts) = load(sink, since, sample).await?;
+    let champion = champion.map(String::from).or_else(|| newest_champion(&roles));
+    let stored = stored_temperatures(sink).await?;
+    let mut calibration = calibrate(&items);
+    for c in &mut calibration {
+        c.stored_temperature = stored.get(&c.model).copied().unwrap_or(1.0);
+    }
+    if store {
+        for c in &mut calibration {
+            sink.record(&crate::sink::clickhouse::schema::CalibrationRow {
+                fitted_at: Utc::now(),
+                model: c.model.clone(),
+                temperature: c.temperature,
+                source: "annotations".into(),
+                n: c.labels,
+                ece_before: c.ece_before,
+                ece_after: c.ece_after,
+            })
+            .await?;
+            c.stored_temperature = c.temperature;
+        }
+    }
+    let temperatures: HashMap<String, f64> = calibration
+        .iter()
+        .map(|c| (c.model.clone(), c.stored_temperature))
+        .collect();
+    let days = items.iter().map(|i| i.hour - i.hour % 86_400);
+    let span = days.clone().min().zip(days.max());
+    let expected = match span {
+        Some((first, last)) => expected_by_day(sink, first, last + 86_400, &temperatures).await?,
+        None => Vec::new(),
+    };
+    let cbpe = daily(&items, expected, q);
+    let mut r = report(items, &roles, champion, counts, since, q);
+    r.calibration = calibration;
+    r.cbpe = cbpe;
+    Ok(r)
+}
+
+fn newest_champion(roles: &HashMap<String, String>) -> Option<String> {
+    let mut c: Vec<&String> = roles
+        .iter()
+        .filter(|(_, r)| r.as_str() == "champion")
+        .map(|(m, _)| m)
+        .collect();
+    c.sort();
+    c.first().map(|m| (*m).clone())
+}
+
+/// The newest stored temperature of each identity.
+pub async fn stored_temperatures(sink: &ClickHouseSink) -> anyhow::Result<HashMap<String, f64>> {
+    let db = sink.database();
+    let rows = sink
+        .client()
+        .query(&format!(
+            "SELECT model, argMax(temperature, fitted_at) FROM {db}.{CALIBRATIONS} GROUP BY model"
+        ))
+        .fetch_all::<(String, f64)>()
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Temperature, ECE before and after, per identity on the labelled tweets (pure).
+pub fn calibrate(items: &[Annotated]) -> Vec<Calibration> {
+    let mut models: Vec<&String> = items.iter().flat_map(|i| i.predicted.keys()).collect();
+    models.sort();
+    models.dedup();
+    models
+        .into_iter()
+        .map(|m| {
+            let scored: Vec<Scored> = items
+                .iter()
+                .filter_map(|i| {
+                    let gold = i.gold?;
+                    let (_, probs) = i.predicted.get(m)?;
+                    Some(Scored {
+                        weight: i.weight,
+                        probs: probs.clone(),
+                        gold,
+                    })
+                })
+                .collect();
+            let t = fit_temperature(&scored);
+            Calibration {
+                model: m.clone(),
+                labels: scored.len() as u64,
+                temperature: t,
+                stored_temperature: 1.0,
+                ece_before: weighted_ece(&scored, 1.0, 10),
+                ece_after: weighted_ece(&scored, t, 10),
+            }
+        })
+        .collect()
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct ExpectedLine {
+    day: u32,
+    model: String,
+    predictions: u64,
+    expected: f64,
+}
+
+/// CBPE per day × identity over `[from, to)` (Unix seconds, whole days): the mean of each
+/// prediction's top probability after its identity's temperature, computed in ClickHouse over
+/// the days' predictions (pruned by the hour in the key).
+async fn expected_by_day(
+    sink: &ClickHouseSink,
+    from: u32,
+    to: u32,
+    temperatures: &HashMap<String, f64>,
+) -> anyhow::Result<Vec<ExpectedLine>> {
+    let db = sink.database();
+    let (models, temps): (Vec<String>, Vec<f64>) = temperatures
+        .iter()
+        .map(|(m, t)| (m.clone(), *t))
+        .unzip();
+    let rows = sink
+        .client()
+        .query(&format!(
+            "SELECT toUnixTimestamp(toStartOfDay(hour)) AS day, model, count() AS predictions,
+                    avg(1 / arraySum(arrayMap(p -> exp((log(greatest(p, 1e-12)) - log(greatest(arrayMax(v), 1e-12))) / t), v))) AS expected
+             FROM (SELECT toStartOfHour(created_at) AS hour, concat(model_version, '#', model_hash) AS model,
+                          CAST(mapValues(scores), 'Array(Float64)') AS v,
+                          transform(model, ?, ?, 1.0) AS t
+                   FROM {db}.{PREDICTIONS} FINAL
+                   WHERE toStartOfHour(created_at) >= toDateTime(?, 'UTC')
+                     AND toStartOfHour(created_at) < toDateTime(?, 'UTC'))
+             GROUP BY day, model ORDER BY day, model"
+        ))
+        .bind(models)
+        .bind(temps)
+        .bind(from)
+        .bind(to)
+        .fetch_all::<ExpectedLine>()
+        .await?;
+    Ok(rows)
+}
+
+/// Joins the label-free estimates with each day's weighted accuracy on the labels (pure).
+fn daily(items: &[Annotated], expected: Vec<ExpectedLine>, q: &QualityConfig) -> Vec<DailyEstimate> {
+    let classes: Vec<String> = CLASSES.map(String::from).to_vec();
+    expected
+        .into_iter()
+        .enumerate()
+        .map(|(n, e)| {
+            let own: Vec<Labelled> = items
+                .iter()
+                .filter(|i| i.hour - i.hour % 86_400 == e.day)
+                .filter_map(|i| {
+                    let (predicted, _) = i.predicted.get(&e.model)?;
+                    Some(Labelled {
+                        weight: i.weight,
+                        gold: i.gold?,
+                        predicted: *predicted,
+                    })
+                })
+                .collect();
+            let realized = (!own.is_empty())
+                .then(|| accuracy_and_f1(&classes, &own, q.confidence_level, 101 + n as u64).0);
+            DailyEstimate {
+                day: DateTime::<Utc>::from_timestamp(i64::from(e.day), 0)
+                    .map_or_else(String::new, |d| d.format("%Y-%m-%d").to_string()),
+                model: e.model,
+                predictions: e.predictions,
+                expected_accuracy: e.expected,
+                labels: own.len() as u64,
+                realized_accuracy: realized,
+            }
+        })
+        .collect()
 }
 
 /// The report of loaded items (pure).
@@ -449,5 +692,7 @@ pub fn report(
         annotator_kappa: cohen_kappa(CLASSES.len() + 1, &counts.pairs),
         doubly_annotated: counts.pairs.len() as u64,
         level: q.confidence_level,
+        calibration: Vec::new(),
+        cbpe: Vec::new(),
     }
 }
