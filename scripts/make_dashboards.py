@@ -154,6 +154,15 @@ opinion = dashboard("vaxpulse-opinion", "vaxpulse — opinion and stability", [
     ch("Mean confidence per hour and version",
        "SELECT hour AS time, model_version, mean_confidence FROM model_hourly_stats "
        "WHERE $__timeFilter(hour) ORDER BY time"),
+    prom("Live accuracy per version (annotations, weighted; 95 % interval)", [
+        ("max by (model) (vaxpulse_quality_accuracy_ratio{bound=\"estimate\"})", "{{model}}"),
+        ("max by (model) (vaxpulse_quality_accuracy_ratio{bound=\"low\"})", "{{model}} low"),
+        ("max by (model) (vaxpulse_quality_accuracy_ratio{bound=\"high\"})", "{{model}} high"),
+        ("max by (model) (vaxpulse_promotion_proposed)", "promotion proposed {{model}}"),
+    ], unit="percentunit"),
+    ch("Annotations per day and label",
+       "SELECT toStartOfDay(annotated_at) AS time, label, count() AS labels FROM annotations FINAL "
+       "WHERE $__timeFilter(annotated_at) GROUP BY time, label ORDER BY time"),
     prom("Probe deviation (largest |Δp| vs first/previous run; flag above 1e-3)", [
         ("max by (model) (vaxpulse_probe_deviation_max)", "{{model}}"),
         ("sum by (model) (increase(vaxpulse_probe_runs_total{outcome=\"flagged\"}[1h]))", "flags/h {{model}}"),

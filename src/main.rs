@@ -331,7 +331,9 @@ async fn gate(
         Ok(v) => v,
         Err(e) if force => {
             eprintln!("the quality gate could not be evaluated ({e:#}); forced");
-            return Ok(format!("forced past the quality gate (not evaluated: {e:#}): {reason}"));
+            return Ok(format!(
+                "forced past the quality gate (not evaluated: {e:#}): {reason}"
+            ));
         }
         Err(e) => anyhow::bail!(
             "the quality gate could not be evaluated: {e:#}; fix that, or pass --force --reason WHY"
@@ -371,7 +373,11 @@ async fn annotate(cfg: &Config, command: AnnotateCommand) -> anyhow::Result<()> 
             anyhow::ensure!(hours > 0, "--hours must be at least 1");
             let now = chrono::Utc::now();
             let to = until.unwrap_or(now).duration_trunc(TimeDelta::hours(1))?;
-            let to = if until.is_none() { to + TimeDelta::hours(1) } else { to };
+            let to = if until.is_none() {
+                to + TimeDelta::hours(1)
+            } else {
+                to
+            };
             let from = to - TimeDelta::hours(i64::from(hours));
             let id = id.unwrap_or_else(|| format!("s{}", now.format("%Y%m%dT%H%M%S")));
             let sink = ClickHouseSink::from_config(cfg)?;
@@ -393,7 +399,9 @@ async fn annotate(cfg: &Config, command: AnnotateCommand) -> anyhow::Result<()> 
             let sink = ClickHouseSink::from_config(cfg)?;
             let listener = tokio::net::TcpListener::bind(&cfg.annotate.listen)
                 .await
-                .with_context(|| format!("cannot listen on annotate.listen {}", cfg.annotate.listen))?;
+                .with_context(|| {
+                    format!("cannot listen on annotate.listen {}", cfg.annotate.listen)
+                })?;
             println!("annotation page on http://{}/", listener.local_addr()?);
             let cancel = tokio_util::sync::CancellationToken::new();
             cancel_on_signal(cancel.clone(), Duration::from_secs(10));
@@ -620,6 +628,14 @@ fn main() -> anyhow::Result<()> {
                 };
                 let report = vaxpulse::analytics::monitor::monitor(&sink, span).await?;
                 print!("{}", report.render());
+                // Live quality next to the drift: what the labels of the window say.
+                let since = chrono::Utc::now()
+                    - chrono::Duration::days(i64::from(cfg.quality.window_days));
+                match vaxpulse::quality::report::quality(&sink, &cfg.quality, since, None, None).await {
+                    Ok(q) if q.annotated > 0 => print!("\n### live quality (annotations, `vaxpulse quality` for more)\n\n{}", q.render()),
+                    Ok(_) => println!("\nlive quality: no annotations in the last {} days (`vaxpulse annotate sample`, then `annotate serve`)", cfg.quality.window_days),
+                    Err(e) => println!("\nlive quality not read: {e:#}"),
+                }
                 vaxpulse::output::write_json(&json, &report)?;
                 if let Some(path) = chart {
                     vaxpulse::analytics::chart::drift(&report.drift_chart(), &path)

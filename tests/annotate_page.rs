@@ -43,9 +43,15 @@ async fn an_annotator_labels_undoes_and_skips_in_a_real_browser_and_clickhouse_h
         .await
         .unwrap();
     let from = Utc.with_ymd_and_hms(2026, 11, 21, 0, 0, 0).unwrap();
-    vaxpulse::quality::sample::draw(&sink, &cfg.quality, "page", from, from + Duration::hours(24))
-        .await
-        .unwrap();
+    vaxpulse::quality::sample::draw(
+        &sink,
+        &cfg.quality,
+        "page",
+        from,
+        from + Duration::hours(24),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         ch_scalar(&format!("SELECT count() FROM {db}.annotation_samples")).await,
         "20"
@@ -97,7 +103,10 @@ async fn an_annotator_labels_undoes_and_skips_in_a_real_browser_and_clickhouse_h
     assert!(out["annotator"].as_str().unwrap().contains("alice"));
     let steps = out["steps"].as_array().unwrap();
     let tweet = |i: usize| steps[i]["tweet"].as_str().unwrap().to_string();
-    let actions: Vec<&str> = steps.iter().map(|s| s["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = steps
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
     assert_eq!(
         actions,
         ["click:against", "key:3", "key:o", "key:2", "click:skip"]

@@ -168,6 +168,7 @@ fn alert_rules_use_exported_metrics_and_cover_the_runbook() {
         "VaxpulseSinkRetries",
         "VaxpulsePredictionDrift",
         "VaxpulseProbeMoved",
+        "VaxpulsePromotionProposed",
     ] {
         assert!(
             rules.contains(&format!("alert: {alert}")),

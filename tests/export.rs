@@ -192,7 +192,11 @@ fn a_users_checkpoint_is_exported_checked_and_bad_ones_are_refused() {
         .unwrap();
     assert!(made.status.success(), "{}", said(&made));
     assert!(!old.join("tokenizer.json").exists() && old.join("pytorch_model.bin").exists());
-    let ok = export(&old, &dir.join("models/old/1"), &["--labels", "contre,neutre,pour"]);
+    let ok = export(
+        &old,
+        &dir.join("models/old/1"),
+        &["--labels", "contre,neutre,pour"],
+    );
     let text = said(&ok);
     assert!(
         ok.status.success()

@@ -91,7 +91,8 @@ async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_versi
 
     // Every metric is present but those of events this run does not have: dead letters (no
     // bad input), shadow skips and agreement (no shadow), deployment apply times (no change
-    // published), drift PSI (one day of tweets: all of it is the reference, no window after it).
+    // published), drift PSI (one day of tweets: all of it is the reference, no window after it),
+    // live quality (no annotations).
     for (name, _, _) in vaxpulse::telemetry::METRICS {
         if [
             "vaxpulse_messages_dead_lettered_total",
@@ -100,6 +101,12 @@ async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_versi
             "vaxpulse_drift_psi",
             "vaxpulse_shadow_agreement_ratio",
             "vaxpulse_shadow_kappa",
+            // No annotations in this run; the page is another process.
+            "vaxpulse_quality_accuracy_ratio",
+            "vaxpulse_quality_macro_f1_ratio",
+            "vaxpulse_quality_labels",
+            "vaxpulse_promotion_proposed",
+            "vaxpulse_annotations_total",
         ]
         .contains(name)
         {

@@ -81,24 +81,41 @@ async fn weighted_live_quality_finds_the_streams_accuracy_and_the_gate_rests_on_
     assert!((0.80..0.88).contains(&truth.champion), "{}", truth.champion);
 
     let from = Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap();
-    let drawn = vaxpulse::quality::sample::draw(&sink, &cfg.quality, "t1", from, from + Duration::hours(24))
-        .await
-        .unwrap();
+    let drawn = vaxpulse::quality::sample::draw(
+        &sink,
+        &cfg.quality,
+        "t1",
+        from,
+        from + Duration::hours(24),
+    )
+    .await
+    .unwrap();
     let per = |s: &str| drawn.drawn.iter().find(|(n, _)| n == s).map_or(0, |x| x.1);
     let total: u64 = drawn.drawn.iter().map(|x| x.1).sum();
-    assert!((300..=500).contains(&total), "drawn {total}: {:?}", drawn.drawn);
+    assert!(
+        (300..=500).contains(&total),
+        "drawn {total}: {:?}",
+        drawn.drawn
+    );
     // Over-sampled: disagreements are ~8 % of the stream but a large share of the sample.
     assert!(per("disagreement") * 4 > total, "{:?}", drawn.drawn);
     // Drawing the same sample again adds nothing.
     vaxpulse::quality::sample::draw(&sink, &cfg.quality, "t1", from, from + Duration::hours(24))
         .await
         .unwrap();
-    let again = ch_scalar(&format!("SELECT count() FROM {db}.annotation_samples FINAL WHERE sample_id = 't1'")).await;
+    let again = ch_scalar(&format!(
+        "SELECT count() FROM {db}.annotation_samples FINAL WHERE sample_id = 't1'"
+    ))
+    .await;
     assert_eq!(again, total.to_string());
 
     // alice labels every tweet; bob the ones served twice.
     let gold_of = |text: &str| {
-        let g = text.split_whitespace().next().unwrap().trim_start_matches("gold:");
+        let g = text
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_start_matches("gold:");
         assert!(CLASSES.contains(&g), "{text}");
         g.to_string()
     };
@@ -107,7 +124,9 @@ async fn weighted_live_quality_finds_the_streams_accuracy_and_the_gate_rests_on_
     let mut champ_label = std::collections::HashMap::new();
     for (id, label) in sink
         .client()
-        .query(&format!("SELECT tweet_id, label FROM {db}.predictions FINAL WHERE role = 'champion'"))
+        .query(&format!(
+            "SELECT tweet_id, label FROM {db}.predictions FINAL WHERE role = 'champion'"
+        ))
         .fetch_all::<(String, String)>()
         .await
         .unwrap()
@@ -117,20 +136,36 @@ async fn weighted_live_quality_finds_the_streams_accuracy_and_the_gate_rests_on_
     while let Some(t) = store::next(&sink, "t1", "alice").await.unwrap() {
         let g = gold_of(&t.text);
         naive_right += u64::from(champ_label[&t.tweet_id] == g);
-        store::label(&sink, "t1", &t.tweet_id, "alice", &g, Utc::now()).await.unwrap();
+        store::label(&sink, "t1", &t.tweet_id, "alice", &g, Utc::now())
+            .await
+            .unwrap();
         labelled += 1;
     }
     assert_eq!(labelled, total, "every sampled tweet served once to alice");
     let mut doubled = 0;
     while let Some(t) = store::next(&sink, "t1", "bob").await.unwrap() {
-        store::label(&sink, "t1", &t.tweet_id, "bob", &gold_of(&t.text), Utc::now()).await.unwrap();
+        store::label(
+            &sink,
+            "t1",
+            &t.tweet_id,
+            "bob",
+            &gold_of(&t.text),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
         doubled += 1;
         assert!(doubled <= total, "bob is served only the double share");
     }
-    assert!(doubled > 0 && doubled * 4 < total, "double share ~10 %: {doubled} of {total}");
+    assert!(
+        doubled > 0 && doubled * 4 < total,
+        "double share ~10 %: {doubled} of {total}"
+    );
 
     let since = Utc::now() - Duration::hours(1);
-    let r = quality(&sink, &cfg.quality, since, Some("t1"), Some(CHAMPION)).await.unwrap();
+    let r = quality(&sink, &cfg.quality, since, Some("t1"), Some(CHAMPION))
+        .await
+        .unwrap();
     print!("{}", r.render());
     let c = r.version(CHAMPION).unwrap();
     let s = r.version(SHADOW).unwrap();
@@ -142,19 +177,40 @@ async fn weighted_live_quality_finds_the_streams_accuracy_and_the_gate_rests_on_
         truth.champion
     );
     assert!((c.accuracy.estimate - truth.champion).abs() < 0.05);
-    assert!(naive < truth.champion - 0.1, "the sample's own mean {naive} is biased low");
-    assert!((s.accuracy.estimate - truth.shadow).abs() < 0.05, "{:?} vs {}", s.accuracy, truth.shadow);
+    assert!(
+        naive < truth.champion - 0.1,
+        "the sample's own mean {naive} is biased low"
+    );
+    assert!(
+        (s.accuracy.estimate - truth.shadow).abs() < 0.05,
+        "{:?} vs {}",
+        s.accuracy,
+        truth.shadow
+    );
     let vs = s.versus_champion.as_ref().unwrap();
-    assert!(vs.comparison.mcnemar.p_value < 0.01 && vs.comparison.difference.low > 0.0, "{vs:?}");
+    assert!(
+        vs.comparison.mcnemar.p_value < 0.01 && vs.comparison.difference.low > 0.0,
+        "{vs:?}"
+    );
     assert_eq!(r.annotator_kappa, Some(1.0));
     assert_eq!(r.doubly_annotated, doubled);
 
     // The gate: no probe run of the shadow yet → refused, saying so.
-    let v = vaxpulse::quality::check_promotion(&cfg, &sink, SHADOW, CHAMPION).await.unwrap();
+    let v = vaxpulse::quality::check_promotion(&cfg, &sink, SHADOW, CHAMPION)
+        .await
+        .unwrap();
     print!("{}", v.render());
     assert!(!v.passed);
-    assert!(v.reasons.iter().any(|r| r.contains("no probe run")), "{:?}", v.reasons);
-    assert!(v.reasons.iter().all(|r| !r.contains("does not beat")), "{:?}", v.reasons);
+    assert!(
+        v.reasons.iter().any(|r| r.contains("no probe run")),
+        "{:?}",
+        v.reasons
+    );
+    assert!(
+        v.reasons.iter().all(|r| !r.contains("does not beat")),
+        "{:?}",
+        v.reasons
+    );
     sink.client()
         .query(&format!(
             "INSERT INTO {db}.probe_runs (at, group_id, replica, device, model_version, model_hash, probe_set,
@@ -164,16 +220,26 @@ async fn weighted_live_quality_finds_the_streams_accuracy_and_the_gate_rests_on_
         .execute()
         .await
         .unwrap();
-    let v = vaxpulse::quality::check_promotion(&cfg, &sink, SHADOW, CHAMPION).await.unwrap();
+    let v = vaxpulse::quality::check_promotion(&cfg, &sink, SHADOW, CHAMPION)
+        .await
+        .unwrap();
     print!("{}", v.render());
     assert!(v.passed, "{:?}", v.reasons);
     v.record(&sink, "g", "passed", "test", "").await.unwrap();
     // The champion does not beat the shadow; and more labels than there are are needed.
-    let back = vaxpulse::quality::check_promotion(&cfg, &sink, CHAMPION, SHADOW).await.unwrap();
+    let back = vaxpulse::quality::check_promotion(&cfg, &sink, CHAMPION, SHADOW)
+        .await
+        .unwrap();
     assert!(!back.passed);
     cfg.quality.min_paired_labels = 100_000;
-    let few = vaxpulse::quality::check_promotion(&cfg, &sink, SHADOW, CHAMPION).await.unwrap();
-    assert!(few.reasons.iter().any(|r| r.starts_with("only ")), "{:?}", few.reasons);
+    let few = vaxpulse::quality::check_promotion(&cfg, &sink, SHADOW, CHAMPION)
+        .await
+        .unwrap();
+    assert!(
+        few.reasons.iter().any(|r| r.starts_with("only ")),
+        "{:?}",
+        few.reasons
+    );
     let stored = ch_scalar(&format!(
         "SELECT concat(outcome, ' ', candidate, ' ', JSONExtractString(evidence, 'probe')) FROM {db}.promotion_decisions"
     ))
@@ -201,10 +267,20 @@ async fn the_cli_refuses_a_promotion_without_evidence_and_records_a_forced_one()
     let root = std::env::temp_dir().join(unique("vaxpulse-gate-store"));
     let store = demo_store(&root, &["1", "2"], &[]);
     let cfg = names.store_config(&store);
-    create_topics(&cfg.kafka, &names, 1).await.expect("topics (scripts/services.sh start)");
-    ClickHouseSink::from_config(&cfg).unwrap().apply_schema().await.unwrap();
+    create_topics(&cfg.kafka, &names, 1)
+        .await
+        .expect("topics (scripts/services.sh start)");
+    ClickHouseSink::from_config(&cfg)
+        .unwrap()
+        .apply_schema()
+        .await
+        .unwrap();
     let said = |o: &std::process::Output| {
-        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
     };
     let o = cli(&names, &store, &["models", "deploy", "demo@2"]);
     assert!(o.status.success(), "{}", said(&o));
@@ -220,7 +296,14 @@ async fn the_cli_refuses_a_promotion_without_evidence_and_records_a_forced_one()
     let o = cli(
         &names,
         &store,
-        &["models", "promote", "demo@2", "--force", "--reason", "incident 42"],
+        &[
+            "models",
+            "promote",
+            "demo@2",
+            "--force",
+            "--reason",
+            "incident 42",
+        ],
     );
     assert!(o.status.success(), "{}", said(&o));
     let db = &names.database;
@@ -229,7 +312,8 @@ async fn the_cli_refuses_a_promotion_without_evidence_and_records_a_forced_one()
     ))
     .await;
     assert!(
-        reason.starts_with("forced past the quality gate (only 0 annotated tweets") && reason.ends_with(": incident 42"),
+        reason.starts_with("forced past the quality gate (only 0 annotated tweets")
+            && reason.ends_with(": incident 42"),
         "{reason}"
     );
     assert_eq!(
@@ -243,7 +327,8 @@ async fn the_cli_refuses_a_promotion_without_evidence_and_records_a_forced_one()
 }
 
 /// CBPE tracks a known shift: on day 1 the tweets are easy (top probability 0.9, right 90 % of
-/// the time), on day 2 most are hard (0.5, right 50 %). The label-free estimate per day follows
+/// the time), on day 2 most are hard (0.5, right 50 %, and carrying a link, so the input's text
+/// descriptors drift too). The label-free estimate per day follows
 /// the accuracy the labels show, and drops with it; the fitted temperature of this calibrated
 /// model stays near 1 (the estimates use the temperature just fitted and stored).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +345,7 @@ async fn the_label_free_estimate_follows_a_known_shift_between_two_days() {
             "INSERT INTO {db}.ingest (tweet_id, created_at, lang, text, source_partition, source_offset,
                                       model_version, model_hash, role, deployment_epoch, label, scores, classified_at)
              SELECT toString(9000000 + number), toDateTime64('2026-11-10 00:00:00', 3, 'UTC') + toIntervalSecond(number * 43),
-                    'fr', concat('gold:', gold, ' tweet ', toString(number)), 0, toInt64(number),
+                    'fr', concat('gold:', gold, ' tweet ', toString(number), if(hard, ' https://t.co/x', '')), 0, toInt64(number),
                     'champ@1', 'aaaaaaaaaaaa', 'champion', 1, label,
                     mapFromArrays(['against', 'neutral', 'favour'],
                                   arrayMap(c -> toFloat32(if(c = label, conf, (1 - conf) / 2)), ['against', 'neutral', 'favour'])),
@@ -277,17 +362,38 @@ async fn the_label_free_estimate_follows_a_known_shift_between_two_days() {
         .await
         .unwrap();
     let from = Utc.with_ymd_and_hms(2026, 11, 10, 0, 0, 0).unwrap();
-    vaxpulse::quality::sample::draw(&sink, &cfg.quality, "two-days", from, from + Duration::hours(48))
-        .await
-        .unwrap();
+    vaxpulse::quality::sample::draw(
+        &sink,
+        &cfg.quality,
+        "two-days",
+        from,
+        from + Duration::hours(48),
+    )
+    .await
+    .unwrap();
     while let Some(t) = store::next(&sink, "two-days", "alice").await.unwrap() {
-        let g = t.text.split_whitespace().next().unwrap().trim_start_matches("gold:").to_string();
-        store::label(&sink, "two-days", &t.tweet_id, "alice", &g, Utc::now()).await.unwrap();
+        let g = t
+            .text
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_start_matches("gold:")
+            .to_string();
+        store::label(&sink, "two-days", &t.tweet_id, "alice", &g, Utc::now())
+            .await
+            .unwrap();
     }
     let since = Utc::now() - Duration::hours(1);
-    let r = vaxpulse::quality::report::quality_with_estimates(&sink, &cfg.quality, since, None, None, true)
-        .await
-        .unwrap();
+    let r = vaxpulse::quality::report::quality_with_estimates(
+        &sink,
+        &cfg.quality,
+        since,
+        None,
+        None,
+        true,
+    )
+    .await
+    .unwrap();
     print!("{}", r.render());
     let days: Vec<_> = r.cbpe.iter().filter(|d| d.model == CHAMPION).collect();
     assert_eq!(days.len(), 2, "{:?}", r.cbpe);
@@ -301,9 +407,18 @@ async fn the_label_free_estimate_follows_a_known_shift_between_two_days() {
             real
         );
     }
-    assert!((days[0].expected_accuracy - 0.9).abs() < 0.025, "day 1: {}", days[0].expected_accuracy);
-    assert!((days[1].expected_accuracy - 0.66).abs() < 0.03, "day 2: {}", days[1].expected_accuracy);
-    let drop = days[0].realized_accuracy.unwrap().estimate - days[1].realized_accuracy.unwrap().estimate;
+    assert!(
+        (days[0].expected_accuracy - 0.9).abs() < 0.025,
+        "day 1: {}",
+        days[0].expected_accuracy
+    );
+    assert!(
+        (days[1].expected_accuracy - 0.66).abs() < 0.03,
+        "day 2: {}",
+        days[1].expected_accuracy
+    );
+    let drop =
+        days[0].realized_accuracy.unwrap().estimate - days[1].realized_accuracy.unwrap().estimate;
     assert!(drop > 0.12, "the labels see the shift too: {drop}");
     let c = r.calibration.iter().find(|c| c.model == CHAMPION).unwrap();
     assert!((0.7..1.4).contains(&c.temperature), "{c:?}");
@@ -311,4 +426,28 @@ async fn the_label_free_estimate_follows_a_known_shift_between_two_days() {
         ch_scalar(&format!("SELECT count() FROM {db}.calibrations WHERE model = '{CHAMPION}' AND source = 'annotations'")).await,
         "1"
     );
+    // The input moved too (the hard tweets of day 2 carry links): the monitor's text
+    // descriptors show it against day 1, and only the link share moved that much.
+    let span = vaxpulse::analytics::monitor::Span {
+        daily: true,
+        reference_days: 1,
+        pinned: None,
+        windows: 2,
+    };
+    let m = vaxpulse::analytics::monitor::monitor(&sink, span)
+        .await
+        .unwrap();
+    let day2: Vec<_> = m
+        .input
+        .iter()
+        .filter(|d| d.window.starts_with("2026-11-11"))
+        .collect();
+    assert_eq!(day2.len(), 4, "{:?}", m.input);
+    for d in day2 {
+        match d.descriptor.as_str() {
+            "url" => assert_eq!(d.level, "alert", "{d:?}"),
+            "mention" | "hashtag" => assert!(d.psi < 0.01, "{d:?}"),
+            _ => {}
+        }
+    }
 }

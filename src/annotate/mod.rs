@@ -29,11 +29,7 @@ struct App {
 type Shared = Arc<App>;
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(serde_json::json!({ "error": message.into() })),
-    )
-        .into_response()
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
 fn failed(e: anyhow::Error) -> Response {
@@ -78,7 +74,11 @@ async fn sample_or_newest(app: &App, given: Option<String>) -> Result<Option<Str
     }
 }
 
-async fn next(State(app): State<Shared>, headers: HeaderMap, Query(q): Query<NextQuery>) -> Response {
+async fn next(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<NextQuery>,
+) -> Response {
     let who = match annotator(&app, &headers) {
         Ok(w) => w,
         Err(r) => return r,
@@ -116,7 +116,11 @@ struct LabelBody {
     label: String,
 }
 
-async fn label(State(app): State<Shared>, headers: HeaderMap, Json(b): Json<LabelBody>) -> Response {
+async fn label(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Json(b): Json<LabelBody>,
+) -> Response {
     let who = match annotator(&app, &headers) {
         Ok(w) => w,
         Err(r) => return r,
@@ -207,9 +211,9 @@ pub async fn simulate(sink: &ClickHouseSink, s: &Simulation) -> anyhow::Result<u
     }
     let sample = match s.sample.clone() {
         Some(x) => x,
-        None => store::newest_sample(sink)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("no sample drawn yet: run `vaxpulse annotate sample`"))?,
+        None => store::newest_sample(sink).await?.ok_or_else(|| {
+            anyhow::anyhow!("no sample drawn yet: run `vaxpulse annotate sample`")
+        })?,
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xa11 ^ s.generated.len() as u64);
     let mut n = 0u64;
@@ -230,7 +234,15 @@ pub async fn simulate(sink: &ClickHouseSink, s: &Simulation) -> anyhow::Result<u
             // Not one of the generator's tweets: the simulated annotator cannot tell.
             None => crate::quality::report::SKIP.to_string(),
         };
-        store::label(sink, &sample, &t.tweet_id, &s.annotator, &label, chrono::Utc::now()).await?;
+        store::label(
+            sink,
+            &sample,
+            &t.tweet_id,
+            &s.annotator,
+            &label,
+            chrono::Utc::now(),
+        )
+        .await?;
         n += 1;
     }
     Ok(n)

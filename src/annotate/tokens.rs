@@ -56,8 +56,9 @@ impl Annotators {
             !path.as_os_str().is_empty(),
             "annotate.tokens_file is not set: create one with `vaxpulse annotate token NAME >> tokens` and set it (env VAXPULSE_ANNOTATE_TOKENS_FILE)"
         );
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read annotate.tokens_file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("cannot read annotate.tokens_file {}: {e}", path.display())
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -90,7 +91,10 @@ mod tests {
         let a = Annotators::parse(&format!("# team\n{line}\n"), "tokens").unwrap();
         assert_eq!(a.who(&token), Some("alice"));
         assert_eq!(a.who(&other), None);
-        assert!(!line.contains(&token), "the file holds the hash, never the token");
+        assert!(
+            !line.contains(&token),
+            "the file holds the hash, never the token"
+        );
         let e = Annotators::parse("alice:1234\n", "tokens").unwrap_err();
         assert!(e.to_string().contains("tokens line 1"), "{e}");
         assert!(Annotators::parse("# nobody\n", "tokens").is_err());

@@ -170,13 +170,8 @@ impl QualityGauges {
             return;
         };
         for v in report.versions.iter().filter(|v| v.role == "shadow") {
-            let verdict = crate::quality::gate::judge(
-                &report,
-                Ok(monitored),
-                &v.model,
-                champion,
-                &self.cfg,
-            );
+            let verdict =
+                crate::quality::gate::judge(&report, Ok(monitored), &v.model, champion, &self.cfg);
             telemetry::PromotionProposed {
                 candidate: &v.model,
                 champion,

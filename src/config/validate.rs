@@ -232,7 +232,11 @@ impl Config {
         let q = &self.quality;
         for (key, v, open_low) in [
             ("quality.uniform_share", q.uniform_share, true),
-            ("quality.low_confidence_below", q.low_confidence_below, false),
+            (
+                "quality.low_confidence_below",
+                q.low_confidence_below,
+                false,
+            ),
             ("quality.double_share", q.double_share, false),
             ("quality.confidence_level", q.confidence_level, true),
             ("quality.significance", q.significance, true),
@@ -244,14 +248,21 @@ impl Config {
                 return bad(key, format!("{v} must be in {range}"));
             }
         }
-        if !(q.non_inferiority_margin.is_finite() && (0.0..0.5).contains(&q.non_inferiority_margin)) {
+        if !(q.non_inferiority_margin.is_finite() && (0.0..0.5).contains(&q.non_inferiority_margin))
+        {
             return bad(
                 "quality.non_inferiority_margin",
-                format!("{} must be in [0, 0.5) (an accuracy difference, e.g. 0.01)", q.non_inferiority_margin),
+                format!(
+                    "{} must be in [0, 0.5) (an accuracy difference, e.g. 0.01)",
+                    q.non_inferiority_margin
+                ),
             );
         }
         if q.sample_size == 0 || q.window_days == 0 {
-            return bad("quality.sample_size / window_days", "must be at least 1".into());
+            return bad(
+                "quality.sample_size / window_days",
+                "must be at least 1".into(),
+            );
         }
         Ok(())
     }

@@ -24,6 +24,7 @@ use crate::deploy::Deployment;
 use crate::model::load::ClassifierFactory;
 use crate::model::{argmax, ModelId};
 use crate::output::Table;
+use crate::stats::calibration::{fit_temperature, weighted_ece, Scored};
 use crate::tweet::{decode, DecodeRules, Decoded, Tweet};
 use crate::work::Work;
 use metrics::{expected_calibration_error, ClassScores, Confusion, McNemar};
@@ -185,6 +186,9 @@ pub struct ModelEval {
     pub accuracy: f64,
     pub macro_f1: f64,
     pub ece: f64,
+    /// Temperature fitted on these items (temperature scaling), and the ECE after it.
+    pub temperature: f64,
+    pub ece_calibrated: f64,
     pub per_class: Vec<ClassScores>,
     pub confusion: Confusion,
     pub seconds: f64,
@@ -271,12 +275,19 @@ fn evaluate(
     let gold: Vec<usize> = data.items.iter().map(|i| index(&i.label)).collect();
     let mut predicted = Vec::with_capacity(gold.len());
     let mut confidence = Vec::with_capacity(gold.len());
-    for i in 0..data.items.len() {
+    let mut scored = Vec::with_capacity(gold.len());
+    for (i, &g) in gold.iter().enumerate() {
         let p = &probs[&(i as i64)];
         let k = argmax(p);
         predicted.push(k);
         confidence.push(f64::from(p[k]));
+        scored.push(Scored {
+            weight: 1.0,
+            probs: p.iter().map(|&x| f64::from(x)).collect(),
+            gold: g,
+        });
     }
+    let temperature = fit_temperature(&scored);
     let correct: Vec<bool> = gold.iter().zip(&predicted).map(|(g, p)| g == p).collect();
     let confusion = Confusion::new(&labels, &gold, &predicted);
     Ok(ModelEval {
@@ -285,6 +296,8 @@ fn evaluate(
         accuracy: confusion.accuracy(),
         macro_f1: confusion.macro_f1(),
         ece: expected_calibration_error(&confidence, &correct, 10),
+        temperature,
+        ece_calibrated: weighted_ece(&scored, temperature, 10),
         per_class: confusion.per_class(),
         confusion,
         seconds: started.elapsed().as_secs_f64(),
@@ -329,7 +342,16 @@ impl EvalReport {
             self.models.first().map_or(0, |m| m.n),
             self.skipped_lines
         );
-        let mut t = Table::new(&["model", "n", "accuracy", "macro-F1", "ECE", "s"]);
+        let mut t = Table::new(&[
+            "model",
+            "n",
+            "accuracy",
+            "macro-F1",
+            "ECE",
+            "temperature",
+            "ECE after",
+            "s",
+        ]);
         for m in &self.models {
             t.row(vec![
                 m.model.clone(),
@@ -337,6 +359,8 @@ impl EvalReport {
                 format!("{:.4}", m.accuracy),
                 format!("{:.4}", m.macro_f1),
                 format!("{:.4}", m.ece),
+                format!("{:.3}", m.temperature),
+                format!("{:.4}", m.ece_calibrated),
                 format!("{:.1}", m.seconds),
             ]);
         }
@@ -423,10 +447,24 @@ pub async fn store(cfg: &Config, report: &EvalReport) -> anyhow::Result<()> {
     for row in report.rows() {
         sink.record(&row).await?;
     }
+    // The temperature is stored with the version: `quality`'s CBPE uses the newest fit.
+    for m in &report.models {
+        sink.record(&crate::sink::clickhouse::schema::CalibrationRow {
+            fitted_at: report.evaluated_at,
+            model: m.model.clone(),
+            temperature: m.temperature,
+            source: format!("eval:{}", report.dataset_sha256),
+            n: m.n as u64,
+            ece_before: m.ece,
+            ece_after: m.ece_calibrated,
+        })
+        .await?;
+    }
     println!(
-        "stored in {}.{}",
-        cfg.clickhouse.database,
-        crate::sink::clickhouse::schema::MODEL_EVALUATIONS
+        "stored in {db}.{} and {db}.{}",
+        crate::sink::clickhouse::schema::MODEL_EVALUATIONS,
+        crate::sink::clickhouse::schema::CALIBRATIONS,
+        db = cfg.clickhouse.database,
     );
     Ok(())
 }

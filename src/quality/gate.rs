@@ -11,9 +11,9 @@ use serde::Serialize;
 use super::report::QualityReport;
 use crate::analytics::monitor::MonitorReport;
 use crate::config::QualityConfig;
-use crate::stats::weighted::Interval;
 use crate::sink::clickhouse::schema::PromotionDecisionRow;
 use crate::sink::clickhouse::ClickHouseSink;
+use crate::stats::weighted::Interval;
 
 /// The figures a decision rests on.
 #[derive(Debug, Clone, Serialize)]

@@ -15,14 +15,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::QualityConfig;
+use crate::output::Table;
+use crate::sink::clickhouse::schema::{ANNOTATIONS, ANNOTATION_SAMPLES, CALIBRATIONS, PREDICTIONS};
+use crate::sink::clickhouse::ClickHouseSink;
+use crate::stats::calibration::{fit_temperature, weighted_ece, Scored};
 use crate::stats::weighted::{
     accuracy_and_f1, cohen_kappa, compare, labels_needed, Comparison, Interval, Labelled, Paired,
     WeightedConfusion,
 };
-use crate::output::Table;
-use crate::sink::clickhouse::schema::{ANNOTATIONS, ANNOTATION_SAMPLES, CALIBRATIONS, PREDICTIONS};
-use crate::stats::calibration::{fit_temperature, weighted_ece, Scored};
-use crate::sink::clickhouse::ClickHouseSink;
 
 /// The classes a label may name; `off_topic` is outside the classifier's classes.
 pub const CLASSES: [&str; 3] = ["against", "neutral", "favour"];
@@ -194,7 +194,14 @@ impl QualityReport {
             None => out.push_str("inter-annotator agreement: no tweet labelled twice yet\n"),
         }
         if !self.calibration.is_empty() {
-            let mut t = Table::new(&["version", "labels", "temperature (fitted)", "stored", "ECE before", "ECE after"]);
+            let mut t = Table::new(&[
+                "version",
+                "labels",
+                "temperature (fitted)",
+                "stored",
+                "ECE before",
+                "ECE after",
+            ]);
             for c in &self.calibration {
                 t.row(vec![
                     c.model.clone(),
@@ -209,7 +216,14 @@ impl QualityReport {
             out.push_str(&t.render());
         }
         if !self.cbpe.is_empty() {
-            let mut t = Table::new(&["day", "version", "predictions", "expected accuracy (CBPE)", "labels", "annotated accuracy"]);
+            let mut t = Table::new(&[
+                "day",
+                "version",
+                "predictions",
+                "expected accuracy (CBPE)",
+                "labels",
+                "annotated accuracy",
+            ]);
             for d in &self.cbpe {
                 t.row(vec![
                     d.day.clone(),
@@ -218,11 +232,18 @@ impl QualityReport {
                     format!("{:.1} %", 100.0 * d.expected_accuracy),
                     d.labels.to_string(),
                     d.realized_accuracy.map_or("-".into(), |i| {
-                        format!("{:.1} % [{:.1}, {:.1}]", 100.0 * i.estimate, 100.0 * i.low, 100.0 * i.high)
+                        format!(
+                            "{:.1} % [{:.1}, {:.1}]",
+                            100.0 * i.estimate,
+                            100.0 * i.low,
+                            100.0 * i.high
+                        )
                     }),
                 ]);
             }
-            out.push_str("\n### label-free estimate per day (calibrated confidence) vs the labels\n\n");
+            out.push_str(
+                "\n### label-free estimate per day (calibrated confidence) vs the labels\n\n",
+            );
             out.push_str(&t.render());
         }
         out
@@ -468,7 +489,9 @@ pub async fn quality(
     champion: Option<&str>,
 ) -> anyhow::Result<QualityReport> {
     let (items, roles, counts) = load(sink, since, sample).await?;
-    let champion = champion.map(String::from).or_else(|| newest_champion(&roles));
+    let champion = champion
+        .map(String::from)
+        .or_else(|| newest_champion(&roles));
     Ok(report(items, &roles, champion, counts, since, q))
 }
 
@@ -484,7 +507,9 @@ pub async fn quality_with_estimates(
     store: bool,
 ) -> anyhow::Result<QualityReport> {
     let (items, roles, counts) = load(sink, since, sample).await?;
-    let champion = champion.map(String::from).or_else(|| newest_champion(&roles));
+    let champion = champion
+        .map(String::from)
+        .or_else(|| newest_champion(&roles));
     let stored = stored_temperatures(sink).await?;
     let mut calibration = calibrate(&items);
     for c in &mut calibration {
@@ -596,10 +621,8 @@ async fn expected_by_day(
     temperatures: &HashMap<String, f64>,
 ) -> anyhow::Result<Vec<ExpectedLine>> {
     let db = sink.database();
-    let (models, temps): (Vec<String>, Vec<f64>) = temperatures
-        .iter()
-        .map(|(m, t)| (m.clone(), *t))
-        .unzip();
+    let (models, temps): (Vec<String>, Vec<f64>) =
+        temperatures.iter().map(|(m, t)| (m.clone(), *t)).unzip();
     let rows = sink
         .client()
         .query(&format!(
@@ -623,7 +646,11 @@ async fn expected_by_day(
 }
 
 /// Joins the label-free estimates with each day's weighted accuracy on the labels (pure).
-fn daily(items: &[Annotated], expected: Vec<ExpectedLine>, q: &QualityConfig) -> Vec<DailyEstimate> {
+fn daily(
+    items: &[Annotated],
+    expected: Vec<ExpectedLine>,
+    q: &QualityConfig,
+) -> Vec<DailyEstimate> {
     let classes: Vec<String> = CLASSES.map(String::from).to_vec();
     expected
         .into_iter()

@@ -78,7 +78,10 @@ pub fn weighted_ece(items: &[Scored], t: f64, bins: usize) -> f64 {
             .iter()
             .copied()
             .enumerate()
-            .fold((0, f64::MIN), |best, (j, x)| if x > best.1 { (j, x) } else { best });
+            .fold(
+                (0, f64::MIN),
+                |best, (j, x)| if x > best.1 { (j, x) } else { best },
+            );
         let b = ((top * bins as f64).ceil() as usize).clamp(1, bins) - 1;
         w[b] += i.weight;
         conf[b] += i.weight * top;
@@ -153,7 +156,10 @@ mod tests {
             / items.len() as f64;
         let cbpe = expected_accuracy(items.iter().map(|i| i.probs.as_slice()), t).unwrap();
         let raw = expected_accuracy(items.iter().map(|i| i.probs.as_slice()), 1.0).unwrap();
-        assert!((cbpe - right).abs() < 0.015, "CBPE {cbpe} vs accuracy {right}");
+        assert!(
+            (cbpe - right).abs() < 0.015,
+            "CBPE {cbpe} vs accuracy {right}"
+        );
         assert!(raw - right > 0.08, "uncalibrated {raw} overstates {right}");
     }
 

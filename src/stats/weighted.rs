@@ -122,7 +122,8 @@ fn bootstrap(
         })
         .collect();
     values.sort_by(f64::total_cmp);
-    let q = |p: f64| values[((p * (values.len() - 1) as f64).round() as usize).min(values.len() - 1)];
+    let q =
+        |p: f64| values[((p * (values.len() - 1) as f64).round() as usize).min(values.len() - 1)];
     let tail = (1.0 - level) / 2.0;
     Interval {
         estimate,
@@ -176,7 +177,8 @@ pub struct Comparison {
 }
 
 pub fn compare(items: &[Paired], level: f64, seed: u64) -> Comparison {
-    let diff = |it: &Paired| f64::from(u8::from(it.first_right)) - f64::from(u8::from(it.second_right));
+    let diff =
+        |it: &Paired| f64::from(u8::from(it.first_right)) - f64::from(u8::from(it.second_right));
     let total: f64 = items.iter().map(|i| i.weight).sum();
     let estimate = ratio(items.iter().map(|i| i.weight * diff(i)).sum(), total);
     let difference = bootstrap(items.len(), level, seed, estimate, |idx| {
@@ -200,7 +202,13 @@ pub fn compare(items: &[Paired], level: f64, seed: u64) -> Comparison {
 /// probability `power` (Connor 1987: n = (z₁₋α/₂ √ψ + z_power √(ψ − δ²))² / δ², ψ the share of
 /// discordant items, δ the difference of the two discordant shares). `None` when no difference
 /// is seen (no number of labels decides it).
-pub fn labels_needed(only_first: u64, only_second: u64, paired: u64, alpha: f64, power: f64) -> Option<u64> {
+pub fn labels_needed(
+    only_first: u64,
+    only_second: u64,
+    paired: u64,
+    alpha: f64,
+    power: f64,
+) -> Option<u64> {
     if paired == 0 || only_first == only_second {
         return None;
     }
@@ -209,7 +217,8 @@ pub fn labels_needed(only_first: u64, only_second: u64, paired: u64, alpha: f64,
     let (psi, delta) = (p10 + p01, p10 - p01);
     let za = normal_quantile(1.0 - alpha / 2.0);
     let zb = normal_quantile(power);
-    let need = (za * psi.sqrt() + zb * (psi - delta * delta).max(0.0).sqrt()).powi(2) / (delta * delta);
+    let need =
+        (za * psi.sqrt() + zb * (psi - delta * delta).max(0.0).sqrt()).powi(2) / (delta * delta);
     Some(need.ceil() as u64)
 }
 
@@ -353,15 +362,24 @@ mod tests {
             acc_sum += acc.estimate;
             f1_sum += f1.estimate;
             covered += usize::from(acc.low <= true_acc && true_acc <= acc.high);
-            naive_sum += items.iter().filter(|i| i.gold == i.predicted).count() as f64
-                / items.len() as f64;
+            naive_sum +=
+                items.iter().filter(|i| i.gold == i.predicted).count() as f64 / items.len() as f64;
         }
         let n = reps as f64;
         let (mean_acc, mean_f1, naive) = (acc_sum / n, f1_sum / n, naive_sum / n);
         // Standard error of one estimate here is ~0.02, so of the mean over 200 ~0.0015.
-        assert!((mean_acc - true_acc).abs() < 0.006, "weighted {mean_acc} vs true {true_acc}");
-        assert!((mean_f1 - true_f1).abs() < 0.01, "weighted F1 {mean_f1} vs true {true_f1}");
-        assert!(naive < true_acc - 0.15, "the unweighted mean {naive} should be far below {true_acc}");
+        assert!(
+            (mean_acc - true_acc).abs() < 0.006,
+            "weighted {mean_acc} vs true {true_acc}"
+        );
+        assert!(
+            (mean_f1 - true_f1).abs() < 0.01,
+            "weighted F1 {mean_f1} vs true {true_f1}"
+        );
+        assert!(
+            naive < true_acc - 0.15,
+            "the unweighted mean {naive} should be far below {true_acc}"
+        );
         // A 95 % interval covers the truth in about 95 % of samples (binomial slack for 200).
         assert!((180..=200).contains(&covered), "covered {covered}/200");
     }
@@ -370,9 +388,21 @@ mod tests {
     fn weighted_confusion_matches_hand_computed_values() {
         // Two items weight 1 (right), one weight 3 (against predicted favour).
         let items = [
-            Labelled { weight: 1.0, gold: 0, predicted: 0 },
-            Labelled { weight: 1.0, gold: 2, predicted: 2 },
-            Labelled { weight: 3.0, gold: 0, predicted: 2 },
+            Labelled {
+                weight: 1.0,
+                gold: 0,
+                predicted: 0,
+            },
+            Labelled {
+                weight: 1.0,
+                gold: 2,
+                predicted: 2,
+            },
+            Labelled {
+                weight: 3.0,
+                gold: 0,
+                predicted: 2,
+            },
         ];
         let c = WeightedConfusion::new(&labels(), &items);
         assert_eq!(c.accuracy(), 2.0 / 5.0);
@@ -393,11 +423,19 @@ mod tests {
             .collect();
         let c = compare(&items, 0.95, 3);
         assert!(c.mcnemar.p_value < 0.01, "{:?}", c.mcnemar);
-        assert!(c.difference.low > 0.0 && c.difference.estimate > 0.05, "{:?}", c.difference);
-        let big = labels_needed(c.mcnemar.only_first, c.mcnemar.only_second, 600, 0.05, 0.8).unwrap();
+        assert!(
+            c.difference.low > 0.0 && c.difference.estimate > 0.05,
+            "{:?}",
+            c.difference
+        );
+        let big =
+            labels_needed(c.mcnemar.only_first, c.mcnemar.only_second, 600, 0.05, 0.8).unwrap();
         // A small gap needs many more labels than a large one; no gap, no number.
         let small = labels_needed(55, 45, 600, 0.05, 0.8).unwrap();
-        assert!(big < 600 && small > 5 * big, "big gap {big}, small gap {small}");
+        assert!(
+            big < 600 && small > 5 * big,
+            "big gap {big}, small gap {small}"
+        );
         assert_eq!(labels_needed(10, 10, 600, 0.05, 0.8), None);
         // Connor's formula by hand: ψ = 0.2, δ = 0.1, z = 1.95996, 0.84162 →
         // (1.95996·√0.2 + 0.84162·√0.19)² / 0.01 = (0.87652 + 0.36685)² / 0.01 = 154.6 → 155.

@@ -425,9 +425,15 @@ impl QualityEstimated<'_> {
         gauge!("vaxpulse_quality_accuracy_ratio", "model" => m.clone(), "role" => r.clone(), "bound" => "estimate").set(self.accuracy);
         gauge!("vaxpulse_quality_accuracy_ratio", "model" => m.clone(), "role" => r.clone(), "bound" => "low").set(self.accuracy_low);
         gauge!("vaxpulse_quality_accuracy_ratio", "model" => m.clone(), "role" => r.clone(), "bound" => "high").set(self.accuracy_high);
-        gauge!("vaxpulse_quality_macro_f1_ratio", "model" => m.clone(), "role" => r.clone()).set(self.macro_f1);
+        gauge!("vaxpulse_quality_macro_f1_ratio", "model" => m.clone(), "role" => r.clone())
+            .set(self.macro_f1);
         gauge!("vaxpulse_quality_labels", "model" => m, "role" => r).set(self.labels as f64);
-        tracing::debug!(model = self.model, accuracy = self.accuracy, labels = self.labels, "live quality estimated");
+        tracing::debug!(
+            model = self.model,
+            accuracy = self.accuracy,
+            labels = self.labels,
+            "live quality estimated"
+        );
     }
 }
 

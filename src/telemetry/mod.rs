@@ -162,6 +162,31 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "1 while vaxpulse monitor's status is alert (PSI >= 0.25 or a probe flag)",
     ),
     (
+        "vaxpulse_quality_accuracy_ratio",
+        "gauge",
+        "Live accuracy per model version from the annotations, weighted by 1/inclusion probability (bound: estimate, low, high)",
+    ),
+    (
+        "vaxpulse_quality_macro_f1_ratio",
+        "gauge",
+        "Live macro-F1 per model version from the annotations",
+    ),
+    (
+        "vaxpulse_quality_labels",
+        "gauge",
+        "Annotated tweets a model version's live quality rests on",
+    ),
+    (
+        "vaxpulse_promotion_proposed",
+        "gauge",
+        "1 while the quality gate would pass a shadow's promotion (quality.propose_promotions)",
+    ),
+    (
+        "vaxpulse_annotations_total",
+        "counter",
+        "Labels stored by the annotation page, per label",
+    ),
+    (
         "vaxpulse_monitor_leader",
         "gauge",
         "1 on the replica that computes the group's drift gauges (it holds input partition 0)",

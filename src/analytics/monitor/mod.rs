@@ -155,6 +155,16 @@ pub struct ProbeStatus {
     pub flagged: bool,
 }
 
+/// One text descriptor of the stored tweets (length, links, mentions, hashtags) in one window
+/// against the reference: the input side of drift, next to the labels' PSI.
+#[derive(Debug, Clone, Serialize)]
+pub struct InputDrift {
+    pub window: String,
+    pub descriptor: String,
+    pub psi: f64,
+    pub level: &'static str,
+}
+
 /// Probe runs older than this no longer count (replicas come and go; an old flag was seen).
 pub const PROBE_WINDOW_HOURS: u32 = 24;
 
@@ -170,6 +180,9 @@ pub struct MonitorReport {
     /// Label flips (shadow, champion label, shadow label, tweets) in the latest agreement window.
     pub flips: Vec<(String, String, String, u64)>,
     pub probes: Vec<ProbeStatus>,
+    /// Text descriptors per recent window vs the reference (informational: not in
+    /// [`MonitorReport::worst`], since a change of topic is not a model fault).
+    pub input: Vec<InputDrift>,
 }
 
 impl MonitorReport {
@@ -400,6 +413,7 @@ mod tests {
             versions: Vec::new(),
             agreement: Vec::new(),
             flips: Vec::new(),
+            input: Vec::new(),
             probes: vec![ProbeStatus {
                 at: "2026-11-01 00:00:00".into(),
                 model: "demo@1#abc".into(),

@@ -125,6 +125,7 @@ pub async fn read(sink: &ClickHouseSink, span: Span) -> anyhow::Result<MonitorRe
     let mut references = BTreeMap::new();
     let mut filter = vec![
         format!("(kind = 'champion' AND {})", range((ref_from, ref_to))),
+        format!("(kind = 'input' AND {})", range((ref_from, ref_to))),
         format!("hour >= {}", sql_time(recent)),
     ];
     for s in &spans {
@@ -154,11 +155,31 @@ pub async fn read(sink: &ClickHouseSink, span: Span) -> anyhow::Result<MonitorRe
     let mut cells: BTreeMap<(String, String, String, u8), (u64, f64)> = BTreeMap::new();
     // Agreement pairs of each shadow, per window.
     let mut pairs: BTreeMap<(String, String), BTreeMap<(String, String), u64>> = BTreeMap::new();
+    // Text descriptor buckets: (descriptor → bucket → tweets) of the reference and per window.
+    let mut input_ref: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut input: BTreeMap<(String, String), BTreeMap<String, u64>> = BTreeMap::new();
     for row in &stored {
         let window = window_of(row.hour);
         for (key, (tweets, confidence)) in &row.cells {
             let (a, b) = key.split_once('|').unwrap_or((key.as_str(), ""));
             match row.kind.as_str() {
+                "input" => {
+                    let t = at(row.hour);
+                    if t >= ref_from && t < ref_to {
+                        *input_ref
+                            .entry(a.into())
+                            .or_default()
+                            .entry(b.into())
+                            .or_default() += tweets;
+                    }
+                    if t >= recent {
+                        *input
+                            .entry((window.clone(), a.into()))
+                            .or_default()
+                            .entry(b.into())
+                            .or_default() += tweets;
+                    }
+                }
                 "pairs" => {
                     if at(row.hour) >= recent {
                         *pairs
@@ -258,7 +279,28 @@ pub async fn read(sink: &ClickHouseSink, span: Span) -> anyhow::Result<MonitorRe
         ))
         .fetch_all()
         .await?;
+    let input = input
+        .iter()
+        .map(|((window, descriptor), actual)| {
+            let reference = input_ref.get(descriptor).cloned().unwrap_or_default();
+            let buckets: BTreeSet<&String> = reference.keys().chain(actual.keys()).collect();
+            let count = |m: &BTreeMap<String, u64>| -> Vec<u64> {
+                buckets
+                    .iter()
+                    .map(|b| m.get(*b).copied().unwrap_or(0))
+                    .collect()
+            };
+            let v = psi(&count(&reference), &count(actual));
+            InputDrift {
+                window: window.clone(),
+                descriptor: descriptor.clone(),
+                psi: v,
+                level: level(v),
+            }
+        })
+        .collect();
     Ok(MonitorReport {
+        input,
         period: if span.daily { "day" } else { "hour" },
         champion: champion_status,
         versions,

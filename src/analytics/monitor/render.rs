@@ -119,6 +119,41 @@ impl MonitorReport {
             ));
             out.push_str(&t.render());
         }
+        if !self.input.is_empty() {
+            let descriptors: Vec<&str> = self
+                .input
+                .iter()
+                .map(|d| d.descriptor.as_str())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let mut header = vec!["window"];
+            header.extend(descriptors.iter().map(|d| *d));
+            let mut t = Table::new(&header);
+            let windows: Vec<&str> = self
+                .input
+                .iter()
+                .map(|d| d.window.as_str())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            for w in windows {
+                let mut row = vec![w.to_string()];
+                for d in &descriptors {
+                    row.push(
+                        self.input
+                            .iter()
+                            .find(|x| x.window == w && x.descriptor == *d)
+                            .map_or("-".into(), |x| format!("{:.4} {}", x.psi, x.level)),
+                    );
+                }
+                t.row(row);
+            }
+            out.push_str(&format!(
+                "\n### input drift: PSI of the tweets' text descriptors vs the reference (length in 40-character buckets; share with a link, a mention, a hashtag)\n\n{}",
+                t.render()
+            ));
+        }
         out.push_str(&format!("\nstatus: {}\n", self.worst()));
         out
     }

@@ -1,7 +1,8 @@
 //! The monitor's hourly rollup: per hour and series (the champion, each version's own
 //! predictions, each shadow against the champion) the cells a report needs — tweets and the sum
 //! of top probabilities per label × confidence bin, or tweets per (champion label, shadow label)
-//! — computed from the deduplicated tables (`FINAL`) and stored in `monitor_hourly`, so a report
+//! — and the tweets' text descriptors per bucket ([`INPUT_DESCRIPTORS`], kind `input`) —
+//! computed from the deduplicated tables (`FINAL`) and stored in `monitor_hourly`, so a report
 //! over 30 days reads 720 small rows per series instead of 30 days of predictions.
 //!
 //! Exact under replays, promotions and deletions: a row of `monitor_hourly` is the whole hour
@@ -12,11 +13,20 @@
 //! inserts still in flight), so its cost follows the writes of the moment, not the history.
 
 use super::*;
-use crate::sink::clickhouse::schema::{MONITOR_HOURLY, MONITOR_ROLLUPS, TOUCHED_HOURS};
+use crate::sink::clickhouse::schema::{MONITOR_HOURLY, MONITOR_ROLLUPS, TOUCHED_HOURS, TWEETS};
 
 /// Hours touched this long before the last refresh are looked at again: an insert that began
 /// before the refresh read `touched_hours` may commit after it (longer than any insert timeout).
 pub const MARGIN_S: u32 = 600;
+/// Text descriptors of the stored tweets, per hour (the input side of drift): name and the
+/// ClickHouse expression of its bucket — length in characters by 40s (the last bucket 280 and
+/// more), and whether the text holds a link, a mention, a hashtag.
+pub const INPUT_DESCRIPTORS: [(&str, &str); 4] = [
+    ("length", "least(intDiv(lengthUTF8(text), 40), 7)"),
+    ("url", "multiSearchAny(text, ['http://', 'https://'])"),
+    ("mention", "match(text, '(^|[^[:alnum:]_])@[[:alnum:]_]')"),
+    ("hashtag", "match(text, '(^|[^[:alnum:]_])#[[:alnum:]_]')"),
+];
 /// Hours recomputed per statement.
 const HOURS_PER_STEP: usize = 168;
 
@@ -120,7 +130,18 @@ async fn recompute(sink: &ClickHouseSink, hours: &[u32]) -> anyhow::Result<()> {
                      FROM {PREDICTIONS} FINAL
                      WHERE role = 'shadow' AND toStartOfHour(created_at) IN ({list})) AS s
          USING (hour, tweet_id)
-         GROUP BY hour, series, cell"
+         GROUP BY hour, series, cell
+         UNION ALL
+         SELECT hour, 'input' AS kind, '' AS series, cell, count() AS tweets, 0.0 AS confidence
+         FROM (SELECT toStartOfHour(created_at) AS hour,
+                      arrayJoin([{descriptors}]) AS cell
+               FROM {TWEETS} FINAL WHERE toStartOfHour(created_at) IN ({list}))
+         GROUP BY hour, cell",
+        descriptors = INPUT_DESCRIPTORS
+            .iter()
+            .map(|(name, expr)| format!("concat('{name}|', toString({expr}))"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     sink.client()
         .query(&format!(
