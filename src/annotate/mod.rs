@@ -41,7 +41,7 @@ fn failed(e: anyhow::Error) -> Response {
 }
 
 /// The annotator of the request, or the response refusing it.
-fn annotator(app: &App, headers: &HeaderMap) -> Result<String, Response> {
+fn annotator(app: &App, headers: &HeaderMap) -> Result<String, Box<Response>> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -49,16 +49,16 @@ fn annotator(app: &App, headers: &HeaderMap) -> Result<String, Response> {
         .map(str::trim)
         .unwrap_or("");
     if token.is_empty() {
-        return Err(refuse(
+        return Err(Box::new(refuse(
             StatusCode::UNAUTHORIZED,
             "sign in with your annotator token (ask the operator: vaxpulse annotate token NAME)",
-        ));
+        )));
     }
     app.annotators.who(token).map(String::from).ok_or_else(|| {
-        refuse(
+        Box::new(refuse(
             StatusCode::UNAUTHORIZED,
             "this token is not in the tokens file: check it, or ask the operator for a new one",
-        )
+        ))
     })
 }
 
@@ -67,10 +67,15 @@ struct NextQuery {
     sample: Option<String>,
 }
 
-async fn sample_or_newest(app: &App, given: Option<String>) -> Result<Option<String>, Response> {
+async fn sample_or_newest(
+    app: &App,
+    given: Option<String>,
+) -> Result<Option<String>, Box<Response>> {
     match given.filter(|s| !s.is_empty()) {
         Some(s) => Ok(Some(s)),
-        None => store::newest_sample(&app.sink).await.map_err(failed),
+        None => store::newest_sample(&app.sink)
+            .await
+            .map_err(|e| Box::new(failed(e))),
     }
 }
 
@@ -81,7 +86,7 @@ async fn next(
 ) -> Response {
     let who = match annotator(&app, &headers) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let sample = match sample_or_newest(&app, q.sample).await {
         Ok(Some(s)) => s,
@@ -92,7 +97,7 @@ async fn next(
             }))
             .into_response()
         }
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let result = async {
         let tweet = store::next(&app.sink, &sample, &who).await?;
@@ -123,7 +128,7 @@ async fn label(
 ) -> Response {
     let who = match annotator(&app, &headers) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !store::valid_label(&b.label) {
         return refuse(
@@ -160,7 +165,7 @@ struct UndoBody {
 async fn undo(State(app): State<Shared>, headers: HeaderMap, Json(b): Json<UndoBody>) -> Response {
     let who = match annotator(&app, &headers) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let result = async {
         let withdrawn = store::undo(&app.sink, &b.sample_id, &b.tweet_id, &who).await?;

@@ -128,7 +128,7 @@ impl MonitorReport {
                 .into_iter()
                 .collect();
             let mut header = vec!["window"];
-            header.extend(descriptors.iter().map(|d| *d));
+            header.extend(descriptors.iter().copied());
             let mut t = Table::new(&header);
             let windows: Vec<&str> = self
                 .input
