@@ -2,7 +2,7 @@
 //! tweets in the real ClickHouse, driven in headless Chromium by Playwright
 //! (`tests/browser/annotate.cjs`): a wrong token is refused, tweets are labelled with a click and
 //! with keys, one label is undone (the tweet comes back) and relabelled, one is skipped. The
-//! labels in ClickHouse are exactly those.
+//! labels in ClickHouse are exactly those, and a tweet's markup is shown as text.
 
 mod common;
 
@@ -101,6 +101,11 @@ async fn an_annotator_labels_undoes_and_skips_in_a_real_browser_and_clickhouse_h
         "{refused}"
     );
     assert!(out["annotator"].as_str().unwrap().contains("alice"));
+    assert!(
+        out["first_text"].as_str().unwrap().contains("<b>le vaccin</b> & moi")
+            && out["elements_in_text"] == 0,
+        "the tweet's markup is shown as text: {out}"
+    );
     let steps = out["steps"].as_array().unwrap();
     let tweet = |i: usize| steps[i]["tweet"].as_str().unwrap().to_string();
     let actions: Vec<&str> = steps

@@ -32,6 +32,9 @@ try {
   const shown = () => page.evaluate(() => document.getElementById("card").dataset.tweet);
   const textShown = () => page.textContent("#text");
   out.annotator = await page.textContent("#who");
+  // A tweet is shown as text: its markup stays characters, never elements.
+  out.first_text = await textShown();
+  out.elements_in_text = await page.$$eval("#text *", (els) => els.length);
   const act = async (what, how) => {
     const before = await shown();
     const text = await textShown();
