@@ -102,7 +102,10 @@ async fn an_annotator_labels_undoes_and_skips_in_a_real_browser_and_clickhouse_h
     );
     assert!(out["annotator"].as_str().unwrap().contains("alice"));
     assert!(
-        out["first_text"].as_str().unwrap().contains("<b>le vaccin</b> & moi")
+        out["first_text"]
+            .as_str()
+            .unwrap()
+            .contains("<b>le vaccin</b> & moi")
             && out["elements_in_text"] == 0,
         "the tweet's markup is shown as text: {out}"
     );

@@ -451,3 +451,69 @@ async fn the_label_free_estimate_follows_a_known_shift_between_two_days() {
         }
     }
 }
+
+/// With `quality.propose_promotions`, the group's leader replica (it holds input partition 0)
+/// proposes — never makes — the promotion the gate would pass: one `proposed` row in
+/// `promotion_decisions`, and the deployment is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_replica_proposes_a_promotion_the_gate_would_pass() {
+    let names = Names::fresh("propose");
+    let mut cfg = names.test_config("[monitor]\ngauges_interval_s = 1\n[quality]\npropose_promotions = true\nmin_paired_labels = 50\nsample_size = 200\n");
+    create_topics(&cfg.kafka, &names, 1)
+        .await
+        .expect("topics (scripts/services.sh start)");
+    let sink = ClickHouseSink::from_config(&cfg).unwrap();
+    sink.apply_schema().await.unwrap();
+    let db = names.database.clone();
+    sink.client()
+        .query(&stream_sql(&db, 3_000))
+        .execute()
+        .await
+        .unwrap();
+    let from = Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap();
+    vaxpulse::quality::sample::draw(&sink, &cfg.quality, "p1", from, from + Duration::hours(24))
+        .await
+        .unwrap();
+    while let Some(t) = store::next(&sink, "p1", "alice").await.unwrap() {
+        let g = t
+            .text
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_start_matches("gold:")
+            .to_string();
+        store::label(&sink, "p1", &t.tweet_id, "alice", &g, Utc::now())
+            .await
+            .unwrap();
+    }
+    sink.client()
+        .query(&format!(
+            "INSERT INTO {db}.probe_runs (at, group_id, replica, device, model_version, model_hash, probe_set,
+                                         probe_ids, labels, scores, max_deviation, max_deviation_previous, flagged)
+             VALUES (now64(3), 'g', 'r1', 'cpu', 'chall@1', 'bbbbbbbbbbbb', 'p', [], [], [], 0, 0, 0)"
+        ))
+        .execute()
+        .await
+        .unwrap();
+    cfg.quality.window_days = 1;
+    let (worker, stop) = start_worker(cfg.clone());
+    let q = format!("SELECT count() FROM {db}.promotion_decisions WHERE outcome = 'proposed' AND candidate = '{SHADOW}'");
+    wait_until(
+        "the leader to propose the shadow",
+        std::time::Duration::from_secs(90),
+        || {
+            let q = q.clone();
+            async move { ch_try(&q).await.ok().as_deref() == Some("1") }
+        },
+    )
+    .await;
+    // Proposed once, however many gauge rounds pass; nothing was published.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(ch_scalar(&q).await, "1");
+    assert_eq!(
+        ch_scalar(&format!("SELECT count() FROM {db}.deployment_changes")).await,
+        "0"
+    );
+    stop.cancel();
+    worker.await.unwrap().expect("worker stops cleanly");
+}
