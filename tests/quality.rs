@@ -47,6 +47,35 @@ fn stream_sql(db: &str, n: u64) -> String {
     )
 }
 
+/// A clean probe run of the shadow (what a replica writes when it deploys it).
+async fn probe_run_of_the_shadow(sink: &ClickHouseSink, db: &str) {
+    sink.client()
+        .query(&format!(
+            "INSERT INTO {db}.probe_runs (at, group_id, replica, device, model_version, model_hash, probe_set,
+                                         probe_ids, labels, scores, max_deviation, max_deviation_previous, flagged)
+             VALUES (now64(3), 'g', 'r1', 'cpu', 'chall@1', 'bbbbbbbbbbbb', 'p', [], [], [], 0, 0, 0)"
+        ))
+        .execute()
+        .await
+        .unwrap();
+}
+
+/// Labels every tweet `sample` serves to `annotator` with the opinion its text states.
+async fn label_all(sink: &ClickHouseSink, sample: &str, annotator: &str) {
+    while let Some(t) = store::next(sink, sample, annotator).await.unwrap() {
+        let g = t
+            .text
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_start_matches("gold:")
+            .to_string();
+        store::label(sink, sample, &t.tweet_id, annotator, &g, Utc::now())
+            .await
+            .unwrap();
+    }
+}
+
 #[derive(clickhouse::Row, serde::Deserialize)]
 struct Truth {
     champion: f64,
@@ -211,15 +240,7 @@ async fn weighted_live_quality_finds_the_streams_accuracy_and_the_gate_rests_on_
         "{:?}",
         v.reasons
     );
-    sink.client()
-        .query(&format!(
-            "INSERT INTO {db}.probe_runs (at, group_id, replica, device, model_version, model_hash, probe_set,
-                                         probe_ids, labels, scores, max_deviation, max_deviation_previous, flagged)
-             VALUES (now64(3), 'g', 'r1', 'cpu', 'chall@1', 'bbbbbbbbbbbb', 'p', [], [], [], 0, 0, 0)"
-        ))
-        .execute()
-        .await
-        .unwrap();
+    probe_run_of_the_shadow(&sink, db).await;
     let v = vaxpulse::quality::check_promotion(&cfg, &sink, SHADOW, CHAMPION)
         .await
         .unwrap();
@@ -371,18 +392,7 @@ async fn the_label_free_estimate_follows_a_known_shift_between_two_days() {
     )
     .await
     .unwrap();
-    while let Some(t) = store::next(&sink, "two-days", "alice").await.unwrap() {
-        let g = t
-            .text
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .trim_start_matches("gold:")
-            .to_string();
-        store::label(&sink, "two-days", &t.tweet_id, "alice", &g, Utc::now())
-            .await
-            .unwrap();
-    }
+    label_all(&sink, "two-days", "alice").await;
     let since = Utc::now() - Duration::hours(1);
     let r = vaxpulse::quality::report::quality_with_estimates(
         &sink,
@@ -474,27 +484,8 @@ async fn the_leader_replica_proposes_a_promotion_the_gate_would_pass() {
     vaxpulse::quality::sample::draw(&sink, &cfg.quality, "p1", from, from + Duration::hours(24))
         .await
         .unwrap();
-    while let Some(t) = store::next(&sink, "p1", "alice").await.unwrap() {
-        let g = t
-            .text
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .trim_start_matches("gold:")
-            .to_string();
-        store::label(&sink, "p1", &t.tweet_id, "alice", &g, Utc::now())
-            .await
-            .unwrap();
-    }
-    sink.client()
-        .query(&format!(
-            "INSERT INTO {db}.probe_runs (at, group_id, replica, device, model_version, model_hash, probe_set,
-                                         probe_ids, labels, scores, max_deviation, max_deviation_previous, flagged)
-             VALUES (now64(3), 'g', 'r1', 'cpu', 'chall@1', 'bbbbbbbbbbbb', 'p', [], [], [], 0, 0, 0)"
-        ))
-        .execute()
-        .await
-        .unwrap();
+    label_all(&sink, "p1", "alice").await;
+    probe_run_of_the_shadow(&sink, &db).await;
     cfg.quality.window_days = 1;
     let (worker, stop) = start_worker(cfg.clone());
     let q = format!("SELECT count() FROM {db}.promotion_decisions WHERE outcome = 'proposed' AND candidate = '{SHADOW}'");
