@@ -126,6 +126,8 @@ pub(super) struct ModelStage {
     pub(super) tx: tokio::sync::mpsc::Sender<ClassifiedBatch>,
     pub(super) shadow_tx: Sender<ShadowJob>,
     pub(super) probes: Option<Probes>,
+    /// Tells the batcher when this thread waits for a batch (`batch.dispatch_when_idle`).
+    pub(super) idle: Option<super::batching::ModelIdle>,
 }
 
 impl ModelStage {
@@ -181,6 +183,9 @@ impl ModelStage {
         };
         let mut swaps = swaps;
         loop {
+            if let Some(i) = &self.idle {
+                i.waiting();
+            }
             // A deployment takes effect between batches, also while no tweet arrives.
             let mut batch = crossbeam_channel::select! {
                 recv(swaps) -> a => {
@@ -202,6 +207,9 @@ impl ModelStage {
                     Err(_) => break,
                 },
             };
+            if let Some(i) = &self.idle {
+                i.busy();
+            }
             while let Ok(a) = swaps.try_recv() {
                 self.swap(&mut active, a);
                 self.probe(&active);

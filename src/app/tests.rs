@@ -731,3 +731,46 @@ fn a_deployment_takes_effect_between_batches_and_a_broken_one_is_refused() {
     let refused = out.events.last().unwrap();
     assert!(refused.message.contains("checksum"), "{}", refused.message);
 }
+
+#[test]
+fn with_dispatch_when_idle_a_lone_tweet_leaves_at_once_whatever_max_wait() {
+    let mut cfg = config();
+    // An hour: if the batch waited for the clock, this test would time out.
+    cfg.batch.max_wait_ms = 3_600_000;
+    cfg.batch.dispatch_when_idle = true;
+    let start = deployment(&cfg, &[]);
+    let (factory, calls) = fake_factory(0);
+    let tracker = Arc::new(OffsetTracker::new());
+    let active = load_active(&cfg, &start, &factory, None).unwrap();
+    let inf = start_inference(
+        &cfg,
+        active,
+        factory,
+        Some(tracker.clone()),
+        Observers::default(),
+    );
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let mut output = inf.output;
+    let forward = std::thread::spawn(move || {
+        while let Some(b) = output.blocking_recv() {
+            let _ = seen_tx.send(b);
+        }
+    });
+    for o in 0..5 {
+        inf.input.send(work(&tracker, 0, o)).unwrap();
+        let b = seen_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a lone tweet is sent as soon as the model waits, not after max_wait");
+        assert_eq!(
+            b.rows.iter().map(|r| r.source_offset).collect::<Vec<_>>(),
+            vec![o]
+        );
+    }
+    drop(inf.input);
+    drop(inf.deployments);
+    forward.join().unwrap();
+    for t in inf.threads.into_iter().chain([inf.loader]) {
+        t.join().expect("no stage panics").unwrap();
+    }
+    assert_eq!(calls.lock().unwrap().len(), 5, "one batch per tweet");
+}

@@ -4,7 +4,8 @@
 //!
 //! Guarantees: a batch is sent as soon as it is full (no waiting when there is a backlog); no item
 //! waits longer than `max_wait` once it is the oldest; every batch holds at least one item, so an
-//! item longer than the token budget still leaves (alone).
+//! item longer than the token budget still leaves (alone). [`Batcher::next_batch_now`] closes a
+//! batch at once, for a caller that knows the model is idle.
 
 pub mod offsets;
 
@@ -111,6 +112,33 @@ impl<T> Batcher<T> {
             self.tightest_full()
         };
         Some(self.take(picked))
+    }
+
+    /// A full batch (count or token budget), if the waiting items make one; never a batch
+    /// only because its wait ran out.
+    pub fn next_full(&mut self) -> Option<Vec<T>> {
+        let all_longest = self.waiting.iter().map(|w| w.len).max()?;
+        let full = !self.fits(self.waiting.len(), all_longest)
+            || self.waiting.len() >= self.limits.max_batch_size;
+        if !full {
+            return None;
+        }
+        let picked = if self.limits.length_bucketing {
+            self.tightest_full()
+        } else {
+            self.fifo()
+        };
+        Some(self.take(picked))
+    }
+
+    /// A batch to send now whatever the clock says (the model is idle): a full batch if there
+    /// is one, else the oldest item and its nearest neighbours in length (or the oldest items
+    /// in arrival order without bucketing), as many as fit.
+    pub fn next_batch_now(&mut self) -> Option<Vec<T>> {
+        let oldest = (0..self.waiting.len()).min_by_key(|&i| self.waiting[i].seq)?;
+        // As if the oldest item's wait had run out.
+        let expiry = self.waiting[oldest].arrived + self.limits.max_wait;
+        self.next_batch(expiry)
     }
 
     /// Everything still waiting, as batches (used at shutdown).
@@ -227,6 +255,28 @@ impl<T> Batcher<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_closed_at_once_when_asked_whatever_the_clock() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(Limits {
+            max_batch_size: 4,
+            max_batch_tokens: 1_000,
+            max_wait: Duration::from_secs(3600),
+            length_bucketing: true,
+        });
+        assert_eq!(b.next_batch_now(), None);
+        for (i, len) in [10, 50, 11, 12, 49, 13].into_iter().enumerate() {
+            b.push(i, len, t0);
+        }
+        // Six waiting, four fit: a full batch of the tightest lengths goes first.
+        assert_eq!(b.next_full(), Some(vec![0, 2, 3, 5]));
+        // Two left, long before their wait runs out: only an explicit close sends them.
+        assert_eq!(b.next_full(), None);
+        assert_eq!(b.next_batch(t0), None);
+        assert_eq!(b.next_batch_now(), Some(vec![1, 4]));
+        assert!(b.is_empty());
+    }
 
     fn limits(size: usize, tokens: usize, wait_ms: u64, bucketing: bool) -> Limits {
         Limits {
