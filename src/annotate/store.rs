@@ -90,27 +90,38 @@ pub async fn next(
         .await?;
     // A tweet deleted by its author since the draw has no text left: the next one is served.
     for c in candidates {
-        let text = sink
-            .client()
-            .query(&format!(
-                "SELECT text, toString(created_at) AS created_utc FROM {db}.{TWEETS} FINAL
-                 WHERE toStartOfHour(created_at) = toDateTime(?, 'UTC') AND tweet_id = ?
-                 LIMIT 1"
-            ))
-            .bind(c.hour)
-            .bind(&c.tweet_id)
-            .fetch_all::<Text>()
-            .await?;
-        if let Some(t) = text.into_iter().next() {
-            return Ok(Some(ToLabel {
-                sample_id: sample.into(),
-                tweet_id: c.tweet_id,
-                text: t.text,
-                created_at: t.created_utc,
-            }));
+        if let Some(t) = shown(sink, sample, &c.tweet_id, c.hour).await? {
+            return Ok(Some(t));
         }
     }
     Ok(None)
+}
+
+/// The tweet as the page shows it, looked up by its hour and id (`None`: deleted since).
+async fn shown(
+    sink: &ClickHouseSink,
+    sample: &str,
+    tweet: &str,
+    hour: u32,
+) -> anyhow::Result<Option<ToLabel>> {
+    let db = sink.database();
+    let text = sink
+        .client()
+        .query(&format!(
+            "SELECT text, toString(created_at) AS created_utc FROM {db}.{TWEETS} FINAL
+             WHERE toStartOfHour(created_at) = toDateTime(?, 'UTC') AND tweet_id = ?
+             LIMIT 1"
+        ))
+        .bind(hour)
+        .bind(tweet)
+        .fetch_all::<Text>()
+        .await?;
+    Ok(text.into_iter().next().map(|t| ToLabel {
+        sample_id: sample.into(),
+        tweet_id: tweet.into(),
+        text: t.text,
+        created_at: t.created_utc,
+    }))
 }
 
 /// Whether `tweet` is in `sample` (a label may only name a sampled tweet).
@@ -199,26 +210,19 @@ pub async fn tweet(
     tweet: &str,
 ) -> anyhow::Result<Option<ToLabel>> {
     let db = sink.database();
-    let rows = sink
+    let hours = sink
         .client()
         .query(&format!(
-            "SELECT text, toString(created_at) AS created_utc FROM {db}.{TWEETS} FINAL
-             WHERE toStartOfHour(created_at) GLOBAL IN (
-                       SELECT hour FROM {db}.{ANNOTATION_SAMPLES} WHERE sample_id = ? AND tweet_id = ?)
-               AND tweet_id = ?
-             LIMIT 1"
+            "SELECT toUnixTimestamp(hour) FROM {db}.{ANNOTATION_SAMPLES} WHERE sample_id = ? AND tweet_id = ? LIMIT 1"
         ))
         .bind(sample)
         .bind(tweet)
-        .bind(tweet)
-        .fetch_all::<Text>()
+        .fetch_all::<u32>()
         .await?;
-    Ok(rows.into_iter().next().map(|t| ToLabel {
-        sample_id: sample.into(),
-        tweet_id: tweet.into(),
-        text: t.text,
-        created_at: t.created_utc,
-    }))
+    match hours.first() {
+        Some(&hour) => shown(sink, sample, tweet, hour).await,
+        None => Ok(None),
+    }
 }
 
 /// `annotator`'s progress in `sample`.
