@@ -84,6 +84,13 @@ impl<T> Batcher<T> {
             .map(|t| t + self.limits.max_wait)
     }
 
+    /// Whether the waiting items make at least one full batch (count or token budget).
+    fn is_full(&self) -> bool {
+        let all_longest = self.waiting.iter().map(|w| w.len).max().unwrap_or(1);
+        !self.fits(self.waiting.len(), all_longest)
+            || self.waiting.len() >= self.limits.max_batch_size
+    }
+
     fn fits(&self, rows: usize, longest: usize) -> bool {
         rows <= self.limits.max_batch_size && rows * longest <= self.limits.max_batch_tokens
     }
@@ -98,9 +105,7 @@ impl<T> Batcher<T> {
             .min_by_key(|&i| self.waiting[i].seq)
             .expect("non-empty; this is a bug");
         let expired = now >= self.waiting[oldest].arrived + self.limits.max_wait;
-        let all_longest = self.waiting.iter().map(|w| w.len).max().unwrap_or(1);
-        let full = !self.fits(self.waiting.len(), all_longest)
-            || self.waiting.len() >= self.limits.max_batch_size;
+        let full = self.is_full();
         if !expired && !full {
             return None;
         }
@@ -117,10 +122,7 @@ impl<T> Batcher<T> {
     /// A full batch (count or token budget), if the waiting items make one; never a batch
     /// only because its wait ran out.
     pub fn next_full(&mut self) -> Option<Vec<T>> {
-        let all_longest = self.waiting.iter().map(|w| w.len).max()?;
-        let full = !self.fits(self.waiting.len(), all_longest)
-            || self.waiting.len() >= self.limits.max_batch_size;
-        if !full {
+        if !self.is_full() {
             return None;
         }
         let picked = if self.limits.length_bucketing {
@@ -131,9 +133,9 @@ impl<T> Batcher<T> {
         Some(self.take(picked))
     }
 
-    /// A batch to send now whatever the clock says (the model is idle): a full batch if there
-    /// is one, else the oldest item and its nearest neighbours in length (or the oldest items
-    /// in arrival order without bucketing), as many as fit.
+    /// A batch to send now whatever the clock says (the model is idle): what [`Self::next_batch`]
+    /// sends once the oldest item's wait ran out — that item and its nearest neighbours in
+    /// length (or the oldest items in arrival order without bucketing), as many as fit.
     pub fn next_batch_now(&mut self) -> Option<Vec<T>> {
         let oldest = (0..self.waiting.len()).min_by_key(|&i| self.waiting[i].seq)?;
         // As if the oldest item's wait had run out.

@@ -250,6 +250,14 @@ impl QualityReport {
     }
 }
 
+/// Every model identity that scored any of `items`, sorted.
+fn identities(items: &[Annotated]) -> Vec<&String> {
+    let mut models: Vec<&String> = items.iter().flat_map(|i| i.predicted.keys()).collect();
+    models.sort();
+    models.dedup();
+    models
+}
+
 /// Builds the report from annotated tweets (the pure part; [`quality`] loads them).
 pub fn estimate(
     items: &[Annotated],
@@ -258,9 +266,7 @@ pub fn estimate(
     q: &QualityConfig,
 ) -> Vec<VersionQuality> {
     let classes: Vec<String> = CLASSES.map(String::from).to_vec();
-    let mut models: Vec<&String> = items.iter().flat_map(|i| i.predicted.keys()).collect();
-    models.sort();
-    models.dedup();
+    let models = identities(items);
     let level = q.confidence_level;
     let labelled = |m: &str| -> Vec<Labelled> {
         items
@@ -572,9 +578,7 @@ pub async fn stored_temperatures(sink: &ClickHouseSink) -> anyhow::Result<HashMa
 
 /// Temperature, ECE before and after, per identity on the labelled tweets (pure).
 pub fn calibrate(items: &[Annotated]) -> Vec<Calibration> {
-    let mut models: Vec<&String> = items.iter().flat_map(|i| i.predicted.keys()).collect();
-    models.sort();
-    models.dedup();
+    let models = identities(items);
     models
         .into_iter()
         .map(|m| {
