@@ -214,6 +214,7 @@ pub async fn run(
     let source = Source {
         cfg: cfg.kafka.clone(),
         rules: DecodeRules::from(&cfg.decode),
+        decode_threads: cfg.decode.threads,
         tracker: tracker.clone(),
         dlq,
         runtime: tokio::runtime::Handle::current(),

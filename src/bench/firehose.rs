@@ -2,10 +2,14 @@
 //! (API v1.1 and v2 shapes with user objects and entities, 2–6 KB each, several languages; by
 //! default 3 % French and about vaccination, 12 % French on other subjects) go through the
 //! worker's decoder with the configured `decode` rules (languages, `keywords`):
-//! 1. in process, one thread: decode + filter rate (the CPU ceiling of one replica);
-//! 2. through the broker, one consumer like the worker's (same client settings): the raw
-//!    consume rate of the topic, then consume + decode + filter, in the same run; the ratio
-//!    is what the filter costs a replica.
+//! 1. in process: decode + filter on one thread, then on `decode.threads` threads in the
+//!    worker's chunks (the CPU ceiling of one replica);
+//! 2. through the broker, one consumer like the worker's (same client settings, same chunked
+//!    polling and decoding): the raw consume rate of the topic, then consume + decode +
+//!    filter, in the same run; the ratio is what the filter costs a replica.
+//!
+//! Every mode also reports the CPU this process used (all its threads, librdkafka's included),
+//! as cores over the mode's wall time and as messages per core-second.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +24,8 @@ use serde_json::json;
 use super::Machine;
 use crate::config::Config;
 use crate::output::Table;
-use crate::tweet::{decode, DecodeRules, Decoded};
+use crate::source::kafka::{poll_chunk, CHUNK_MESSAGES};
+use crate::tweet::{decode_chunk, DecodeRules, Decoded, Input};
 
 /// Options of `vaxpulse bench firehose`.
 #[derive(Debug, Clone, clap::Args)]
@@ -44,6 +49,10 @@ pub struct Rate {
     pub megabytes: f64,
     pub seconds: f64,
     pub messages_per_second: f64,
+    /// CPU this process used over the mode's wall time (`None` off Linux).
+    pub cores: Option<f64>,
+    /// Messages per second of CPU (`messages / CPU seconds`).
+    pub messages_per_core_second: Option<f64>,
     #[serde(flatten)]
     pub decisions: Tally,
 }
@@ -183,28 +192,71 @@ pub fn payloads(n: usize, on_topic: f64, seed: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn tally(rules: &DecodeRules, payload: &[u8], t: &mut Tally) {
-    match decode(payload, rules, chrono::Utc::now()) {
-        Decoded::Tweet(_) => t.kept += 1,
-        Decoded::Skip(crate::tweet::SkipReason::OffTopic) => t.off_topic += 1,
-        Decoded::Skip(crate::tweet::SkipReason::Language) => t.other_language += 1,
-        _ => {}
+impl Tally {
+    fn count(&mut self, decoded: &Decoded) {
+        match decoded {
+            Decoded::Tweet(_) => self.kept += 1,
+            Decoded::Skip(crate::tweet::SkipReason::OffTopic) => self.off_topic += 1,
+            Decoded::Skip(crate::tweet::SkipReason::Language) => self.other_language += 1,
+            _ => {}
+        }
     }
 }
 
-fn rate(what: &str, messages: usize, bytes: usize, seconds: f64, decisions: Tally) -> Rate {
-    Rate {
-        what: what.into(),
-        messages,
-        megabytes: bytes as f64 / 1e6,
-        seconds,
-        messages_per_second: messages as f64 / seconds.max(1e-9),
-        decisions,
+/// Decodes `payloads` as the worker does a chunk (`threads` threads) and counts the decisions.
+fn tally(rules: &DecodeRules, payloads: &[&[u8]], threads: usize, t: &mut Tally) {
+    let now = chrono::Utc::now();
+    let inputs: Vec<Input<'_>> = payloads.iter().map(|p| (Some(*p), now)).collect();
+    for d in decode_chunk(&inputs, rules, threads) {
+        t.count(&d);
     }
 }
 
-/// Consumes `n` messages of `topic` from the start with a fresh group; decodes them when
-/// `rules` is given.
+/// CPU seconds this process has used (all threads): utime + stime of `/proc/self/stat`.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name's closing parenthesis: utime and stime are the 12th and 13th.
+    let f: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ, which Linux fixes at 100 for everything it exports to user space.
+    Some(ticks as f64 / 100.0)
+}
+
+/// Wall clock and process CPU from one instant.
+struct Clock {
+    wall: Instant,
+    cpu: Option<f64>,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            wall: Instant::now(),
+            cpu: process_cpu_seconds(),
+        }
+    }
+
+    fn rate(&self, what: &str, messages: usize, bytes: usize, decisions: Tally) -> Rate {
+        let seconds = self.wall.elapsed().as_secs_f64().max(1e-9);
+        let cpu = self
+            .cpu
+            .zip(process_cpu_seconds())
+            .map(|(a, b)| (b - a).max(0.0));
+        Rate {
+            what: what.into(),
+            messages,
+            megabytes: bytes as f64 / 1e6,
+            seconds,
+            messages_per_second: messages as f64 / seconds,
+            cores: cpu.map(|c| c / seconds),
+            messages_per_core_second: cpu.filter(|c| *c > 0.0).map(|c| messages as f64 / c),
+            decisions,
+        }
+    }
+}
+
+/// Consumes `n` messages of `topic` from the start with a fresh group, in the worker's chunks;
+/// decodes them when `rules` is given, on `cfg.decode.threads` threads.
 fn consume(
     cfg: &Config,
     topic: &str,
@@ -228,28 +280,39 @@ fn consume(
     consumer.subscribe(&[topic])?;
     let (mut seen, mut bytes) = (0usize, 0usize);
     let mut t = Tally::default();
-    let mut started: Option<Instant> = None;
+    let mut started: Option<Clock> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     while seen < n {
         anyhow::ensure!(
             Instant::now() < deadline,
             "only {seen} of {n} messages consumed in 10 min"
         );
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let m = m?;
-        // The clock starts at the first message: group join is not throughput.
-        started.get_or_insert_with(Instant::now);
-        let payload = m.payload().unwrap_or_default();
-        bytes += payload.len();
-        if let Some(rules) = rules {
-            tally(rules, payload, &mut t);
+        let (chunk, error) = poll_chunk(
+            &consumer,
+            Duration::from_millis(100),
+            CHUNK_MESSAGES.min(n - seen),
+            Vec::new,
+        );
+        if let Some(e) = error {
+            return Err(e.into());
         }
-        seen += 1;
+        if chunk.is_empty() {
+            continue;
+        }
+        // The clock starts at the first message: group join is not throughput.
+        started.get_or_insert_with(Clock::start);
+        let payloads: Vec<&[u8]> = chunk
+            .iter()
+            .map(|m| m.payload().unwrap_or_default())
+            .collect();
+        bytes += payloads.iter().map(|p| p.len()).sum::<usize>();
+        if let Some(rules) = rules {
+            tally(rules, &payloads, cfg.decode.threads, &mut t);
+        }
+        seen += chunk.len();
     }
-    let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-    Ok(rate(what, seen, bytes, seconds, t))
+    let clock = started.unwrap_or_else(Clock::start);
+    Ok(clock.rate(what, seen, bytes, t))
 }
 
 /// Runs the firehose bench; prints its table and returns the report.
@@ -268,21 +331,30 @@ pub async fn run(cfg: &Config, args: &FirehoseArgs) -> anyhow::Result<FirehoseRe
     let mean = all.iter().map(Vec::len).sum::<usize>() as f64 / all.len().max(1) as f64;
     let mut rates = Vec::new();
 
-    let slice = &all[..args.firehose_messages];
-    let started = Instant::now();
-    let mut t = Tally::default();
-    for p in slice {
-        tally(&rules, p, &mut t);
+    let slice: Vec<&[u8]> = all[..args.firehose_messages]
+        .iter()
+        .map(Vec::as_slice)
+        .collect();
+    let bytes = slice.iter().map(|p| p.len()).sum();
+    let mut thread_counts = vec![1];
+    if cfg.decode.threads > 1 {
+        thread_counts.push(cfg.decode.threads);
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let bytes = slice.iter().map(Vec::len).sum();
-    rates.push(rate(
-        "decode + filter, in process (1 thread)",
-        slice.len(),
-        bytes,
-        seconds,
-        t,
-    ));
+    for threads in thread_counts {
+        let clock = Clock::start();
+        let mut t = Tally::default();
+        for chunk in slice.chunks(CHUNK_MESSAGES) {
+            tally(&rules, chunk, threads, &mut t);
+        }
+        rates.push(clock.rate(
+            &format!(
+                "decode + filter, in process ({threads} thread(s), chunks of {CHUNK_MESSAGES})"
+            ),
+            slice.len(),
+            bytes,
+            t,
+        ));
+    }
 
     let mut ratio = None;
     if args.broker_messages > 0 {
@@ -329,7 +401,11 @@ pub async fn run(cfg: &Config, args: &FirehoseArgs) -> anyhow::Result<FirehoseRe
             tokio::task::spawn_blocking(move || consume(&c, &t, k, None, "raw consume")).await??;
         let (c, t, r2) = (cfg.clone(), topic.clone(), rules.clone());
         let filtered = tokio::task::spawn_blocking(move || {
-            consume(&c, &t, k, Some(&r2), "consume + decode + filter")
+            let what = format!(
+                "consume + decode + filter ({} decode thread(s))",
+                c.decode.threads
+            );
+            consume(&c, &t, k, Some(&r2), &what)
         })
         .await??;
         ratio = Some(filtered.messages_per_second / raw.messages_per_second.max(1e-9));
@@ -360,6 +436,8 @@ impl FirehoseReport {
             "s",
             "messages/s",
             "MB/s",
+            "cores (this process)",
+            "messages per core-second",
             "kept",
             "off_topic",
             "other language",
@@ -372,6 +450,9 @@ impl FirehoseReport {
                 format!("{:.2}", r.seconds),
                 format!("{:.0}", r.messages_per_second),
                 format!("{:.0}", r.megabytes / r.seconds.max(1e-9)),
+                r.cores.map_or("–".into(), |c| format!("{c:.2}")),
+                r.messages_per_core_second
+                    .map_or("–".into(), |m| format!("{m:.0}")),
                 r.decisions.kept.to_string(),
                 r.decisions.off_topic.to_string(),
                 r.decisions.other_language.to_string(),
@@ -408,10 +489,10 @@ mod tests {
         let sizes: Vec<usize> = all.iter().map(Vec::len).collect();
         let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
         assert!(*min >= 1_900 && *max < 6_500, "{min}..{max}");
+        let payloads: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
         let mut r = Tally::default();
-        for p in &all {
-            tally(&rules, p, &mut r);
-        }
+        tally(&rules, &payloads, 1, &mut r);
+
         // 3 % on topic (±1 %), 12 % French off topic, the rest in other languages.
         let share = |n: usize| n as f64 / all.len() as f64;
         assert!((share(r.kept) - 0.03).abs() < 0.01, "kept {}", r.kept);

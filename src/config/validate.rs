@@ -161,6 +161,9 @@ impl Config {
         if self.batch.max_batch_tokens == 0 {
             return bad("batch.max_batch_tokens", "must be at least 1".into());
         }
+        if !(1..=64).contains(&self.decode.threads) {
+            return bad("decode.threads", "must be 1 to 64".into());
+        }
         if self.decode.max_message_bytes < 64 {
             return bad("decode.max_message_bytes", "must be at least 64".into());
         }

@@ -9,6 +9,8 @@
 //! committed, and a final commit that does not go through is an error, never a clean exit. When
 //! the pipeline is full, all partitions are paused; when dead letters cannot be written, the
 //! partitions they came from are paused. The consumer thread itself never blocks on either.
+//! Messages are decoded in chunks of what the client already holds ([`poll_chunk`]), on up to
+//! `decode.threads` threads, and handled in arrival order as if decoded one by one.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{Sender, TrySendError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -27,13 +30,15 @@ use crate::config::KafkaConfig;
 use crate::kafka::{client_config, consumer_defaults};
 use crate::sink::kafka::{DeadLetter, DeadLetterProducer};
 use crate::telemetry::{self, Health, PollRound};
-use crate::tweet::{decode, DecodeRules, Decoded, SkipReason, Tweet};
+use crate::tweet::{decode_chunk, DecodeRules, Decoded, Input, SkipReason, Tweet};
 use crate::work::Work;
 
 /// Everything the consumer thread needs.
 pub struct Source {
     pub cfg: KafkaConfig,
     pub rules: DecodeRules,
+    /// `decode.threads`.
+    pub decode_threads: usize,
     pub tracker: Arc<OffsetTracker>,
     pub dlq: DeadLetterProducer,
     pub runtime: tokio::runtime::Handle,
@@ -61,6 +66,15 @@ struct Ctx {
     /// Set by every assignment: librdkafka resumes newly assigned partitions, so the consumer
     /// thread must pause again whatever it still wants paused.
     reassigned: AtomicBool,
+    /// Partitions revoked since [`poll_chunk`] last asked: its chunk's earlier messages of
+    /// these were never tracked and must not be handled.
+    revoked: Mutex<Vec<Partition>>,
+}
+
+impl Ctx {
+    fn take_revoked(&self) -> Vec<Partition> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 impl ClientContext for Ctx {}
@@ -75,6 +89,10 @@ impl ConsumerContext for Ctx {
             .iter()
             .map(|e| e.partition())
             .collect();
+        self.revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(&parts);
         // Held messages were never handed on; the next owner reads them again.
         {
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -212,6 +230,7 @@ impl Source {
             revoke_drain_timeout: self.revoke_drain_timeout,
             held: held.clone(),
             reassigned: AtomicBool::new(false),
+            revoked: Mutex::new(Vec::new()),
         };
         let mut cc = client_config(&self.cfg, &consumer_defaults(self.rules.max_message_bytes));
         cc.set("group.id", &self.cfg.group_id)
@@ -261,13 +280,31 @@ impl Source {
                 }
             }
             let wait = if paused.is_empty() { 100 } else { 10 };
-            match consumer.poll(Duration::from_millis(wait)) {
-                Some(Ok(msg)) => {
-                    self.health.consuming.store(true, Ordering::Relaxed);
-                    self.handle(&msg, &held, &mut round);
+            let (chunk, error) = poll_chunk(
+                &consumer,
+                Duration::from_millis(wait),
+                CHUNK_MESSAGES,
+                || consumer.context().take_revoked(),
+            );
+            if let Some(e) = &error {
+                tracing::warn!(error = %e, "consumer error");
+            }
+            if error.is_none() || !chunk.is_empty() {
+                self.health.consuming.store(true, Ordering::Relaxed);
+            }
+            if !chunk.is_empty() {
+                let received = Instant::now();
+                let times: Vec<(Option<i64>, DateTime<Utc>)> =
+                    chunk.iter().map(message_time).collect();
+                let inputs: Vec<Input<'_>> = chunk
+                    .iter()
+                    .zip(&times)
+                    .map(|(m, (_, fallback))| (m.payload(), *fallback))
+                    .collect();
+                let decoded = decode_chunk(&inputs, &self.rules, self.decode_threads);
+                for ((msg, decoded), time) in chunk.iter().zip(decoded).zip(times) {
+                    self.handle(msg, decoded, time, received, &held, &mut round);
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                None => self.health.consuming.store(true, Ordering::Relaxed),
             }
             if last_commit.elapsed() >= commit_every {
                 commit(
@@ -334,22 +371,18 @@ impl Source {
         }
     }
 
-    fn handle(&self, msg: &BorrowedMessage<'_>, held: &Mutex<Held>, round: &mut PollRound) {
+    fn handle(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        decoded: Decoded,
+        (source_timestamp_ms, fallback): (Option<i64>, DateTime<Utc>),
+        received: Instant,
+        held: &Mutex<Held>,
+        round: &mut PollRound,
+    ) {
         round.consumed += 1;
         let (partition, offset) = (msg.partition(), msg.offset());
         let ack = self.tracker.track(partition, offset);
-        let received = std::time::Instant::now();
-        let source_timestamp_ms = msg.timestamp().to_millis();
-        let fallback = source_timestamp_ms
-            .and_then(DateTime::from_timestamp_millis)
-            .unwrap_or_else(Utc::now);
-        let decoded = match msg.payload() {
-            Some(p) => decode(p, &self.rules, fallback),
-            None => Decoded::Reject {
-                reason: crate::tweet::DlqReason::InvalidJson,
-                detail: "empty message (no payload)".into(),
-            },
-        };
         match decoded {
             // Handed on at the top of the next poll round, in arrival order (see `hand_on`).
             Decoded::Tweet(tweet) => held
@@ -421,6 +454,48 @@ impl Source {
             }
         }
     }
+}
+
+/// Most messages polled and decoded together: ~1 MB of 4-KB firehose payloads.
+pub const CHUNK_MESSAGES: usize = 256;
+
+/// Waits up to `wait` for one message, then takes what the client already holds, up to `max`,
+/// without waiting: a quiet stream gets chunks of one, a backlog or a firehose full ones, and
+/// nothing waits for a chunk to fill. `revoked` is asked after every poll (rebalance callbacks
+/// run inside it): the chunk's earlier messages of partitions revoked meanwhile are dropped —
+/// never tracked, they are read again by the partitions' next owner from the offsets the
+/// revocation committed. A consumer error ends the chunk and is returned beside it.
+pub fn poll_chunk<'c, C: ConsumerContext>(
+    consumer: &'c BaseConsumer<C>,
+    wait: Duration,
+    max: usize,
+    mut revoked: impl FnMut() -> Vec<Partition>,
+) -> (Vec<BorrowedMessage<'c>>, Option<KafkaError>) {
+    let mut chunk = Vec::new();
+    let mut timeout = wait;
+    while chunk.len() < max {
+        let polled = consumer.poll(timeout);
+        timeout = Duration::ZERO;
+        let gone = revoked();
+        if !gone.is_empty() {
+            chunk.retain(|m: &BorrowedMessage<'c>| !gone.contains(&m.partition()));
+        }
+        match polled {
+            Some(Ok(m)) => chunk.push(m),
+            Some(Err(e)) => return (chunk, Some(e)),
+            None => break,
+        }
+    }
+    (chunk, None)
+}
+
+/// A message's Kafka timestamp, and the time that stands in for a missing `created_at`.
+fn message_time(msg: &BorrowedMessage<'_>) -> (Option<i64>, DateTime<Utc>) {
+    let ms = msg.timestamp().to_millis();
+    let fallback = ms
+        .and_then(DateTime::from_timestamp_millis)
+        .unwrap_or_else(Utc::now);
+    (ms, fallback)
 }
 
 /// Partitions that must not be fetched from: all of them while tweets wait for pipeline room,
