@@ -20,3 +20,12 @@ echo "test: the image's build stage builds from only the files the Dockerfile co
 scripts/check_image_inputs.sh
 echo "test: delivery files (promtool, Compose schema, Kubernetes manifests)"
 scripts/check_deploy.sh
+echo "test: the GPU bench script, dry run on the CPU at toy sizes (scripts/bench_gpu.sh --dry-run)"
+cargo build --release --quiet --bins --workspace
+scripts/bench_gpu.sh --dry-run target/release/vaxpulse "" bench-results/gpu-dry-run
+# Every step must have run (a dry run has the time, the services and the model): a skip or a
+# failure here is a broken script or binary, found before GPU minutes are spent on it.
+if grep -v $'\tok' bench-results/gpu-dry-run/steps.tsv; then
+  echo "test: a step of the GPU bench dry run did not end ok (above); see bench-results/gpu-dry-run" >&2
+  exit 1
+fi
