@@ -2,18 +2,22 @@
 //! tokenizer (switched by the model thread together with the champion), then grouped by the
 //! pure [`Batcher`] into batches of similar lengths.
 //!
-//! Guarantee: exactly one batch waits while the model runs the current one (the channel to the
-//! model thread has capacity 1); at the end of input every waiting tweet is flushed in a batch.
+//! Guarantees: exactly one batch waits while the model runs the current one (the channel to the
+//! model thread has capacity 1), and it is chosen when that room opens, from all that waits
+//! then; at the end of input every waiting tweet is flushed in a batch.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Select, Sender};
 
 use super::inference::Encoded;
+use crate::batch::cost::CostFit;
 use crate::batch::{Batcher, Limits};
+use crate::config::BatchConfig;
 use crate::model::tokenizer::TweetTokenizer;
+use crate::telemetry::BatchCostKnown;
 use crate::work::Work;
 
 /// Tweets per `encode_batch` call: large enough to amortise its parallel dispatch, small enough
@@ -113,75 +117,153 @@ impl ModelIdle {
     }
 }
 
-/// Groups encoded tweets into batches. A full batch is sent at once (it waits in the channel
-/// while the model runs the current one). With `idle` (`batch.dispatch_when_idle`), whatever
-/// waits is sent the moment the model thread waits for work and no batch is queued — so a
-/// batch holds what arrived while the model ran the previous one, larger under load, smaller
-/// when quiet — and the clock plays no part; without it, a batch also closes when its oldest
-/// tweet has waited `max_wait`.
+/// What a batch costs, shared by the model thread (which times the champion's forwards) and
+/// the batcher (which splits batches closed by the clock by it, `batch.split_by_cost`): the
+/// per-call cost in padded tokens as f64 bits, NaN while unknown.
+pub(super) struct BatchCost {
+    overhead_bits: AtomicU64,
+    /// The fit, `None` when the config fixes the cost (`batch.overhead_tokens`).
+    fit: Option<Mutex<CostFit>>,
+}
+
+impl BatchCost {
+    /// From the config: a fixed cost, measured, or `None` when batches are not split by cost.
+    pub(super) fn from_config(c: &BatchConfig) -> Option<Arc<Self>> {
+        if !c.split_by_cost || !c.length_bucketing {
+            return None;
+        }
+        let cost = match c.overhead_tokens {
+            Some(t) => {
+                let t = f64::from(t);
+                BatchCostKnown {
+                    overhead_tokens: t,
+                    first: true,
+                }
+                .emit();
+                BatchCost {
+                    overhead_bits: AtomicU64::new(t.to_bits()),
+                    fit: None,
+                }
+            }
+            None => BatchCost {
+                overhead_bits: AtomicU64::new(f64::NAN.to_bits()),
+                fit: Some(Mutex::new(CostFit::new())),
+            },
+        };
+        Some(Arc::new(cost))
+    }
+
+    /// The champion took `seconds` on a batch of `padded_tokens` (a no-op for a fixed cost).
+    pub(super) fn observe(&self, padded_tokens: usize, seconds: f64) {
+        let Some(fit) = &self.fit else { return };
+        let mut fit = fit.lock().unwrap_or_else(PoisonError::into_inner);
+        fit.observe(padded_tokens, seconds);
+        let Some(now) = fit.overhead_tokens() else {
+            return;
+        };
+        let before = self.overhead_tokens();
+        // Telemetry when it moves by a tenth (or a token), not at every batch.
+        let moved = before.is_none_or(|b| (now - b).abs() >= (0.1 * b).max(1.0));
+        self.overhead_bits.store(now.to_bits(), Ordering::Release);
+        if moved {
+            BatchCostKnown {
+                overhead_tokens: now,
+                first: before.is_none(),
+            }
+            .emit();
+        }
+    }
+
+    pub(super) fn overhead_tokens(&self) -> Option<f64> {
+        let t = f64::from_bits(self.overhead_bits.load(Ordering::Acquire));
+        (!t.is_nan()).then_some(t)
+    }
+}
+
+/// Groups encoded tweets into batches. A batch is chosen only when the model stage can take
+/// it (the channel has room), from everything that waits then — not when it falls due and then
+/// held while the model runs, which would leave out what arrived meanwhile. A full batch goes
+/// as soon as there is room. With `idle` (`batch.dispatch_when_idle`), whatever waits goes the
+/// moment the model thread waits for work and no batch is queued — so a batch holds what
+/// arrived while the model ran the previous one, larger under load, smaller when quiet — and
+/// the clock plays no part; without it, a batch is due when its oldest tweet has waited
+/// `max_wait`, and is then cut by `cost` (`batch.split_by_cost`) where padding it as one
+/// costs more than a second call. The window is bounded (eight full batches): past it, input
+/// waits in the tokenizers' channel.
 pub(super) fn batcher_stage(
     limits: Limits,
     idle: Option<ModelIdle>,
+    cost: Option<Arc<BatchCost>>,
     rx: Receiver<Vec<Encoded>>,
     tx: Sender<Vec<Encoded>>,
 ) -> anyhow::Result<()> {
     let mut batcher = Batcher::new(limits);
     let never = crossbeam_channel::never();
     let wake = idle.as_ref().map_or(&never, |i| &i.wake_rx);
+    // A full window is a full batch, so it is always due: the loop below never waits on nothing.
+    let window = 8 * limits.max_batch_size.max(1);
     loop {
-        let now = Instant::now();
-        let deadline = if idle.is_some() {
-            None
-        } else {
-            batcher.deadline()
-        };
-        let timeout = deadline.map_or(Duration::from_secs(3600), |d| {
-            d.saturating_duration_since(now)
-        });
-        let input = crossbeam_channel::select! {
-            recv(rx) -> m => m.map_err(|_| RecvTimeoutError::Disconnected),
-            recv(wake) -> _ => Err(RecvTimeoutError::Timeout),
-            default(timeout) => Err(RecvTimeoutError::Timeout),
-        };
-        match input {
-            Ok(items) => {
-                // Take whatever else is already there before deciding: a backlog fills batches.
-                push_all(
-                    &mut batcher,
-                    items.into_iter().chain(rx.try_iter().flatten()),
-                );
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                for b in batcher.flush() {
-                    if tx.send(b).is_err() {
-                        break;
-                    }
-                }
-                return Ok(());
+        // Take whatever is already there before deciding: a backlog fills batches.
+        while batcher.len() < window {
+            match rx.try_recv() {
+                Ok(items) => push_all(&mut batcher, items.into_iter()),
+                Err(_) => break,
             }
         }
-        loop {
-            let b = match &idle {
-                // Full batches, and whatever waits when the model waits with nothing queued.
-                Some(i) => batcher.next_full().or_else(|| {
-                    (i.is_waiting() && tx.is_empty())
-                        .then(|| batcher.next_batch_now())
-                        .flatten()
-                }),
-                None => batcher.next_batch(Instant::now()),
-            };
-            let Some(b) = b else { break };
-            if let Some(i) = &idle {
-                // The model will take it: until it says it waits again, it is busy.
-                i.busy();
+        if let Some(c) = &cost {
+            batcher.set_overhead_tokens(c.overhead_tokens());
+        }
+        let now = Instant::now();
+        let due = match &idle {
+            Some(i) => batcher.is_full() || (i.is_waiting() && tx.is_empty() && !batcher.is_empty()),
+            None => batcher.is_due(now),
+        };
+        let mut sel = Select::new();
+        let recv_op = (batcher.len() < window).then(|| sel.recv(&rx));
+        let wake_op = idle.as_ref().map(|_| sel.recv(wake));
+        let send_op = due.then(|| sel.send(&tx));
+        let deadline = match (&idle, due) {
+            (None, false) => batcher.deadline(),
+            _ => None,
+        };
+        let oper = match deadline {
+            Some(d) => match sel.select_deadline(d) {
+                Ok(oper) => oper,
+                Err(_) => continue,
+            },
+            None => sel.select(),
+        };
+        let index = oper.index();
+        if Some(index) == recv_op {
+            match oper.recv(&rx) {
+                Ok(items) => push_all(&mut batcher, items.into_iter()),
+                Err(_) => {
+                    for b in batcher.flush() {
+                        if tx.send(b).is_err() {
+                            break;
+                        }
+                    }
+                    return Ok(());
+                }
             }
-            if tx.send(b).is_err() {
+        } else if Some(index) == wake_op {
+            let _ = oper.recv(wake);
+        } else if Some(index) == send_op {
+            // Chosen now that the model stage can take it. Never empty: what was due stays due
+            // (nothing was taken since, and a due batch stays due as time passes).
+            let batch = match &idle {
+                Some(i) => {
+                    // The model will take it: until it says it waits again, it is busy. Said
+                    // before the send so that its next `waiting` cannot come first.
+                    i.busy();
+                    batcher.next_full().or_else(|| batcher.next_batch_now())
+                }
+                None => batcher.next_batch(Instant::now()),
+            }
+            .unwrap_or_default();
+            if oper.send(&tx, batch).is_err() {
                 return Ok(());
             }
-            // Top the window up before choosing the next batch: under a backlog the send above
-            // waited for the model, and a window drained to one batch leaves no lengths to pick.
-            push_all(&mut batcher, rx.try_iter().flatten());
         }
     }
 }

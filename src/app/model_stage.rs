@@ -128,6 +128,8 @@ pub(super) struct ModelStage {
     pub(super) probes: Option<Probes>,
     /// Tells the batcher when this thread waits for a batch (`batch.dispatch_when_idle`).
     pub(super) idle: Option<super::batching::ModelIdle>,
+    /// Where the champion's timings go for the batcher's split (`batch.split_by_cost`).
+    pub(super) cost: Option<Arc<super::batching::BatchCost>>,
 }
 
 impl ModelStage {
@@ -275,6 +277,10 @@ impl ModelStage {
         );
         let started = Instant::now();
         let probs = classify_with_retries(&champion.model, &padded)?;
+        let seconds = started.elapsed().as_secs_f64();
+        if let Some(cost) = &self.cost {
+            cost.observe(padded.padded_tokens(), seconds);
+        }
         let version = champion.id.version_label();
         BatchInferred {
             model: &version,
@@ -282,7 +288,7 @@ impl ModelStage {
             rows: padded.rows,
             real_tokens: batch.iter().map(|e| e.ids.len()).sum(),
             padded_tokens: padded.padded_tokens(),
-            seconds: started.elapsed().as_secs_f64(),
+            seconds,
         }
         .emit();
         let mut acks = Vec::with_capacity(batch.len());

@@ -774,3 +774,59 @@ fn with_dispatch_when_idle_a_lone_tweet_leaves_at_once_whatever_max_wait() {
     }
     assert_eq!(calls.lock().unwrap().len(), 5, "one batch per tweet");
 }
+
+/// The batches (tweet offsets each) the stage makes of four short and four long tweets that
+/// arrive together and wait for the clock.
+fn batches_of_mixed_lengths(split_by_cost: bool) -> Vec<Vec<i64>> {
+    let mut cfg = config();
+    // Long enough that all eight are waiting when the oldest expires, on any machine.
+    cfg.batch.max_wait_ms = 2_000;
+    cfg.batch.split_by_cost = split_by_cost;
+    // Fixed, so the test does not wait for 32 timed batches: one call costs one token.
+    cfg.batch.overhead_tokens = Some(1);
+    let start = deployment(&cfg, &[]);
+    let (factory, _calls) = fake_factory(0);
+    let tracker = Arc::new(OffsetTracker::new());
+    let active = load_active(&cfg, &start, &factory, None).unwrap();
+    let inf = start_inference(
+        &cfg,
+        active,
+        factory,
+        Some(tracker.clone()),
+        Observers::default(),
+    );
+    let long = "le vaccin arrive en pharmacie demain matin ".repeat(8);
+    for o in 0..8 {
+        let text = if o % 2 == 0 { "vaccin" } else { long.as_str() };
+        let tweet = Tweet {
+            id: format!("0-{o}"),
+            text: text.into(),
+            created_at: chrono::Utc::now(),
+            lang: "fr".into(),
+        };
+        inf.input.send(Work::new(tweet, tracker.track(0, o))).unwrap();
+    }
+    // Input stays open until all eight are out: closing it would flush them as one batch.
+    let mut output = inf.output;
+    let mut batches = Vec::new();
+    while batches.iter().map(Vec::len).sum::<usize>() < 8 {
+        let b = output.blocking_recv().expect("the stage runs until input closes");
+        batches.push(b.rows.iter().map(|r| r.source_offset).collect::<Vec<_>>());
+    }
+    drop(inf.input);
+    drop(inf.deployments);
+    assert!(output.blocking_recv().is_none(), "nothing more once all are out");
+    for t in inf.threads.into_iter().chain([inf.loader]) {
+        t.join().expect("no stage panics").unwrap();
+    }
+    batches
+}
+
+#[test]
+fn with_a_known_call_cost_tweets_of_different_lengths_leave_in_batches_of_their_own() {
+    let mut split = batches_of_mixed_lengths(true);
+    split.sort();
+    assert_eq!(split, vec![vec![0, 2, 4, 6], vec![1, 3, 5, 7]]);
+    let one = batches_of_mixed_lengths(false);
+    assert_eq!(one, vec![(0..8).collect::<Vec<_>>()], "without the split: one padded batch");
+}

@@ -112,7 +112,7 @@ impl<T> Batcher<T> {
     }
 
     /// Whether the waiting items make at least one full batch (count or token budget).
-    fn is_full(&self) -> bool {
+    pub fn is_full(&self) -> bool {
         let all_longest = self.waiting.iter().map(|w| w.len).max().unwrap_or(1);
         !self.fits(self.waiting.len(), all_longest)
             || self.waiting.len() >= self.limits.max_batch_size

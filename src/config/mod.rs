@@ -378,6 +378,16 @@ pub struct BatchConfig {
     /// (docs/performance.md).
     #[serde(default)]
     pub dispatch_when_idle: bool,
+    /// With `length_bucketing`: a batch closed by the clock is cut where one batch of it all
+    /// would pad more than a second call costs (the group of the oldest tweet in the cheapest
+    /// split of what waits), the call's cost measured from the model's own timings after ~32
+    /// batches. Off = the oldest tweet and its nearest lengths, as many as fit.
+    #[serde(default = "default_true")]
+    pub split_by_cost: bool,
+    /// The per-call cost of a model forward, in padded tokens, for `split_by_cost`, instead of
+    /// measuring it (e.g. where timings are noisy). Absent = measured.
+    #[serde(default)]
+    pub overhead_tokens: Option<u32>,
 }
 
 /// Message acceptance rules.

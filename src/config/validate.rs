@@ -161,6 +161,18 @@ impl Config {
         if self.batch.max_batch_tokens == 0 {
             return bad("batch.max_batch_tokens", "must be at least 1".into());
         }
+        if let Some(t) = self.batch.overhead_tokens {
+            if t as usize > self.batch.max_batch_tokens {
+                return bad(
+                    "batch.overhead_tokens",
+                    format!(
+                        "{t} is more than batch.max_batch_tokens ({}): a call would cost more \
+                         than a full batch; leave it out to measure it",
+                        self.batch.max_batch_tokens
+                    ),
+                );
+            }
+        }
         if !(1..=64).contains(&self.decode.threads) {
             return bad("decode.threads", "must be 1 to 64".into());
         }

@@ -128,6 +128,27 @@ impl BatchInferred<'_> {
     }
 }
 
+/// The batcher's per-call cost changed (measured by the model thread, or fixed by the config).
+pub struct BatchCostKnown {
+    pub overhead_tokens: f64,
+    /// First estimate (logged at info; later ones at debug).
+    pub first: bool,
+}
+
+impl BatchCostKnown {
+    pub fn emit(&self) {
+        gauge!("vaxpulse_batch_overhead_tokens").set(self.overhead_tokens);
+        if self.first {
+            tracing::info!(
+                overhead_tokens = self.overhead_tokens,
+                "batch cost known: batches closed by the clock are now split where padding costs more than a call"
+            );
+        } else {
+            tracing::debug!(overhead_tokens = self.overhead_tokens, "batch cost updated");
+        }
+    }
+}
+
 /// One batch delivered to a sink.
 pub struct BatchStored {
     pub sink: &'static str,

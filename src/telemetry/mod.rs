@@ -82,6 +82,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Offset commits accepted by the broker",
     ),
     (
+        "vaxpulse_batch_overhead_tokens",
+        "gauge",
+        "Per-call cost of a model forward in padded tokens, as the batcher splits by it (0 = not known yet)",
+    ),
+    (
         "vaxpulse_messages_in_flight",
         "gauge",
         "Messages taken in and not yet finished",
@@ -264,6 +269,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     gauge!("vaxpulse_consumer_paused").set(0.0);
     gauge!("vaxpulse_consumer_paused_partitions").set(0.0);
     gauge!("vaxpulse_messages_in_flight").set(0.0);
+    gauge!("vaxpulse_batch_overhead_tokens").set(0.0);
     for outcome in ["applied", "refused"] {
         counter!("vaxpulse_deployment_changes_total", "outcome" => outcome).absolute(0);
     }
