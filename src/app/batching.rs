@@ -215,7 +215,9 @@ pub(super) fn batcher_stage(
         }
         let now = Instant::now();
         let due = match &idle {
-            Some(i) => batcher.is_full() || (i.is_waiting() && tx.is_empty() && !batcher.is_empty()),
+            Some(i) => {
+                batcher.is_full() || (i.is_waiting() && tx.is_empty() && !batcher.is_empty())
+            }
             None => batcher.is_due(now),
         };
         let mut sel = Select::new();

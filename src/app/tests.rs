@@ -804,18 +804,25 @@ fn batches_of_mixed_lengths(split_by_cost: bool) -> Vec<Vec<i64>> {
             created_at: chrono::Utc::now(),
             lang: "fr".into(),
         };
-        inf.input.send(Work::new(tweet, tracker.track(0, o))).unwrap();
+        inf.input
+            .send(Work::new(tweet, tracker.track(0, o)))
+            .unwrap();
     }
     // Input stays open until all eight are out: closing it would flush them as one batch.
     let mut output = inf.output;
     let mut batches = Vec::new();
     while batches.iter().map(Vec::len).sum::<usize>() < 8 {
-        let b = output.blocking_recv().expect("the stage runs until input closes");
+        let b = output
+            .blocking_recv()
+            .expect("the stage runs until input closes");
         batches.push(b.rows.iter().map(|r| r.source_offset).collect::<Vec<_>>());
     }
     drop(inf.input);
     drop(inf.deployments);
-    assert!(output.blocking_recv().is_none(), "nothing more once all are out");
+    assert!(
+        output.blocking_recv().is_none(),
+        "nothing more once all are out"
+    );
     for t in inf.threads.into_iter().chain([inf.loader]) {
         t.join().expect("no stage panics").unwrap();
     }
@@ -828,5 +835,9 @@ fn with_a_known_call_cost_tweets_of_different_lengths_leave_in_batches_of_their_
     split.sort();
     assert_eq!(split, vec![vec![0, 2, 4, 6], vec![1, 3, 5, 7]]);
     let one = batches_of_mixed_lengths(false);
-    assert_eq!(one, vec![(0..8).collect::<Vec<_>>()], "without the split: one padded batch");
+    assert_eq!(
+        one,
+        vec![(0..8).collect::<Vec<_>>()],
+        "without the split: one padded batch"
+    );
 }

@@ -536,7 +536,10 @@ mod tests {
                     || (g.len() <= size
                         && g.len() * g.iter().map(|&i| lens[i]).max().unwrap() <= tokens)
             };
-            assert!(split.iter().all(fits), "case {case}: {split:?} breaks a limit");
+            assert!(
+                split.iter().all(fits),
+                "case {case}: {split:?} breaks a limit"
+            );
             let mut covered: Vec<usize> = split.iter().flatten().copied().collect();
             covered.sort_unstable();
             assert_eq!(covered, (0..n).collect::<Vec<_>>(), "case {case}");
@@ -546,7 +549,10 @@ mod tests {
                 .map(|p| cost_of(&p, &lens, overhead))
                 .fold(f64::INFINITY, f64::min);
             let got = cost_of(&split, &lens, overhead);
-            assert!((got - best).abs() < 1e-9, "case {case}: {got} vs best {best}, lens {lens:?}");
+            assert!(
+                (got - best).abs() < 1e-9,
+                "case {case}: {got} vs best {best}, lens {lens:?}"
+            );
             cut_somewhere += usize::from(split.len() > n.div_ceil(size));
         }
         // The cases are not all trivial: many were cut finer than the limits alone require.

@@ -381,8 +381,11 @@ pub struct BatchConfig {
     /// With `length_bucketing`: a batch closed by the clock is cut where one batch of it all
     /// would pad more than a second call costs (the group of the oldest tweet in the cheapest
     /// split of what waits), the call's cost measured from the model's own timings after ~32
-    /// batches. Off = the oldest tweet and its nearest lengths, as many as fit.
-    #[serde(default = "default_true")]
+    /// batches. Off = the oldest tweet and its nearest lengths, as many as fit. Off by
+    /// default: the cost counts only the model's forward, and measured here (demo model, 50 %
+    /// load) the batches fell from ~48 to ~5 tweets and the per-batch Kafka write became the
+    /// bottleneck (p99 658 vs 508 ms; docs/performance.md).
+    #[serde(default)]
     pub split_by_cost: bool,
     /// The per-call cost of a model forward, in padded tokens, for `split_by_cost`, instead of
     /// measuring it (e.g. where timings are noisy). Absent = measured.
