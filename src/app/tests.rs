@@ -815,7 +815,10 @@ fn batches_of_mixed_lengths(split_by_cost: bool) -> Vec<Vec<i64>> {
         let b = output
             .blocking_recv()
             .expect("the stage runs until input closes");
-        batches.push(b.rows.iter().map(|r| r.source_offset).collect::<Vec<_>>());
+        // Rows leave in length order within a batch; which tweets share one is what counts.
+        let mut offsets: Vec<i64> = b.rows.iter().map(|r| r.source_offset).collect();
+        offsets.sort_unstable();
+        batches.push(offsets);
     }
     drop(inf.input);
     drop(inf.deployments);
