@@ -732,23 +732,30 @@ fn a_deployment_takes_effect_between_batches_and_a_broken_one_is_refused() {
     assert!(refused.message.contains("checksum"), "{}", refused.message);
 }
 
+/// The real inference stages serving the configured model with a fake classifier, no
+/// observers: the stages, their offset tracker and the classifier's call count.
+fn started(cfg: &Config) -> (super::inference::Inference, Arc<OffsetTracker>, Calls) {
+    let start = deployment(cfg, &[]);
+    let (factory, calls) = fake_factory(0);
+    let tracker = Arc::new(OffsetTracker::new());
+    let active = load_active(cfg, &start, &factory, None).unwrap();
+    let inf = start_inference(
+        cfg,
+        active,
+        factory,
+        Some(tracker.clone()),
+        Observers::default(),
+    );
+    (inf, tracker, calls)
+}
+
 #[test]
 fn with_dispatch_when_idle_a_lone_tweet_leaves_at_once_whatever_max_wait() {
     let mut cfg = config();
     // An hour: if the batch waited for the clock, this test would time out.
     cfg.batch.max_wait_ms = 3_600_000;
     cfg.batch.dispatch_when_idle = true;
-    let start = deployment(&cfg, &[]);
-    let (factory, calls) = fake_factory(0);
-    let tracker = Arc::new(OffsetTracker::new());
-    let active = load_active(&cfg, &start, &factory, None).unwrap();
-    let inf = start_inference(
-        &cfg,
-        active,
-        factory,
-        Some(tracker.clone()),
-        Observers::default(),
-    );
+    let (inf, tracker, calls) = started(&cfg);
     let (seen_tx, seen_rx) = std::sync::mpsc::channel();
     let mut output = inf.output;
     let forward = std::thread::spawn(move || {
@@ -784,17 +791,7 @@ fn batches_of_mixed_lengths(split_by_cost: bool) -> Vec<Vec<i64>> {
     cfg.batch.split_by_cost = split_by_cost;
     // Fixed, so the test does not wait for 32 timed batches: one call costs one token.
     cfg.batch.overhead_tokens = Some(1);
-    let start = deployment(&cfg, &[]);
-    let (factory, _calls) = fake_factory(0);
-    let tracker = Arc::new(OffsetTracker::new());
-    let active = load_active(&cfg, &start, &factory, None).unwrap();
-    let inf = start_inference(
-        &cfg,
-        active,
-        factory,
-        Some(tracker.clone()),
-        Observers::default(),
-    );
+    let (inf, tracker, _calls) = started(&cfg);
     let long = "le vaccin arrive en pharmacie demain matin ".repeat(8);
     for o in 0..8 {
         let text = if o % 2 == 0 { "vaccin" } else { long.as_str() };
