@@ -43,10 +43,10 @@ COPY --from=build /src/target/release/vaxpulse /usr/local/bin/vaxpulse
 COPY config /config
 # The probe set every replica scores (monitor.probe_file).
 COPY data/probe_fr.jsonl /data/probe_fr.jsonl
-# MALLOC_ARENA_MAX=2: glibc's per-thread arenas (tokenizer, librdkafka, tokio and libtorch
-# threads) made RSS grow with the backlog: 565 -> 717 MiB from a 10 000- to a 200 000-tweet
-# backlog, 546 -> 634 MiB with 2 arenas, throughput unchanged (README, Performance).
-ENV LD_LIBRARY_PATH=/opt/torch/lib VAXPULSE_CONFIG=/config/compose.toml MALLOC_ARENA_MAX=2
+# The binary brings its own allocator for the whole process (jemalloc, src/alloc.rs): glibc's
+# arenas made RSS follow the backlog's length. Its options can be changed here with
+# MALLOC_CONF (jemalloc's variable) without a rebuild.
+ENV LD_LIBRARY_PATH=/opt/torch/lib VAXPULSE_CONFIG=/config/compose.toml
 # The model store is a volume (read-only is enough for the worker).
 VOLUME ["/models"]
 USER 65534

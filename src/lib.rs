@@ -16,7 +16,7 @@
 //!    ([`batch::offsets`]) and, in order, committed by the consumer thread.
 //!
 //! # Layers (a module imports only from the layers below it; `tests/module_graph.rs` checks)
-//! - ground floor: [`telemetry`], [`config`], [`output`], [`stats`], [`relevance`], [`kafka`] (client
+//! - ground floor: `alloc` (the process's allocator), [`telemetry`], [`config`], [`output`], [`stats`], [`relevance`], [`kafka`] (client
 //!   settings), [`batch`], [`tweet`], [`work`] (the types that flow through the pipeline);
 //! - stages and stores: [`model`], [`source`], [`sink`], [`deploy`], [`probe`],
 //!   [`synthetic`], [`produce`];
@@ -27,6 +27,7 @@
 //! The end-to-end bench, the fault-injection suite and the test kit are in the
 //! `vaxpulse-harness` crate, which is not part of the worker image.
 
+mod alloc;
 pub mod analytics;
 pub mod annotate;
 pub mod app;

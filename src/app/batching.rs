@@ -122,8 +122,9 @@ impl ModelIdle {
 /// per-call cost in padded tokens as f64 bits, NaN while unknown.
 pub(super) struct BatchCost {
     overhead_bits: AtomicU64,
-    /// The fit, `None` when the config fixes the cost (`batch.overhead_tokens`).
-    fit: Option<Mutex<CostFit>>,
+    /// The fit and the champion whose timings it holds, `None` when the config fixes the cost
+    /// (`batch.overhead_tokens`).
+    fit: Option<Mutex<(String, CostFit)>>,
 }
 
 impl BatchCost {
@@ -147,16 +148,25 @@ impl BatchCost {
             }
             None => BatchCost {
                 overhead_bits: AtomicU64::new(f64::NAN.to_bits()),
-                fit: Some(Mutex::new(CostFit::new())),
+                fit: Some(Mutex::new((String::new(), CostFit::new()))),
             },
         };
         Some(Arc::new(cost))
     }
 
-    /// The champion took `seconds` on a batch of `padded_tokens` (a no-op for a fixed cost).
-    pub(super) fn observe(&self, padded_tokens: usize, seconds: f64) {
+    /// The champion `model` took `seconds` on a batch of `padded_tokens` (a no-op for a fixed
+    /// cost). Another champion starts a new fit: a promoted model of another size has another
+    /// per-call cost, and the old one's timings would hide it for many batches.
+    pub(super) fn observe(&self, model: &str, padded_tokens: usize, seconds: f64) {
         let Some(fit) = &self.fit else { return };
-        let mut fit = fit.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = fit.lock().unwrap_or_else(PoisonError::into_inner);
+        let (fitted_for, fit) = &mut *guard;
+        if fitted_for != model {
+            *fitted_for = model.to_string();
+            *fit = CostFit::new();
+            self.overhead_bits
+                .store(f64::NAN.to_bits(), Ordering::Release);
+        }
         fit.observe(padded_tokens, seconds);
         let Some(now) = fit.overhead_tokens() else {
             return;

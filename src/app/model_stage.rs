@@ -36,16 +36,19 @@ pub struct Probes {
     pub interval: Option<Duration>,
 }
 
-/// Runs `model` on `padded`, retrying retriable failures with a short growing pause.
+/// Runs `model` on `padded`, retrying retriable failures with a short growing pause. Also
+/// returns the seconds of the forward that succeeded: the batcher's cost fit must not see
+/// failed attempts or the pauses between them.
 fn classify_with_retries(
     model: &Mutex<Box<dyn Classifier>>,
     padded: &PaddedBatch,
-) -> anyhow::Result<Vec<Vec<f32>>> {
+) -> anyhow::Result<(Vec<Vec<f32>>, f64)> {
     let mut model = model.lock().unwrap_or_else(PoisonError::into_inner);
     let mut attempt = 1;
     loop {
+        let started = Instant::now();
         match model.classify(padded) {
-            Ok(p) => return Ok(p),
+            Ok(p) => return Ok((p, started.elapsed().as_secs_f64())),
             Err(e) if e.is_retriable() && attempt < INFERENCE_ATTEMPTS => {
                 tracing::warn!(error = %e, attempt, "inference failed; retrying");
                 std::thread::sleep(Duration::from_millis(100 * attempt));
@@ -276,12 +279,12 @@ impl ModelStage {
             champion.manifest.pad_id,
         );
         let started = Instant::now();
-        let probs = classify_with_retries(&champion.model, &padded)?;
+        let (probs, forward_seconds) = classify_with_retries(&champion.model, &padded)?;
         let seconds = started.elapsed().as_secs_f64();
-        if let Some(cost) = &self.cost {
-            cost.observe(padded.padded_tokens(), seconds);
-        }
         let version = champion.id.version_label();
+        if let Some(cost) = &self.cost {
+            cost.observe(&version, padded.padded_tokens(), forward_seconds);
+        }
         BatchInferred {
             model: &version,
             role: Role::Champion.as_str(),

@@ -841,3 +841,27 @@ fn with_a_known_call_cost_tweets_of_different_lengths_leave_in_batches_of_their_
         "without the split: one padded batch"
     );
 }
+
+#[test]
+fn a_new_champion_starts_its_own_cost_fit() {
+    let mut cfg = config();
+    cfg.batch.split_by_cost = true;
+    cfg.batch.overhead_tokens = None;
+    let cost = super::batching::BatchCost::from_config(&cfg.batch).expect("split on: a cost");
+    // 2 ms a call + 10 µs a token: a call costs 200 tokens.
+    let timed = |model: &str, per_call: f64, batches: u64| {
+        for i in 0..batches {
+            let tokens = 100 + (i * 37 % 40) as usize * 50;
+            cost.observe(model, tokens, per_call + 1e-5 * tokens as f64);
+        }
+    };
+    timed("a@1", 0.002, 200);
+    let a = cost.overhead_tokens().expect("a fit for a@1");
+    assert!((a - 200.0).abs() < 1.0, "{a}");
+    // A champion with a 20 ms call: the old fit is dropped, not averaged into the new one.
+    timed("b@1", 0.020, 1);
+    assert_eq!(cost.overhead_tokens(), None, "b@1 has no fit of its own yet");
+    timed("b@1", 0.020, 199);
+    let b = cost.overhead_tokens().expect("a fit for b@1");
+    assert!((b - 2000.0).abs() < 10.0, "{b}");
+}
