@@ -860,7 +860,11 @@ fn a_new_champion_starts_its_own_cost_fit() {
     assert!((a - 200.0).abs() < 1.0, "{a}");
     // A champion with a 20 ms call: the old fit is dropped, not averaged into the new one.
     timed("b@1", 0.020, 1);
-    assert_eq!(cost.overhead_tokens(), None, "b@1 has no fit of its own yet");
+    assert_eq!(
+        cost.overhead_tokens(),
+        None,
+        "b@1 has no fit of its own yet"
+    );
     timed("b@1", 0.020, 199);
     let b = cost.overhead_tokens().expect("a fit for b@1");
     assert!((b - 2000.0).abs() < 10.0, "{b}");
