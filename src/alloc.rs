@@ -13,6 +13,8 @@
 //! Guarantees: one allocator for the whole process (no pointer is freed by another allocator
 //! than the one that made it); the defaults below can be changed at start-up without a rebuild
 //! through jemalloc's own `MALLOC_CONF` variable (e.g. `MALLOC_CONF=dirty_decay_ms:10000`).
+//! [`memory`] tells the live heap from what the process holds, so a leak (the heap grows) can
+//! be told from retention (only the resident memory grows).
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[global_allocator]
@@ -26,3 +28,46 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[no_mangle]
 pub static malloc_conf: &[u8; 60] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
+/// What the process holds, in bytes: `resident` (RSS, from `/proc/self/status`) and
+/// `allocated` (live allocations, as jemalloc counts them); `None` for what this platform
+/// cannot tell.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    pub resident: Option<u64>,
+    pub allocated: Option<u64>,
+}
+
+/// Reads [`Memory`] now (cheap: one small file and one counter; done at each scrape).
+pub fn memory() -> Memory {
+    Memory {
+        resident: resident_bytes(),
+        allocated: allocated_bytes(),
+    }
+}
+
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn allocated_bytes() -> Option<u64> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    // jemalloc's statistics are a snapshot refreshed by advancing the epoch.
+    epoch::advance().ok()?;
+    stats::allocated::read().ok().map(|b| b as u64)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn allocated_bytes() -> Option<u64> {
+    None
+}

@@ -27,7 +27,7 @@
 //! The end-to-end bench, the fault-injection suite and the test kit are in the
 //! `vaxpulse-harness` crate, which is not part of the worker image.
 
-mod alloc;
+pub mod alloc;
 pub mod analytics;
 pub mod annotate;
 pub mod app;

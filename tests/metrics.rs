@@ -137,6 +137,24 @@ async fn metrics_of_a_running_worker_pass_promtool_and_carry_lag_and_model_versi
                 && l.ends_with(" 1")),
         "the deployed version is exported:\n{text}"
     );
+    // The worker's memory, as the scrape read it: a live heap, inside what the process holds
+    // (libtorch alone maps ~200 MiB), so a leak and mere retention can be told apart.
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} sample:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (resident, allocated) = (
+        value("vaxpulse_memory_resident_bytes"),
+        value("vaxpulse_memory_allocated_bytes"),
+    );
+    assert!(
+        allocated > 1e6 && allocated < resident && resident > 100e6,
+        "heap {allocated} B, resident {resident} B"
+    );
     let clean = tokio::task::block_in_place(|| fleet.sigterm(0, Duration::from_secs(60)));
     assert!(clean, "worker stops cleanly (log: {})", log.display());
     let _ = std::fs::remove_dir_all(&logs);

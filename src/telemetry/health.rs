@@ -158,6 +158,13 @@ pub async fn serve(
                 // Readiness as a metric too, read at scrape time: dashboards count ready
                 // replicas and alerts fire on a replica not ready for minutes.
                 gauge!("vaxpulse_ready").set(f64::from(u8::from(scraped.ready())));
+                let memory = crate::alloc::memory();
+                if let Some(b) = memory.resident {
+                    gauge!("vaxpulse_memory_resident_bytes").set(b as f64);
+                }
+                if let Some(b) = memory.allocated {
+                    gauge!("vaxpulse_memory_allocated_bytes").set(b as f64);
+                }
                 let text = metrics.render();
                 async move { ([("content-type", "text/plain; version=0.0.4")], text) }
             }),

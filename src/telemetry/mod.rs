@@ -206,6 +206,16 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "gauge",
         "1 while /health/ready answers ready (consuming, sinks healthy), read at scrape time",
     ),
+    (
+        "vaxpulse_memory_resident_bytes",
+        "gauge",
+        "Resident memory of the process (RSS), read at scrape time",
+    ),
+    (
+        "vaxpulse_memory_allocated_bytes",
+        "gauge",
+        "Live heap allocations of the whole process as jemalloc counts them, read at scrape time: grows on a leak, where only the resident memory grows on retention",
+    ),
 ];
 
 fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
