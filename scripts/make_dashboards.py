@@ -125,6 +125,11 @@ operations = dashboard("vaxpulse-operations", "vaxpulse — operations", [
     prom("Deletes (tweets/s)", [
         ("sum(rate(vaxpulse_tweets_deleted_total[5m]))", "deleted"),
     ], unit="ops"),
+    # Flat over weeks when healthy; the heap rising with RSS is a leak, RSS alone is retention.
+    prom("Memory per replica (resident vs live heap)", [
+        ("max by (instance) (vaxpulse_memory_resident_bytes)", "resident {{instance}}"),
+        ("max by (instance) (vaxpulse_memory_allocated_bytes)", "heap {{instance}}"),
+    ], unit="bytes"),
 ])
 
 opinion = dashboard("vaxpulse-opinion", "vaxpulse — opinion and stability", [
