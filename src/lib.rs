@@ -16,8 +16,9 @@
 //!    ([`batch::offsets`]) and, in order, committed by the consumer thread.
 //!
 //! # Layers (a module imports only from the layers below it; `tests/module_graph.rs` checks)
-//! - ground floor: `alloc` (the process's allocator), [`telemetry`], [`config`], [`output`], [`stats`], [`relevance`], [`kafka`] (client
-//!   settings), [`batch`], [`tweet`], [`work`] (the types that flow through the pipeline);
+//! - ground floor: [`alloc`] (the process's allocator), [`telemetry`], [`config`], [`output`],
+//!   [`stats`], [`relevance`], [`kafka`] (client settings), [`batch`], [`tweet`], [`work`] (the
+//!   types that flow through the pipeline);
 //! - stages and stores: [`model`], [`source`], [`sink`], [`deploy`], [`probe`],
 //!   [`synthetic`], [`produce`];
 //! - wiring and readers: [`app`] (one file per stage), [`analytics`] (what analysts read),
