@@ -47,13 +47,16 @@ pub fn memory() -> Memory {
 }
 
 fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    vm_rss_bytes(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// The `VmRSS` of a `/proc/PID/status` text, in bytes (the bench reads its workers' with it).
+pub fn vm_rss_bytes(status: &str) -> Option<u64> {
     let kib: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
+        .split_whitespace()
+        .next()?
         .parse()
         .ok()?;
     Some(kib * 1024)
@@ -70,4 +73,30 @@ fn allocated_bytes() -> Option<u64> {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn allocated_bytes() -> Option<u64> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vm_rss_is_read_from_a_proc_status_text() {
+        let status =
+            "Name:\tvaxpulse\nVmPeak:\t 3055496 kB\nVmRSS:\t  476028 kB\nRssAnon:\t  250888 kB\n";
+        assert_eq!(super::vm_rss_bytes(status), Some(476_028 * 1024));
+        assert_eq!(
+            super::vm_rss_bytes("Name:\tkthreadd\n"),
+            None,
+            "kernel threads have none"
+        );
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn this_process_reports_what_it_holds() {
+        let m = super::memory();
+        let (resident, allocated) = (m.resident.expect("RSS"), m.allocated.expect("heap"));
+        assert!(
+            allocated > 0 && allocated < resident,
+            "{allocated} / {resident}"
+        );
+    }
 }

@@ -133,12 +133,7 @@ fn sigterm(child: &Child) {
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    vaxpulse::alloc::vm_rss_bytes(&s).map(|b| b / 1024)
 }
 
 /// `Some(true)` on HTTP 200 from `/health/ready`, `Some(false)` on another status, `None` when
