@@ -389,7 +389,7 @@ pub struct BatchConfig {
     pub split_by_cost: bool,
     /// The per-call cost of a model forward, in padded tokens, for `split_by_cost`, instead of
     /// measuring it (e.g. where timings are noisy). Absent = measured.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "number_or_text")]
     pub overhead_tokens: Option<u32>,
 }
 
@@ -730,6 +730,29 @@ fn default_half_parity_max_abs_diff() -> f32 {
 fn default_true() -> bool {
     true
 }
+
+/// An optional number, also read from text: a key without a default has no type to read an
+/// environment override by, so `VAXPULSE_BATCH_OVERHEAD_TOKENS=512` arrives as a string.
+fn number_or_text<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText<T> {
+        Number(T),
+        Text(String),
+    }
+    match Option::<NumberOrText<T>>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumberOrText::Number(n)) => Ok(Some(n)),
+        Some(NumberOrText::Text(s)) => s.trim().parse().map(Some).map_err(|e| {
+            serde::de::Error::custom(format!("`{s}` is not a valid number here ({e})"))
+        }),
+    }
+}
 fn default_max_batch_size() -> usize {
     64
 }
@@ -1056,6 +1079,32 @@ mod tests {
         assert_eq!(c.model.half_parity_max_abs_diff, 1.0);
         assert_eq!(c.decode.langs, vec!["fr", "en"]);
         assert_eq!(c.kafka.properties["security.protocol"], "SSL");
+    }
+
+    #[test]
+    fn an_optional_number_without_a_default_takes_an_env_override() {
+        let c =
+            Config::from_toml_with_env("", "t", env(&[("VAXPULSE_BATCH_OVERHEAD_TOKENS", "1024")]))
+                .unwrap();
+        assert_eq!(c.batch.overhead_tokens, Some(1024));
+        let c =
+            Config::from_toml_with_env("[batch]\noverhead_tokens = 7\n", "t", env(&[])).unwrap();
+        assert_eq!(c.batch.overhead_tokens, Some(7));
+        assert_eq!(
+            Config::from_toml_with_env("", "t", env(&[]))
+                .unwrap()
+                .batch
+                .overhead_tokens,
+            None
+        );
+        let err =
+            Config::from_toml_with_env("", "t", env(&[("VAXPULSE_BATCH_OVERHEAD_TOKENS", "lots")]))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("overhead_tokens") && err.contains("lots"),
+            "{err}"
+        );
     }
 
     #[test]
