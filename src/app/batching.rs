@@ -6,18 +6,15 @@
 //! model thread has capacity 1), and it is chosen when that room opens, from all that waits
 //! then; at the end of input every waiting tweet is flushed in a batch.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Select, Sender};
 
 use super::inference::Encoded;
-use crate::batch::cost::CostFit;
 use crate::batch::{Batcher, Limits};
-use crate::config::BatchConfig;
 use crate::model::tokenizer::TweetTokenizer;
-use crate::telemetry::BatchCostKnown;
 use crate::work::Work;
 
 /// Tweets per `encode_batch` call: large enough to amortise its parallel dispatch, small enough
@@ -117,79 +114,6 @@ impl ModelIdle {
     }
 }
 
-/// What a batch costs, shared by the model thread (which times the champion's forwards) and
-/// the batcher (which splits batches closed by the clock by it, `batch.split_by_cost`): the
-/// per-call cost in padded tokens as f64 bits, NaN while unknown.
-pub(super) struct BatchCost {
-    overhead_bits: AtomicU64,
-    /// The fit and the champion whose timings it holds, `None` when the config fixes the cost
-    /// (`batch.overhead_tokens`).
-    fit: Option<Mutex<(String, CostFit)>>,
-}
-
-impl BatchCost {
-    /// From the config: a fixed cost, measured, or `None` when batches are not split by cost.
-    pub(super) fn from_config(c: &BatchConfig) -> Option<Arc<Self>> {
-        if !c.split_by_cost || !c.length_bucketing {
-            return None;
-        }
-        let cost = match c.overhead_tokens {
-            Some(t) => {
-                let t = f64::from(t);
-                BatchCostKnown {
-                    overhead_tokens: t,
-                    first: true,
-                }
-                .emit();
-                BatchCost {
-                    overhead_bits: AtomicU64::new(t.to_bits()),
-                    fit: None,
-                }
-            }
-            None => BatchCost {
-                overhead_bits: AtomicU64::new(f64::NAN.to_bits()),
-                fit: Some(Mutex::new((String::new(), CostFit::new()))),
-            },
-        };
-        Some(Arc::new(cost))
-    }
-
-    /// The champion `model` took `seconds` on a batch of `padded_tokens` (a no-op for a fixed
-    /// cost). Another champion starts a new fit: a promoted model of another size has another
-    /// per-call cost, and the old one's timings would hide it for many batches.
-    pub(super) fn observe(&self, model: &str, padded_tokens: usize, seconds: f64) {
-        let Some(fit) = &self.fit else { return };
-        let mut guard = fit.lock().unwrap_or_else(PoisonError::into_inner);
-        let (fitted_for, fit) = &mut *guard;
-        if fitted_for != model {
-            *fitted_for = model.to_string();
-            *fit = CostFit::new();
-            self.overhead_bits
-                .store(f64::NAN.to_bits(), Ordering::Release);
-        }
-        fit.observe(padded_tokens, seconds);
-        let Some(now) = fit.overhead_tokens() else {
-            return;
-        };
-        let before = self.overhead_tokens();
-        // Telemetry when it moves by a tenth (or a token), not at every batch.
-        let moved = before.is_none_or(|b| (now - b).abs() >= (0.1 * b).max(1.0));
-        self.overhead_bits.store(now.to_bits(), Ordering::Release);
-        if moved {
-            BatchCostKnown {
-                overhead_tokens: now,
-                first: before.is_none(),
-            }
-            .emit();
-        }
-    }
-
-    pub(super) fn overhead_tokens(&self) -> Option<f64> {
-        let t = f64::from_bits(self.overhead_bits.load(Ordering::Acquire));
-        (!t.is_nan()).then_some(t)
-    }
-}
-
 /// Groups encoded tweets into batches. A batch is chosen only when the model stage can take
 /// it (the channel has room), from everything that waits then — not when it falls due and then
 /// held while the model runs, which would leave out what arrived meanwhile. A full batch goes
@@ -197,13 +121,11 @@ impl BatchCost {
 /// moment the model thread waits for work and no batch is queued — so a batch holds what
 /// arrived while the model ran the previous one, larger under load, smaller when quiet — and
 /// the clock plays no part; without it, a batch is due when its oldest tweet has waited
-/// `max_wait`, and is then cut by `cost` (`batch.split_by_cost`) where padding it as one
-/// costs more than a second call. The window is bounded (eight full batches): past it, input
-/// waits in the tokenizers' channel.
+/// `max_wait`. The window is bounded (eight full batches): past it, input waits in the
+/// tokenizers' channel.
 pub(super) fn batcher_stage(
     limits: Limits,
     idle: Option<ModelIdle>,
-    cost: Option<Arc<BatchCost>>,
     rx: Receiver<Vec<Encoded>>,
     tx: Sender<Vec<Encoded>>,
 ) -> anyhow::Result<()> {
@@ -219,9 +141,6 @@ pub(super) fn batcher_stage(
                 Ok(items) => push_all(&mut batcher, items.into_iter()),
                 Err(_) => break,
             }
-        }
-        if let Some(c) = &cost {
-            batcher.set_overhead_tokens(c.overhead_tokens());
         }
         let now = Instant::now();
         let due = match &idle {

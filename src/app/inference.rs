@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Sender};
 
 use super::batching::{
-    batcher_stage, tokenizer_stage, BatchCost, ModelIdle, SharedTokenizer, TOKENIZER_CHUNK,
+    batcher_stage, tokenizer_stage, ModelIdle, SharedTokenizer, TOKENIZER_CHUNK,
 };
 use super::loader::{loader_stage, Active, EventSender, ReplicaInfo};
 use super::model_stage::{shadow_stage, ModelStage, Probes, ShadowJob};
@@ -117,10 +117,8 @@ pub fn start_inference(
     drop((work_rx, enc_tx));
     let idle = cfg.batch.dispatch_when_idle.then(ModelIdle::new);
     let model_idle = idle.clone();
-    let cost = BatchCost::from_config(&cfg.batch);
-    let batch_cost = cost.clone();
     threads.push(spawn("vaxpulse-batch", move || {
-        batcher_stage(limits, idle, batch_cost, enc_rx, batch_tx)
+        batcher_stage(limits, idle, enc_rx, batch_tx)
     }));
     for i in 0..cfg.pipeline.shadow_threads {
         let (rx, tx, n) = (
@@ -142,7 +140,7 @@ pub fn start_inference(
         shadow_tx,
         probes,
         idle: model_idle,
-        cost,
+        cost: super::forwards::ForwardCost::from_config(&cfg.batch),
     };
     let (first, threads_n) = (active.clone(), cfg.model.intra_op_threads);
     threads.push(spawn("vaxpulse-model", move || {

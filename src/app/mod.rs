@@ -16,6 +16,7 @@
 
 pub mod acks;
 mod batching;
+mod forwards;
 pub mod inference;
 pub mod loader;
 mod model_stage;

@@ -2,7 +2,7 @@
 //! exactly one deployment, and its result rows are built here.
 //!
 //! Guarantees: a new deployment is swapped in between batches, only after the loader checked
-//! and warmed it up; shadows score the champion's very padded batch when their tokenizer is the
+//! and warmed it up; shadows score the champion's very forwards when their tokenizer is the
 //! same, on their own threads, and a busy or failing shadow is skipped and counted — it never
 //! delays the champion or its offsets; work of partitions this replica no longer owns is
 //! dropped before inference and handed back to the offset tracker unfinished, so the next owner
@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::batching::SharedTokenizer;
+use super::forwards::{forwards, ForwardCost};
 use super::inference::Encoded;
 use super::loader::{deployment_event, Active, EventSender, ReplicaInfo};
 use crate::batch::offsets::OffsetTracker;
@@ -116,8 +117,8 @@ pub(super) fn results(
 pub(super) struct ShadowJob {
     pub(super) model: Arc<LoadedModel>,
     pub(super) epoch: u64,
-    /// The champion's padded batch, when the shadow's tokenizer is the champion's.
-    pub(super) padded: Option<Arc<PaddedBatch>>,
+    /// The champion's forwards, when the shadow's tokenizer is the champion's.
+    pub(super) padded: Option<Arc<Vec<PaddedBatch>>>,
     pub(super) rows: Arc<Vec<RowMeta>>,
 }
 
@@ -131,8 +132,8 @@ pub(super) struct ModelStage {
     pub(super) probes: Option<Probes>,
     /// Tells the batcher when this thread waits for a batch (`batch.dispatch_when_idle`).
     pub(super) idle: Option<super::batching::ModelIdle>,
-    /// Where the champion's timings go for the batcher's split (`batch.split_by_cost`).
-    pub(super) cost: Option<Arc<super::batching::BatchCost>>,
+    /// What a forward costs, to cut batches by (`batch.split_by_cost`).
+    pub(super) cost: Option<ForwardCost>,
 }
 
 impl ModelStage {
@@ -170,7 +171,7 @@ impl ModelStage {
     }
 
     pub(super) fn run(
-        self,
+        mut self,
         mut active: Arc<Active>,
         swaps: Receiver<Arc<Active>>,
         rx: Receiver<Vec<Encoded>>,
@@ -241,7 +242,7 @@ impl ModelStage {
 
     /// Scores `batch` with the champion and hands it to the shadows (delete notices pass
     /// through unscored); false once the sinks are gone.
-    fn score(&self, active: &Active, batch: Vec<Encoded>) -> anyhow::Result<bool> {
+    fn score(&mut self, active: &Active, batch: Vec<Encoded>) -> anyhow::Result<bool> {
         let (deletes, mut batch): (Vec<Encoded>, Vec<Encoded>) =
             batch.into_iter().partition(|e| e.work.delete);
         let mut deleted = Vec::with_capacity(deletes.len());
@@ -274,24 +275,26 @@ impl ModelStage {
                 batch[i].ids = ids;
             }
         }
-        let padded = PaddedBatch::new(
-            batch.iter().map(|e| e.ids.as_slice()),
-            champion.manifest.pad_id,
-        );
-        let started = Instant::now();
-        let (probs, forward_seconds) = classify_with_retries(&champion.model, &padded)?;
-        let seconds = started.elapsed().as_secs_f64();
+        let overhead = self.cost.as_ref().and_then(ForwardCost::overhead_tokens);
+        let padded = forwards(&mut batch, overhead, champion.manifest.pad_id);
         let version = champion.id.version_label();
-        if let Some(cost) = &self.cost {
-            cost.observe(&version, padded.padded_tokens(), forward_seconds);
+        let started = Instant::now();
+        let mut probs = Vec::with_capacity(batch.len());
+        for f in &padded {
+            let (p, forward_seconds) = classify_with_retries(&champion.model, f)?;
+            if let Some(cost) = &mut self.cost {
+                cost.observe(&version, f.padded_tokens(), forward_seconds);
+            }
+            probs.extend(p);
         }
         BatchInferred {
             model: &version,
             role: Role::Champion.as_str(),
-            rows: padded.rows,
+            rows: batch.len(),
+            forwards: padded.len(),
             real_tokens: batch.iter().map(|e| e.ids.len()).sum(),
-            padded_tokens: padded.padded_tokens(),
-            seconds,
+            padded_tokens: padded.iter().map(PaddedBatch::padded_tokens).sum(),
+            seconds: started.elapsed().as_secs_f64(),
         }
         .emit();
         let mut acks = Vec::with_capacity(batch.len());
@@ -376,10 +379,10 @@ pub(super) fn shadow_stage(
             None => {
                 let texts: Vec<&str> = job.rows.iter().map(|r| r.text.as_str()).collect();
                 match job.model.tokenizer.encode_batch(&texts) {
-                    Ok(ids) => Arc::new(PaddedBatch::new(
+                    Ok(ids) => Arc::new(vec![PaddedBatch::new(
                         ids.iter().map(Vec::as_slice),
                         job.model.manifest.pad_id,
-                    )),
+                    )]),
                     Err(e) => {
                         skipped("failed", &e);
                         continue;
@@ -388,12 +391,17 @@ pub(super) fn shadow_stage(
             }
         };
         let started = Instant::now();
-        let probs = job
-            .model
-            .model
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .classify(&padded);
+        let probs: Result<Vec<Vec<f32>>, crate::model::ModelError> = {
+            let mut model = job
+                .model
+                .model
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            padded.iter().try_fold(Vec::new(), |mut all, f| {
+                all.extend(model.classify(f)?);
+                Ok(all)
+            })
+        };
         let probs = match probs {
             Ok(p) => p,
             Err(e) => {
@@ -404,9 +412,13 @@ pub(super) fn shadow_stage(
         BatchInferred {
             model: &version,
             role: Role::Shadow.as_str(),
-            rows: padded.rows,
-            real_tokens: padded.mask.iter().filter(|&&m| m == 1).count(),
-            padded_tokens: padded.padded_tokens(),
+            rows: job.rows.len(),
+            forwards: padded.len(),
+            real_tokens: padded
+                .iter()
+                .map(|f| f.mask.iter().filter(|&&m| m == 1).count())
+                .sum(),
+            padded_tokens: padded.iter().map(PaddedBatch::padded_tokens).sum(),
             seconds: started.elapsed().as_secs_f64(),
         }
         .emit();

@@ -782,16 +782,17 @@ fn with_dispatch_when_idle_a_lone_tweet_leaves_at_once_whatever_max_wait() {
     assert_eq!(calls.lock().unwrap().len(), 5, "one batch per tweet");
 }
 
-/// The batches (tweet offsets each) the stage makes of four short and four long tweets that
-/// arrive together and wait for the clock.
-fn batches_of_mixed_lengths(split_by_cost: bool) -> Vec<Vec<i64>> {
+/// The batches (tweet offsets each) the stage sends downstream and the forwards (rows, padded
+/// length each) the model ran for four short and four long tweets that arrive together and
+/// wait for the clock.
+fn forwards_of_mixed_lengths(split_by_cost: bool) -> (Vec<Vec<i64>>, Vec<(usize, usize)>) {
     let mut cfg = config();
     // Long enough that all eight are waiting when the oldest expires, on any machine.
     cfg.batch.max_wait_ms = 2_000;
     cfg.batch.split_by_cost = split_by_cost;
-    // Fixed, so the test does not wait for 32 timed batches: one call costs one token.
+    // Fixed, so the test does not wait for 32 timed forwards: one call costs one token.
     cfg.batch.overhead_tokens = Some(1);
-    let (inf, tracker, _calls) = started(&cfg);
+    let (inf, tracker, calls) = started(&cfg);
     let long = "le vaccin arrive en pharmacie demain matin ".repeat(8);
     for o in 0..8 {
         let text = if o % 2 == 0 { "vaccin" } else { long.as_str() };
@@ -812,7 +813,6 @@ fn batches_of_mixed_lengths(split_by_cost: bool) -> Vec<Vec<i64>> {
         let b = output
             .blocking_recv()
             .expect("the stage runs until input closes");
-        // Rows leave in length order within a batch; which tweets share one is what counts.
         let mut offsets: Vec<i64> = b.rows.iter().map(|r| r.source_offset).collect();
         offsets.sort_unstable();
         batches.push(offsets);
@@ -826,19 +826,32 @@ fn batches_of_mixed_lengths(split_by_cost: bool) -> Vec<Vec<i64>> {
     for t in inf.threads.into_iter().chain([inf.loader]) {
         t.join().expect("no stage panics").unwrap();
     }
-    batches
+    let forwards = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, rows, ids)| (*rows, ids.len() / rows))
+        .collect();
+    (batches, forwards)
 }
 
 #[test]
-fn with_a_known_call_cost_tweets_of_different_lengths_leave_in_batches_of_their_own() {
-    let mut split = batches_of_mixed_lengths(true);
-    split.sort();
-    assert_eq!(split, vec![vec![0, 2, 4, 6], vec![1, 3, 5, 7]]);
-    let one = batches_of_mixed_lengths(false);
+fn with_a_known_call_cost_a_batch_of_mixed_lengths_runs_as_a_forward_per_length() {
+    let all: Vec<i64> = (0..8).collect();
+    let (batches, forwards) = forwards_of_mixed_lengths(true);
+    assert_eq!(batches, vec![all.clone()], "still one batch downstream");
+    assert_eq!(forwards.len(), 2, "{forwards:?}");
+    assert_eq!((forwards[0].0, forwards[1].0), (4, 4), "{forwards:?}");
+    assert!(
+        forwards[0].1 < forwards[1].1,
+        "short ones first: {forwards:?}"
+    );
+    let (batches, one) = forwards_of_mixed_lengths(false);
+    assert_eq!(batches, vec![all]);
     assert_eq!(
         one,
-        vec![(0..8).collect::<Vec<_>>()],
-        "without the split: one padded batch"
+        vec![(8, forwards[1].1)],
+        "without the split: one padded forward"
     );
 }
 
@@ -847,25 +860,25 @@ fn a_new_champion_starts_its_own_cost_fit() {
     let mut cfg = config();
     cfg.batch.split_by_cost = true;
     cfg.batch.overhead_tokens = None;
-    let cost = super::batching::BatchCost::from_config(&cfg.batch).expect("split on: a cost");
+    let mut cost = super::forwards::ForwardCost::from_config(&cfg.batch).expect("split on: a cost");
     // 2 ms a call + 10 µs a token: a call costs 200 tokens.
-    let timed = |model: &str, per_call: f64, batches: u64| {
-        for i in 0..batches {
+    fn timed(cost: &mut super::forwards::ForwardCost, model: &str, per_call: f64, n: u64) {
+        for i in 0..n {
             let tokens = 100 + (i * 37 % 40) as usize * 50;
             cost.observe(model, tokens, per_call + 1e-5 * tokens as f64);
         }
-    };
-    timed("a@1", 0.002, 200);
+    }
+    timed(&mut cost, "a@1", 0.002, 200);
     let a = cost.overhead_tokens().expect("a fit for a@1");
     assert!((a - 200.0).abs() < 1.0, "{a}");
     // A champion with a 20 ms call: the old fit is dropped, not averaged into the new one.
-    timed("b@1", 0.020, 1);
+    timed(&mut cost, "b@1", 0.020, 1);
     assert_eq!(
         cost.overhead_tokens(),
         None,
         "b@1 has no fit of its own yet"
     );
-    timed("b@1", 0.020, 199);
+    timed(&mut cost, "b@1", 0.020, 199);
     let b = cost.overhead_tokens().expect("a fit for b@1");
     assert!((b - 2000.0).abs() < 10.0, "{b}");
 }

@@ -1,12 +1,14 @@
-//! What a batch costs, as the model thread measures it: a least-squares fit of
-//! `seconds = per_call + per_token × padded tokens` over the recent batches, weighted to forget
-//! (about the last 64 batches count). It knows nothing of the model; it gives the batcher one
-//! number, the per-call cost in tokens, which is what decides whether splitting a batch by
-//! length pays: on a CPU a call costs a few tokens' worth, on a GPU thousands.
+//! What a forward costs, as the model thread measures it, and the cheapest way to cut a batch
+//! into forwards. The fit: least squares of `seconds = per_call + per_token × padded tokens`
+//! over the recent forwards, weighted to forget (about the last 64 count); it gives one number,
+//! the per-call cost in tokens, which is what decides whether running a batch as several
+//! forwards of similar lengths pays: on a CPU a call costs a few tokens' worth, on a GPU
+//! thousands. [`cheapest_runs`] makes that cut. Neither knows anything of the model.
 //!
-//! Guarantees: no estimate before [`MIN_BATCHES`] batches, nor while the recent batches all had
+//! Guarantees: no estimate before [`MIN_BATCHES`] forwards, nor while the recent ones all had
 //! about the same size, nor while time does not follow the tokens (the fit cannot tell a call
-//! from its tokens then; the last estimate stays); an estimate is finite and ≥ 0.
+//! from its tokens then; the last estimate stays); an estimate is finite and ≥ 0. The cut is
+//! the cheapest of all ways to group the rows, and one forward when none is cheaper.
 
 /// Batches observed before the first estimate.
 pub const MIN_BATCHES: u64 = 32;
@@ -38,7 +40,7 @@ impl CostFit {
         Self::default()
     }
 
-    /// One batch of `padded_tokens` took `seconds` in the model.
+    /// One forward of `padded_tokens` took `seconds` in the model.
     pub fn observe(&mut self, padded_tokens: usize, seconds: f64) {
         if !seconds.is_finite() || seconds < 0.0 || padded_tokens == 0 {
             return;
@@ -81,9 +83,110 @@ impl CostFit {
     }
 }
 
+/// Where to cut rows sorted by length (`lens`, ascending) into forwards so that the sum of
+/// `overhead + rows × longest` over them is least: the runs `(start, end)`, in order, covering
+/// every row (none for no rows). Some cheapest grouping of rows is made of runs of the sorted
+/// order (swapping a short row of a long group for a long row of a short one never raises
+/// either's longest), so one pass over the runs finds it; O(rows²).
+pub fn cheapest_runs(lens: &[usize], overhead: f64) -> Vec<(usize, usize)> {
+    debug_assert!(lens.windows(2).all(|w| w[0] <= w[1]), "lens must be sorted");
+    let n = lens.len();
+    // best[i]: cheapest cost of the first i rows; cut[i]: where its last forward starts.
+    let mut best = vec![f64::INFINITY; n + 1];
+    let mut cut = vec![0usize; n + 1];
+    best[0] = 0.0;
+    for end in 1..=n {
+        let longest = lens[end - 1];
+        for start in 0..end {
+            let c = best[start] + overhead + ((end - start) * longest) as f64;
+            if c < best[end] {
+                best[end] = c;
+                cut[end] = start;
+            }
+        }
+    }
+    let mut runs = Vec::new();
+    let mut end = n;
+    while end > 0 {
+        runs.push((cut[end], end));
+        end = cut[end];
+    }
+    runs.reverse();
+    runs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cost_of(groups: &[Vec<usize>], lens: &[usize], overhead: f64) -> f64 {
+        groups
+            .iter()
+            .map(|g| overhead + (g.len() * g.iter().map(|&i| lens[i]).max().unwrap()) as f64)
+            .sum()
+    }
+
+    #[test]
+    fn a_batch_is_cut_where_padding_costs_more_than_a_call() {
+        let lens = [10, 11, 12, 98, 100];
+        // A call costs 20 tokens: 3 short rows padded to 100 would cost 264 tokens more.
+        assert_eq!(cheapest_runs(&lens, 20.0), vec![(0, 3), (3, 5)]);
+        // A call costs more than any padding here (a GPU): one forward.
+        assert_eq!(cheapest_runs(&lens, 1e5), vec![(0, 5)]);
+        // Free calls: one forward per distinct length, never a split of equal lengths.
+        assert_eq!(cheapest_runs(&[5, 5, 5, 9], 0.0), vec![(0, 3), (3, 4)]);
+        assert_eq!(cheapest_runs(&[7], 0.0), vec![(0, 1)]);
+        assert!(cheapest_runs(&[], 3.0).is_empty());
+    }
+
+    #[test]
+    fn the_cut_is_the_cheapest_of_all_groupings() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(22);
+        // Every partition of 0..n into groups.
+        fn partitions(n: usize) -> Vec<Vec<Vec<usize>>> {
+            let mut all: Vec<Vec<Vec<usize>>> = vec![vec![]];
+            for i in 0..n {
+                let mut next = Vec::new();
+                for p in &all {
+                    for g in 0..=p.len() {
+                        let mut q = p.clone();
+                        if g == p.len() {
+                            q.push(vec![i]);
+                        } else {
+                            q[g].push(i);
+                        }
+                        next.push(q);
+                    }
+                }
+                all = next;
+            }
+            all
+        }
+        let mut cut_somewhere = 0;
+        for case in 0..300 {
+            let n = rng.random_range(1..=7);
+            let overhead = [0.0, 5.0, 30.0, 200.0][case % 4];
+            let mut lens: Vec<usize> = (0..n).map(|_| rng.random_range(1..=60)).collect();
+            lens.sort_unstable();
+            let runs = cheapest_runs(&lens, overhead);
+            let split: Vec<Vec<usize>> = runs.iter().map(|&(s, e)| (s..e).collect()).collect();
+            let covered: Vec<usize> = split.iter().flatten().copied().collect();
+            assert_eq!(covered, (0..n).collect::<Vec<_>>(), "case {case}");
+            let best = partitions(n)
+                .into_iter()
+                .map(|p| cost_of(&p, &lens, overhead))
+                .fold(f64::INFINITY, f64::min);
+            let got = cost_of(&split, &lens, overhead);
+            assert!(
+                (got - best).abs() < 1e-9,
+                "case {case}: {got} vs best {best}, lens {lens:?}"
+            );
+            cut_somewhere += usize::from(split.len() > 1);
+        }
+        // The cases are not all trivial: many were cut.
+        assert!(cut_somewhere >= 30, "{cut_somewhere}");
+    }
 
     #[test]
     fn the_fit_finds_the_per_call_cost_of_a_linear_model() {

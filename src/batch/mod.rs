@@ -5,9 +5,8 @@
 //! Guarantees: a batch is sent as soon as it is full (no waiting when there is a backlog); no item
 //! waits longer than `max_wait` once it is the oldest; every batch holds at least one item, so an
 //! item longer than the token budget still leaves (alone). [`Batcher::next_batch_now`] closes a
-//! batch at once, for a caller that knows the model is idle. Given the cost of a batch
-//! ([`Batcher::set_overhead_tokens`], see [`cost`]), a batch closed by the clock is the group of
-//! the oldest item in the cheapest split of everything waiting, not one padded batch of it all.
+//! batch at once, for a caller that knows the model is idle. How a batch is cut into forwards
+//! is the model stage's business ([`cost`]): the batcher's batches are units of work downstream.
 
 pub mod cost;
 pub mod offsets;
@@ -47,8 +46,6 @@ pub struct Batcher<T> {
     limits: Limits,
     waiting: Vec<Waiting<T>>,
     seq: u64,
-    /// The fixed cost of one batch in padded tokens, when known.
-    overhead_tokens: Option<f64>,
 }
 
 impl<T> Batcher<T> {
@@ -57,16 +54,7 @@ impl<T> Batcher<T> {
             limits,
             waiting: Vec::new(),
             seq: 0,
-            overhead_tokens: None,
         }
-    }
-
-    /// What one batch costs besides its padded tokens, in tokens (the model's per-call cost
-    /// over its per-token cost; see [`cost::CostFit`]). With it, a batch closed by the clock
-    /// is cut to what is cheaper as one batch than as several; `None` = one batch of the
-    /// oldest item and its nearest lengths, as many as fit.
-    pub fn set_overhead_tokens(&mut self, tokens: Option<f64>) {
-        self.overhead_tokens = tokens.filter(|t| t.is_finite() && *t >= 0.0);
     }
 
     /// Whether [`Self::next_batch`] returns a batch at `now` (or at any later time, with no
@@ -129,10 +117,7 @@ impl<T> Batcher<T> {
         let picked = if !self.limits.length_bucketing {
             self.fifo()
         } else if expired {
-            match self.overhead_tokens {
-                Some(overhead) => self.cheapest_group_of(oldest, overhead),
-                None => self.around(oldest),
-            }
+            self.around(oldest)
         } else {
             self.tightest_full()
         };
@@ -242,60 +227,6 @@ impl<T> Batcher<T> {
             }
         }
         order[lo..hi].to_vec()
-    }
-
-    /// The group holding `anchor` in the cheapest split of everything waiting into batches of
-    /// neighbouring lengths, a batch costing `overhead + rows × longest` padded tokens. Sorted
-    /// by length, some cheapest split is made of runs (swapping a short row of a long batch
-    /// for a long row of a short one never raises either's longest), so a pass over the runs
-    /// of at most `max_batch_size` rows finds it.
-    fn cheapest_group_of(&self, anchor: usize, overhead: f64) -> Vec<usize> {
-        let (order, runs) = self.cheapest_split(overhead);
-        let pos = order
-            .iter()
-            .position(|&i| i == anchor)
-            .expect("anchor is waiting; this is a bug");
-        let &(start, end) = runs
-            .iter()
-            .find(|&&(s, e)| (s..e).contains(&pos))
-            .expect("the runs cover every row; this is a bug");
-        order[start..end].to_vec()
-    }
-
-    /// The waiting items by length and the runs `(start, end)` of that order that split them
-    /// most cheaply.
-    fn cheapest_split(&self, overhead: f64) -> (Vec<usize>, Vec<(usize, usize)>) {
-        let order = self.by_length();
-        let lens: Vec<usize> = order.iter().map(|&i| self.waiting[i].len).collect();
-        let n = lens.len();
-        // best[i]: cheapest cost of the first i rows; cut[i]: where its last batch starts.
-        let mut best = vec![f64::INFINITY; n + 1];
-        let mut cut = vec![0usize; n + 1];
-        best[0] = 0.0;
-        for end in 1..=n {
-            let longest = lens[end - 1];
-            let lowest = end.saturating_sub(self.limits.max_batch_size);
-            for start in (lowest..end).rev() {
-                let rows = end - start;
-                // A lone row always goes (an item longer than the budget leaves alone).
-                if rows > 1 && !self.fits(rows, longest) {
-                    break;
-                }
-                let c = best[start] + overhead + (rows * longest) as f64;
-                if c < best[end] {
-                    best[end] = c;
-                    cut[end] = start;
-                }
-            }
-        }
-        let mut runs = Vec::new();
-        let mut end = n;
-        while end > 0 {
-            runs.push((cut[end], end));
-            end = cut[end];
-        }
-        runs.reverse();
-        (order, runs)
     }
 
     /// Among full windows of similar length, the one with the least padding.
@@ -450,135 +381,6 @@ mod tests {
             Some(20),
             "sent exactly when its wait ran out"
         );
-    }
-
-    fn cost_of(groups: &[Vec<usize>], lens: &[usize], overhead: f64) -> f64 {
-        groups
-            .iter()
-            .map(|g| overhead + (g.len() * g.iter().map(|&i| lens[i]).max().unwrap()) as f64)
-            .sum()
-    }
-
-    #[test]
-    fn with_a_known_batch_cost_an_expired_batch_is_cut_where_padding_costs_more() {
-        let t = Instant::now();
-        let lens = [10, 100, 11, 12, 98];
-        let fill = |b: &mut Batcher<usize>| {
-            for (i, len) in lens.into_iter().enumerate() {
-                b.push(i, len, t);
-            }
-        };
-        let expired = t + Duration::from_millis(20);
-        // Unknown cost: the oldest and its nearest lengths, as many as fit (all five).
-        let mut b = Batcher::new(limits(64, 10_000, 20, true));
-        fill(&mut b);
-        assert_eq!(b.next_batch(expired), Some(vec![0, 1, 2, 3, 4]));
-        // A call costs 20 tokens: 3 short rows padded to 100 would cost 267 tokens more.
-        b.set_overhead_tokens(Some(20.0));
-        fill(&mut b);
-        assert_eq!(b.next_batch(expired), Some(vec![0, 2, 3]));
-        assert_eq!(b.next_batch(expired), Some(vec![1, 4]));
-        // A call costs more than any padding here (a GPU): one batch again.
-        b.set_overhead_tokens(Some(1e5));
-        fill(&mut b);
-        assert_eq!(b.next_batch(expired), Some(vec![0, 1, 2, 3, 4]));
-        // Nonsense is no estimate.
-        b.set_overhead_tokens(Some(f64::NAN));
-        fill(&mut b);
-        assert_eq!(b.next_batch(expired), Some(vec![0, 1, 2, 3, 4]));
-        // A batch that is not due is not cut either.
-        b.set_overhead_tokens(Some(0.0));
-        fill(&mut b);
-        assert!(!b.is_due(t));
-        assert_eq!(b.next_batch(t), None);
-        assert!(b.is_due(expired));
-    }
-
-    #[test]
-    fn the_cheapest_split_is_the_cheapest_of_all_partitions() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(22);
-        // Every partition of 0..n into batches, as a list of groups.
-        fn partitions(n: usize) -> Vec<Vec<Vec<usize>>> {
-            let mut all: Vec<Vec<Vec<usize>>> = vec![vec![]];
-            for i in 0..n {
-                let mut next = Vec::new();
-                for p in &all {
-                    for g in 0..=p.len() {
-                        let mut q = p.clone();
-                        if g == p.len() {
-                            q.push(vec![i]);
-                        } else {
-                            q[g].push(i);
-                        }
-                        next.push(q);
-                    }
-                }
-                all = next;
-            }
-            all
-        }
-        let mut cut_somewhere = 0;
-        for case in 0..300 {
-            let n = rng.random_range(1..=7);
-            let size = rng.random_range(1..=4);
-            let tokens = rng.random_range(40..=400);
-            let overhead = [0.0, 5.0, 30.0, 200.0][case % 4];
-            let lens: Vec<usize> = (0..n).map(|_| rng.random_range(1..=60)).collect();
-            let mut b = Batcher::new(limits(size, tokens, 20, true));
-            for (i, &len) in lens.iter().enumerate() {
-                b.push(i, len, Instant::now());
-            }
-            let (order, runs) = b.cheapest_split(overhead);
-            let split: Vec<Vec<usize>> = runs.iter().map(|&(s, e)| order[s..e].to_vec()).collect();
-            let fits = |g: &Vec<usize>| {
-                g.len() == 1
-                    || (g.len() <= size
-                        && g.len() * g.iter().map(|&i| lens[i]).max().unwrap() <= tokens)
-            };
-            assert!(
-                split.iter().all(fits),
-                "case {case}: {split:?} breaks a limit"
-            );
-            let mut covered: Vec<usize> = split.iter().flatten().copied().collect();
-            covered.sort_unstable();
-            assert_eq!(covered, (0..n).collect::<Vec<_>>(), "case {case}");
-            let best = partitions(n)
-                .into_iter()
-                .filter(|p| p.iter().all(fits))
-                .map(|p| cost_of(&p, &lens, overhead))
-                .fold(f64::INFINITY, f64::min);
-            let got = cost_of(&split, &lens, overhead);
-            assert!(
-                (got - best).abs() < 1e-9,
-                "case {case}: {got} vs best {best}, lens {lens:?}"
-            );
-            cut_somewhere += usize::from(split.len() > n.div_ceil(size));
-        }
-        // The cases are not all trivial: many were cut finer than the limits alone require.
-        assert!(cut_somewhere >= 30, "{cut_somewhere}");
-    }
-
-    #[test]
-    fn a_cut_batch_never_starves_an_outlier_either() {
-        let t = Instant::now();
-        let mut b = Batcher::new(limits(4, 10_000, 20, true));
-        b.set_overhead_tokens(Some(0.0));
-        b.push(999, 120, t);
-        let mut sent_outlier_at = None;
-        for step in 0..40u64 {
-            let now = t + Duration::from_millis(step);
-            for k in 0..4 {
-                b.push(step as usize * 10 + k, 8, now);
-            }
-            while let Some(batch) = b.next_batch(now) {
-                if batch.contains(&999) {
-                    assert_eq!(batch, vec![999], "alone: padding 8s to 120 costs more");
-                    sent_outlier_at = Some(step);
-                }
-            }
-        }
-        assert_eq!(sent_outlier_at, Some(20));
     }
 
     #[test]

@@ -89,11 +89,12 @@ impl OffsetsCommitted {
     }
 }
 
-/// One batch through a model.
+/// One batch through a model (in one forward or several, `batch.split_by_cost`).
 pub struct BatchInferred<'a> {
     pub model: &'a str,
     pub role: &'static str,
     pub rows: usize,
+    pub forwards: usize,
     pub real_tokens: usize,
     pub padded_tokens: usize,
     pub seconds: f64,
@@ -111,6 +112,8 @@ impl BatchInferred<'_> {
             "role" => self.role
         )
         .record(self.seconds);
+        counter!("vaxpulse_model_forwards_total", "role" => self.role)
+            .increment(self.forwards as u64);
         counter!("vaxpulse_model_tokens_total", "kind" => "real")
             .increment(self.real_tokens as u64);
         counter!("vaxpulse_model_tokens_total", "kind" => "padding").increment(padding_tokens);
@@ -120,6 +123,7 @@ impl BatchInferred<'_> {
             model = self.model,
             role = self.role,
             rows = self.rows,
+            forwards = self.forwards,
             padded_tokens = self.padded_tokens,
             padding,
             ms = self.seconds * 1e3,
@@ -128,7 +132,8 @@ impl BatchInferred<'_> {
     }
 }
 
-/// The batcher's per-call cost changed (measured by the model thread, or fixed by the config).
+/// The per-call cost batches are cut by changed (measured by the model thread, or fixed by the
+/// config).
 pub struct BatchCostKnown {
     pub overhead_tokens: f64,
     /// First estimate (logged at info; later ones at debug).

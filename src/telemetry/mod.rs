@@ -54,7 +54,12 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (
         "vaxpulse_inference_duration_seconds",
         "histogram",
-        "Model forward time per batch, by model version",
+        "Model time per batch (all its forwards), by model version",
+    ),
+    (
+        "vaxpulse_model_forwards_total",
+        "counter",
+        "Model forwards, by role; above the batches when batch.split_by_cost cuts them by length",
     ),
     (
         "vaxpulse_model_tokens_total",
@@ -84,7 +89,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (
         "vaxpulse_batch_overhead_tokens",
         "gauge",
-        "Per-call cost of a model forward in padded tokens, as the batcher splits by it (0 = not known yet)",
+        "Per-call cost of a model forward in padded tokens, as batches are cut by it (0 = not known yet)",
     ),
     (
         "vaxpulse_messages_in_flight",
@@ -275,6 +280,9 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     }
     counter!("vaxpulse_messages_consumed_total").absolute(0);
     counter!("vaxpulse_offset_commits_total").absolute(0);
+    for role in ["champion", "shadow"] {
+        counter!("vaxpulse_model_forwards_total", "role" => role).absolute(0);
+    }
     counter!("vaxpulse_tweets_deleted_total").absolute(0);
     gauge!("vaxpulse_consumer_paused").set(0.0);
     gauge!("vaxpulse_consumer_paused_partitions").set(0.0);
