@@ -48,6 +48,11 @@ pub struct E2eArgs {
     /// like, and a local broker that stores every request in a transaction needs them to.
     #[arg(long)]
     pub feeder_linger_ms: Option<u64>,
+    /// Tweets/s the paced loads are fractions of, instead of the capacity the backlog run
+    /// measured: A/B runs of two settings then offer the very same rates (a backlog's
+    /// throughput moves by 10–20 % between runs on a shared VM).
+    #[arg(long)]
+    pub capacity: Option<f64>,
     /// Where the JSON results go.
     #[arg(long, default_value = "bench-results/e2e.json")]
     pub json: PathBuf,
@@ -401,7 +406,7 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
         }
         let o = observe(&reader, started, backlog, clickhouse_cfg).await?;
         let from_start = backlog as f64 / o.end.duration_since(started).as_secs_f64();
-        let capacity = o.tweets_per_second;
+        let capacity = args.capacity.unwrap_or(o.tweets_per_second);
         runs.push(E2eRun {
             worker: Vec::new(),
             cpu,
@@ -462,7 +467,10 @@ pub async fn run(cfg: &Config, args: &E2eArgs, raw: &RawReport) -> anyhow::Resul
             runs.push(E2eRun {
                 worker,
                 cpu,
-                name: format!("{:.0} % load", load * 100.0),
+                name: match args.capacity {
+                    Some(c) => format!("{:.0} % of {c:.0}/s", load * 100.0),
+                    None => format!("{:.0} % load", load * 100.0),
+                },
                 backlog: None,
                 offered_per_second: Some(rate),
                 tweets: n,

@@ -378,14 +378,15 @@ pub struct BatchConfig {
     /// (docs/performance.md).
     #[serde(default)]
     pub dispatch_when_idle: bool,
-    /// With `length_bucketing`: a batch closed by the clock is cut where one batch of it all
-    /// would pad more than a second call costs (the group of the oldest tweet in the cheapest
-    /// split of what waits), the call's cost measured from the model's own timings after ~32
-    /// batches. Off = the oldest tweet and its nearest lengths, as many as fit. Off by
-    /// default: the cost counts only the model's forward, and measured here (demo model, 50 %
-    /// load) the batches fell from ~48 to ~5 tweets and the per-batch Kafka write became the
-    /// bottleneck (p99 658 vs 508 ms; docs/performance.md).
-    #[serde(default)]
+    /// Run a batch as several forwards of similar lengths where padding it as one costs more
+    /// than another call (the model thread sorts it by length and takes the cheapest cut); the
+    /// batch stays one unit downstream (one write per sink). The call's cost in padded tokens
+    /// is fitted from the champion's own forwards after ~32 of them (gauge
+    /// `vaxpulse_batch_overhead_tokens`); until then, and wherever a call costs more than the
+    /// padding (a GPU), a batch is one forward. Measured here (demo model, 2 cores, same
+    /// offered rates): p99 at 800 tweets/s 133–159 ms against 205–536 off, backlog throughput
+    /// not lower (docs/performance.md). Off = always one padded forward per batch.
+    #[serde(default = "default_true")]
     pub split_by_cost: bool,
     /// The per-call cost of a model forward, in padded tokens, for `split_by_cost`, instead of
     /// measuring it (e.g. where timings are noisy). Absent = measured.
