@@ -87,9 +87,10 @@ operations = dashboard("vaxpulse-operations", "vaxpulse — operations", [
     prom("Consumer lag (messages, per partition)", [
         ("max by (partition) (vaxpulse_consumer_lag_messages)", "partition {{partition}}"),
     ], w=6),
-    prom("Batch size (tweets, p50 / p95)", [
+    prom("Batch size (tweets, p50 / p95) and forwards per batch", [
         ("histogram_quantile(0.5, sum by (le) (rate(vaxpulse_batch_size_tweets_bucket[5m])))", "p50"),
         ("histogram_quantile(0.95, sum by (le) (rate(vaxpulse_batch_size_tweets_bucket[5m])))", "p95"),
+        ("sum(rate(vaxpulse_model_forwards_total{role=\"champion\"}[5m])) / sum(rate(vaxpulse_inference_duration_seconds_count{role=\"champion\"}[5m]))", "forwards per batch (champion)"),
     ], w=8),
     prom("Padding (share of computed tokens)", [
         ("sum(rate(vaxpulse_model_tokens_total{kind=\"padding\"}[5m])) / sum(rate(vaxpulse_model_tokens_total[5m]))", "padding"),

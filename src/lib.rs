@@ -10,7 +10,8 @@
 //!    model's own tokenizer ([`model::tokenizer`]).
 //! 3. The micro-batcher ([`batch`]) groups tweets by count, padded-token budget and waiting
 //!    time, by similar length; exactly one batch waits while the model runs.
-//! 4. The model thread runs the [`model::Classifier`] (libtorch, [`model::torch`]).
+//! 4. The model thread runs the [`model::Classifier`] (libtorch, [`model::torch`]), a batch as
+//!    one forward or cut by length where padding costs more than a call ([`batch::cost`]).
 //! 5. The store-and-ack task ([`app::acks`]) publishes each result to `tweets.classified` and
 //!    inserts the batch into ClickHouse ([`sink`]); only then are its offsets acknowledged
 //!    ([`batch::offsets`]) and, in order, committed by the consumer thread.
