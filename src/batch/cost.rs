@@ -87,18 +87,26 @@ impl CostFit {
 /// `overhead + rows × longest` over them is least: the runs `(start, end)`, in order, covering
 /// every row (none for no rows). Some cheapest grouping of rows is made of runs of the sorted
 /// order (swapping a short row of a long group for a long row of a short one never raises
-/// either's longest), so one pass over the runs finds it; O(rows²).
+/// either's longest), and it never parts rows of equal length (moving them to the shorter
+/// forward keeps its longest and shrinks the other), so one pass over the cuts between
+/// distinct lengths finds it: O(distinct lengths²), bounded by the model's longest input
+/// whatever the batch size.
 pub fn cheapest_runs(lens: &[usize], overhead: f64) -> Vec<(usize, usize)> {
     debug_assert!(lens.windows(2).all(|w| w[0] <= w[1]), "lens must be sorted");
-    let n = lens.len();
-    // best[i]: cheapest cost of the first i rows; cut[i]: where its last forward starts.
-    let mut best = vec![f64::INFINITY; n + 1];
-    let mut cut = vec![0usize; n + 1];
+    // Where each distinct length starts, and the end.
+    let mut at: Vec<usize> = (0..lens.len())
+        .filter(|&i| i == 0 || lens[i] != lens[i - 1])
+        .collect();
+    at.push(lens.len());
+    let m = at.len() - 1;
+    // best[k]: cheapest cost of the rows before at[k]; cut[k]: the k of its last forward's start.
+    let mut best = vec![f64::INFINITY; m + 1];
+    let mut cut = vec![0usize; m + 1];
     best[0] = 0.0;
-    for end in 1..=n {
-        let longest = lens[end - 1];
+    for end in 1..=m {
+        let longest = lens[at[end] - 1];
         for start in 0..end {
-            let c = best[start] + overhead + ((end - start) * longest) as f64;
+            let c = best[start] + overhead + ((at[end] - at[start]) * longest) as f64;
             if c < best[end] {
                 best[end] = c;
                 cut[end] = start;
@@ -106,9 +114,9 @@ pub fn cheapest_runs(lens: &[usize], overhead: f64) -> Vec<(usize, usize)> {
         }
     }
     let mut runs = Vec::new();
-    let mut end = n;
+    let mut end = m;
     while end > 0 {
-        runs.push((cut[end], end));
+        runs.push((at[cut[end]], at[end]));
         end = cut[end];
     }
     runs.reverse();
@@ -167,10 +175,16 @@ mod tests {
         for case in 0..300 {
             let n = rng.random_range(1..=7);
             let overhead = [0.0, 5.0, 30.0, 200.0][case % 4];
-            let mut lens: Vec<usize> = (0..n).map(|_| rng.random_range(1..=60)).collect();
+            // Few distinct lengths in some cases, so that equal lengths are common.
+            let top = [60, 6][(case / 4) % 2];
+            let mut lens: Vec<usize> = (0..n).map(|_| rng.random_range(1..=top)).collect();
             lens.sort_unstable();
             let runs = cheapest_runs(&lens, overhead);
             let split: Vec<Vec<usize>> = runs.iter().map(|&(s, e)| (s..e).collect()).collect();
+            assert!(
+                runs.iter().all(|&(s, _)| s == 0 || lens[s - 1] != lens[s]),
+                "case {case}: rows of one length parted: {runs:?} of {lens:?}"
+            );
             let covered: Vec<usize> = split.iter().flatten().copied().collect();
             assert_eq!(covered, (0..n).collect::<Vec<_>>(), "case {case}");
             let best = partitions(n)
